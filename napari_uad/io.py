@@ -1,0 +1,374 @@
+"""Volume input/output.
+
+Reading gives a :class:`Volume` whose ``data`` is float32 in the closest canonical orientation (RAS+: index i
+increases towards patient Right, j towards Anterior, k towards Superior), reached by axis flips and permutations
+only, never by resampling. Axial slices are ``data[:, :, k]``.
+
+Writing always goes back to the *original* file's voxel grid and affine (world RAS mm), so a written map
+overlays the scan in any viewer. Oblique affines are kept as they are.
+
+Coordinate frames used here:
+- canonical voxel (i, j, k): index into ``Volume.data``;
+- original voxel: index into the array as stored in the source file (nibabel order for NIfTI; (x, y, z)
+  = ITK index order for NRRD/MetaImage/DICOM);
+- world: RAS millimetres (NIfTI convention; ITK's LPS is converted on read and write).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import (
+    aff2axcodes,
+    apply_orientation,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
+
+__all__ = [
+    "Volume",
+    "VolumeError",
+    "read_volume",
+    "write_like",
+    "write_image_file",
+    "file_sha256",
+    "atomic_write",
+    "NIFTI_SUFFIXES",
+    "ITK_SUFFIXES",
+]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VolumeError(ValueError):
+    """A volume cannot be used; ``str(err)`` is one line naming the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+@dataclass
+class Volume:
+    """A 3D scan in canonical RAS+ orientation with everything needed to write results back.
+
+    Attributes:
+        data: float32 array (i, j, k), canonical RAS+ index order; k is the axial (inferior->superior) axis.
+        affine: 4x4, canonical voxel index -> world RAS mm.
+        original_affine: 4x4, original voxel index -> world RAS mm (as read from the file).
+        original_shape: shape of the array as stored in the file.
+        ornt: nibabel orientation transform from the original array to ``data``.
+        path: source file or DICOM directory (None for in-memory volumes).
+        modality: "MR" or "CT".
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    original_affine: np.ndarray
+    original_shape: tuple[int, int, int]
+    ornt: np.ndarray
+    path: Path | None = None
+    modality: str = "MR"
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_array(
+        cls,
+        data: np.ndarray,
+        affine: np.ndarray,
+        path: str | os.PathLike | None = None,
+        modality: str | None = None,
+        allow_constant: bool = False,
+    ) -> "Volume":
+        """Build a volume from an array in *original* order and its voxel->world RAS mm affine.
+
+        ``allow_constant`` is for label and mask volumes, which may legitimately be all zero.
+        """
+        data = np.asarray(data)
+        affine = np.asarray(affine, dtype=np.float64)
+        _check_array(data, path, allow_constant)
+        ornt = io_orientation(affine)
+        canonical = np.ascontiguousarray(apply_orientation(data, ornt), dtype=np.float32)
+        canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
+        return cls(
+            data=canonical,
+            affine=canonical_affine,
+            original_affine=affine,
+            original_shape=tuple(int(s) for s in data.shape),
+            ornt=ornt,
+            path=None if path is None else Path(path),
+            modality=modality or guess_modality(canonical),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along canonical (i, j, k)."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    @property
+    def original_axcodes(self) -> tuple[str, str, str]:
+        """Orientation codes of the stored array, e.g. ('L', 'P', 'S') for an ITK LPS file."""
+        return tuple(aff2axcodes(self.original_affine))
+
+    @property
+    def axcodes(self) -> tuple[str, str, str]:
+        """Orientation codes of ``data`` (('R', 'A', 'S') unless the affine is degenerate)."""
+        return tuple(aff2axcodes(self.affine))
+
+    def to_original(self, array: np.ndarray) -> np.ndarray:
+        """Reorient an array in canonical (i, j, k) order back to the original file's voxel order."""
+        if array.shape[:3] != self.shape:
+            raise ValueError(f"array shape {array.shape} does not match volume shape {self.shape}")
+        back = ornt_transform(np.column_stack([np.arange(3), np.ones(3)]), self.ornt)
+        return np.ascontiguousarray(apply_orientation(array, back))
+
+    def canonical_to_world(self, ijk: np.ndarray) -> np.ndarray:
+        """Canonical voxel coordinates (N, 3) -> world RAS mm (N, 3)."""
+        ijk = np.atleast_2d(np.asarray(ijk, dtype=np.float64))
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def canonical_to_original_index(self, ijk: np.ndarray) -> np.ndarray:
+        """Canonical voxel coordinates (N, 3) -> original file voxel coordinates (N, 3) (exact: flips/permutes)."""
+        world = self.canonical_to_world(ijk)
+        inv = np.linalg.inv(self.original_affine)
+        return world @ inv[:3, :3].T + inv[:3, 3]
+
+    @property
+    def axial_original_axis(self) -> int:
+        """Which axis of the original array is the canonical axial (k) axis."""
+        return int(np.flatnonzero(self.ornt[:, 0] == 2)[0])
+
+    def sha256(self) -> str:
+        """sha256 of the source file (or of a DICOM directory's files), or of the data for in-memory volumes."""
+        if self.path is not None and self.path.exists():
+            return file_sha256(self.path)
+        return hashlib.sha256(np.ascontiguousarray(self.data).tobytes()).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of all files of a directory (sorted by name, names included)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            digest.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def guess_modality(data: np.ndarray) -> str:
+    """CT if the intensities look like Hounsfield units (air near -1000 HU), else MR."""
+    lo, hi = np.percentile(data[:: max(1, data.size // 200_000)], [0.5, 99.5]) if data.size else (0, 0)
+    return "CT" if lo < -500 and hi > 0 else "MR"
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in NIFTI_SUFFIXES[::-1] + ITK_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def _check_array(data: np.ndarray, path, allow_constant: bool = False) -> None:
+    if data.ndim == 2 or (data.ndim == 3 and min(data.shape) < 2):
+        raise VolumeError(path, f"is 2D (shape {data.shape}); a 3D volume is needed")
+    if data.ndim != 3:
+        raise VolumeError(path, f"has {data.ndim} dimensions (shape {data.shape}); only 3D scalar volumes are supported")
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise VolumeError(path, f"has unsupported data type {data.dtype}")
+    if not np.isfinite(data).all():
+        raise VolumeError(path, "contains NaN or Inf values")
+    if not allow_constant and data.min() == data.max():
+        raise VolumeError(path, f"is constant (every voxel is {data.flat[0]})")
+
+
+def read_volume(path: str | os.PathLike, modality: str | None = None, allow_constant: bool = False) -> Volume:
+    """Read a NIfTI, NRRD, MetaImage file or a DICOM series directory.
+
+    Args:
+        path: file or directory.
+        modality: "MR" or "CT" to override; default from DICOM tags, else from the intensity range.
+        allow_constant: accept an all-constant volume (masks and label maps; never for scans).
+
+    Raises:
+        VolumeError: one-line message naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(path, "file not found")
+    if modality is not None and modality not in ("MR", "CT"):
+        raise VolumeError(path, f"unknown modality {modality!r} (use MR or CT)")
+    if path.is_dir():
+        data, affine, tag_modality = _read_dicom_series(path)
+    else:
+        suffix = _suffix(path)
+        if suffix in NIFTI_SUFFIXES:
+            data, affine = _read_nifti(path)
+        elif suffix in ITK_SUFFIXES:
+            data, affine = _read_itk(path)
+        else:
+            raise VolumeError(
+                path, f"unsupported file type {suffix or '(none)'}; use .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd "
+                "or a DICOM directory"
+            )
+        tag_modality = None
+    return Volume.from_array(
+        data, affine, path=path, modality=modality or tag_modality, allow_constant=allow_constant
+    )
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        img = nib.load(str(path))
+        if len(img.shape) == 4 and img.shape[3] == 1:
+            img = img.slicer[..., 0]
+        if len(img.shape) != 3:
+            raise VolumeError(path, f"has shape {img.shape}; only 3D scalar volumes are supported (4D/vector given)"
+                              if len(img.shape) > 3 else f"is {len(img.shape)}D (shape {img.shape}); a 3D volume is needed")
+        if img.get_data_dtype().names is not None:
+            raise VolumeError(path, "is an RGB/vector image; only scalar volumes are supported")
+        data = np.asarray(img.get_fdata(dtype=np.float32))  # applies scl_slope / scl_inter
+        return data, np.asarray(img.affine, dtype=np.float64)
+    except VolumeError:
+        raise
+    except Exception as err:  # nibabel raises many types for corrupt files (EOFError, zlib.error, ...)
+        raise VolumeError(path, f"cannot be read as NIfTI ({_short(err)})") from err
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]
+
+
+def _sitk_to_array_affine(img, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel; only scalar "
+                                "volumes are supported (4D/vector given)")
+    if img.GetDimension() != 3:
+        raise VolumeError(path, f"is {img.GetDimension()}D; a 3D volume is needed")
+    data = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0).astype(np.float32)  # (z,y,x) -> ITK index (x,y,z)
+    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction @ np.diag(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()
+    return data, _LPS_TO_RAS @ lps
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except Exception as err:
+        raise VolumeError(path, f"cannot be read ({_short(err)})") from err
+    return _sitk_to_array_affine(img, path)
+
+
+def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    import SimpleITK as sitk
+
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+    except Exception as err:
+        raise VolumeError(path, f"cannot be scanned for DICOM ({_short(err)})") from err
+    if not series_ids:
+        raise VolumeError(path, "is a directory without a DICOM series")
+    # the series with most files is the scan; others (localisers, reports) are ignored
+    files_per_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), sid) for sid in series_ids}
+    files = max(files_per_series.values(), key=len)
+    if len(files) < 2:
+        raise VolumeError(path, "holds a single DICOM slice; a 3D series is needed")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        img = reader.Execute()
+    except Exception as err:
+        raise VolumeError(path, f"DICOM series cannot be read ({_short(err)})") from err
+    modality = None
+    if reader.HasMetaDataKey(0, "0008|0060"):
+        tag = reader.GetMetaData(0, "0008|0060").strip().upper()
+        modality = tag if tag in ("MR", "CT") else None
+    data, affine = _sitk_to_array_affine(img, path)
+    return data, affine, modality
+
+
+@contextmanager
+def atomic_write(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path (same multi-part suffix) to write to; on success it replaces ``final``
+    in one step, on error it is removed, so ``final`` is never left half-written."""
+    final = Path(final)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{_suffix(final)}", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; finished files get the usual permissions
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_image_file(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``data`` (stored array order) with voxel->world RAS mm ``affine``, atomically.
+
+    NIfTI through nibabel (qform and sform both set, units mm); NRRD/MetaImage through SimpleITK
+    (converted to LPS; needs an orthogonal direction matrix).
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in NIFTI_SUFFIXES + (".nrrd", ".mha"):
+        raise ValueError(f"{path}: cannot write {suffix} files; use .nii.gz, .nii, .nrrd or .mha")
+    with atomic_write(path) as tmp:
+        if suffix in NIFTI_SUFFIXES:
+            img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
+            img.header.set_xyzt_units("mm")
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+            nib.save(img, str(tmp))
+        else:
+            import SimpleITK as sitk
+
+            lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+            spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+            img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
+            img.SetSpacing(spacing.tolist())
+            img.SetOrigin(lps[:3, 3].tolist())
+            img.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
+            sitk.WriteImage(img, str(tmp), True)
+    return path
+
+
+def write_like(volume: Volume, array: np.ndarray, path: str | os.PathLike, dtype=np.float32) -> Path:
+    """Write a map or label array given in *canonical* (i, j, k) order in the volume's original grid and affine."""
+    original = volume.to_original(np.asarray(array)).astype(dtype, copy=False)
+    return write_image_file(path, original, volume.original_affine)

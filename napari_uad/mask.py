@@ -1,0 +1,71 @@
+"""Foreground (head/brain/body) mask in the volume's own voxel grid."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from .io import Volume, VolumeError, read_volume
+
+__all__ = ["foreground_mask", "constant_background_value", "load_mask"]
+
+
+def constant_background_value(data: np.ndarray, min_fraction: float = 0.05) -> float | None:
+    """The value of a constant background, if the scan has one, else None.
+
+    Skull-stripped and z-scored scans fill everything outside the brain with one value (0, or a negative
+    number after z-scoring). It is recognised as the most frequent value when it covers at least
+    ``min_fraction`` of the volume and at least 90 % of the volume's outer faces.
+    """
+    faces = np.concatenate([data[[0, -1]].ravel(), data[:, [0, -1]].ravel(), data[:, :, [0, -1]].ravel()])
+    values, counts = np.unique(faces, return_counts=True)
+    candidate = values[np.argmax(counts)]
+    if counts.max() < 0.9 * faces.size:
+        return None
+    if np.count_nonzero(data == candidate) < min_fraction * data.size:
+        return None
+    return float(candidate)
+
+
+def foreground_mask(data: np.ndarray) -> np.ndarray:
+    """Boolean foreground mask of a 3D scan (any voxel order).
+
+    Constant background -> everything that differs from it; otherwise Otsu's threshold. Then the largest
+    6-connected component, with holes filled in 3D and in every axial slice (last axis).
+    """
+    background = constant_background_value(data)
+    if background is not None:
+        fg = data != background
+    else:
+        sample = data[:: max(1, data.shape[0] // 128), :: max(1, data.shape[1] // 128)]
+        fg = data > threshold_otsu(sample)
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return np.zeros(data.shape, dtype=bool)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        fg = labels == np.argmax(sizes)
+    fg = ndimage.binary_fill_holes(fg)
+    for k in range(fg.shape[2]):
+        if fg[:, :, k].any():
+            fg[:, :, k] = ndimage.binary_fill_holes(fg[:, :, k])
+    return fg
+
+
+def load_mask(path: str | os.PathLike, volume: Volume) -> np.ndarray:
+    """Read a user mask file and return it as a boolean array in the volume's canonical grid.
+
+    The mask must have the scan's grid: same shape and the same affine (to 1e-3 mm).
+    """
+    mask_volume = read_volume(path, modality="MR", allow_constant=True)
+    if mask_volume.shape != volume.shape or not np.allclose(mask_volume.affine, volume.affine, atol=1e-3):
+        raise VolumeError(path, f"mask grid {mask_volume.original_shape} does not match the scan's grid "
+                                f"{volume.original_shape} (shape and affine must be equal)")
+    mask = mask_volume.data > 0
+    if not mask.any():
+        raise VolumeError(path, "mask is empty")
+    return mask

@@ -1,0 +1,208 @@
+"""Model cards and weights: ``card.json`` + ``model.safetensors`` in one directory per model.
+
+A card states what a model is (name, version, modality/contrast), how to feed it (architecture,
+preprocessing), how to score with it (score settings), how it was trained, and its calibration (per-map
+healthy-voxel quantiles and detection thresholds). It carries the sha256 of the weights, which is verified
+on every load. Weights are only ever read with safetensors (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .io import atomic_write, file_sha256
+from .model import ArchitectureConfig, CeVAE
+from .preprocessing import PreprocessingConfig
+from .resources import bundled_models_dir, user_models_dir
+
+__all__ = [
+    "ScoringConfig",
+    "ModelCard",
+    "ModelError",
+    "load_model",
+    "save_model",
+    "resolve_model",
+    "list_models",
+    "DEFAULT_MODEL",
+    "CARD_FILE",
+    "WEIGHTS_FILE",
+]
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "model.safetensors"
+DEFAULT_MODEL = "cevae-brain-mr"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found or loaded; the message is one line naming the model and the problem."""
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Settings of the score maps; stored in the model card.
+
+    smoothgrad_samples: noisy copies n averaged for the gradient maps (SmoothGrad).
+    smoothgrad_noise: noise std as a fraction of the model's input range.
+    grad_smoothing_sigma: Gaussian sigma (model pixels at 128 px; scaled with the input size) applied to
+        the gradient maps against checkerboard artefacts (reference: 3 at 128 px, 7x7 window).
+    top_k_slices: the volume score is the mean of the k highest slice scores.
+    seed: seed of the SmoothGrad noise (per slice, so independent of batch size and device).
+    """
+
+    smoothgrad_samples: int = 4
+    smoothgrad_noise: float = 0.1
+    grad_smoothing_sigma: float = 3.0
+    top_k_slices: int = 3
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelCard:
+    """Everything known about one model; serialised as ``card.json``."""
+
+    name: str
+    version: str
+    modality: str = "MR"
+    contrast: str = "any"
+    description: str = ""
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    training: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    weights_sha256: str = ""
+    weights_file: str = WEIGHTS_FILE
+    path: Path | None = None  # directory the card was loaded from (not serialised)
+
+    @property
+    def input_size(self) -> int:
+        return self.architecture.input_size
+
+    @property
+    def detection_map(self) -> str:
+        """Default detection map: the card's calibrated choice, else 'combi'."""
+        return self.calibration.get("detection_map", "combi")
+
+    def default_threshold(self, map_name: str | None = None) -> float | None:
+        """Calibrated detection threshold (raw score units) of ``map_name``, or None if not calibrated."""
+        entry = self.calibration.get("maps", {}).get(map_name or self.detection_map, {})
+        value = entry.get("threshold")
+        return None if value is None else float(value)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "modality": self.modality,
+            "contrast": self.contrast,
+            "description": self.description,
+            "input_size": self.input_size,
+            "architecture": self.architecture.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "scoring": self.scoring.to_dict(),
+            "training": self.training,
+            "calibration": self.calibration,
+            "weights": {"file": self.weights_file, "sha256": self.weights_sha256},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, path: Path | None = None) -> "ModelCard":
+        return cls(
+            name=d["name"],
+            version=str(d["version"]),
+            modality=d.get("modality", "MR"),
+            contrast=d.get("contrast", "any"),
+            description=d.get("description", ""),
+            architecture=ArchitectureConfig.from_dict(d["architecture"]),
+            preprocessing=PreprocessingConfig.from_dict(d.get("preprocessing", {})),
+            scoring=ScoringConfig(**d.get("scoring", {})),
+            training=d.get("training", {}),
+            calibration=d.get("calibration", {}),
+            weights_sha256=d["weights"]["sha256"],
+            weights_file=d["weights"].get("file", WEIGHTS_FILE),
+            path=path,
+        )
+
+    @classmethod
+    def read(cls, card_path: str | os.PathLike) -> "ModelCard":
+        card_path = Path(card_path)
+        try:
+            d = json.loads(card_path.read_text())
+            return cls.from_dict(d, path=card_path.parent)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ModelError(f"{card_path}: not a valid model card ({type(err).__name__}: {err})") from err
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """Write ``card.json`` atomically into ``directory``."""
+        from .export import write_json
+
+        return write_json(Path(directory) / CARD_FILE, self.to_dict())
+
+
+def resolve_model(ref: str | os.PathLike | None = None) -> Path:
+    """Directory of a model given a name (bundled, then user models directory), a model directory or a card path."""
+    ref = DEFAULT_MODEL if ref is None else ref
+    p = Path(ref).expanduser()
+    if p.is_file() and p.name.endswith(".json"):
+        return p.parent
+    if (p / CARD_FILE).is_file():
+        return p
+    for root in (bundled_models_dir(), user_models_dir()):
+        if root is not None and (root / str(ref) / CARD_FILE).is_file():
+            return root / str(ref)
+    known = ", ".join(sorted(list_models())) or "none"
+    hint = " (the bundled model is missing from this installation)" if str(ref) == DEFAULT_MODEL else ""
+    raise ModelError(f"model {ref!r} not found{hint}; give a model directory or card.json, or one of: {known}")
+
+
+def list_models() -> dict[str, Path]:
+    """Model name -> directory, for bundled models and those in the user models directory."""
+    found: dict[str, Path] = {}
+    for root in (user_models_dir(), bundled_models_dir()):  # bundled names win
+        if root is not None and root.is_dir():
+            for card in sorted(root.glob(f"*/{CARD_FILE}")):
+                found[card.parent.name] = card.parent
+    return found
+
+
+def load_model(ref: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> tuple[CeVAE, ModelCard]:
+    """Load a model (eval mode) and its card; the weights' sha256 must match the card."""
+    directory = resolve_model(ref)
+    card = ModelCard.read(directory / CARD_FILE)
+    weights = directory / card.weights_file
+    if not weights.is_file():
+        raise ModelError(f"{weights}: weights file missing")
+    digest = file_sha256(weights)
+    if digest != card.weights_sha256:
+        raise ModelError(f"{weights}: sha256 {digest[:12]}... does not match the card ({card.weights_sha256[:12]}...)")
+    model = CeVAE(card.architecture)
+    try:
+        state = load_file(str(weights), device="cpu")
+        model.load_state_dict(state, strict=True)
+    except Exception as err:
+        raise ModelError(f"{weights}: weights do not fit the card's architecture ({str(err).splitlines()[0]})") from err
+    return model.to(device).eval(), card
+
+
+def save_model(model: CeVAE, card: ModelCard, directory: str | os.PathLike) -> ModelCard:
+    """Write ``model.safetensors`` and ``card.json`` (with the weights' sha256) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / card.weights_file
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_write(weights) as tmp:
+        save_file(state, str(tmp), metadata={"name": card.name, "version": card.version})
+    card.weights_sha256 = file_sha256(weights)
+    card.architecture = model.config
+    card.write(directory)
+    card.path = directory
+    return card

@@ -1,0 +1,87 @@
+"""One scan from file to result files: read -> mask -> score -> findings -> write (Qt-free; used by the CLI)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .export import findings_rows, write_findings_csv, write_json
+from .findings import find_findings
+from .io import read_volume, write_like
+from .mask import load_mask
+from .scoring import Progress, Scorer, parse_maps
+
+__all__ = ["ScoreJob"]
+
+
+@dataclass
+class ScoreJob:
+    """Settings shared by every scan of one ``napari-uad score`` run.
+
+    threshold: detection threshold in raw units of ``detection_map``; min_volume_mm3: smallest finding kept.
+    """
+
+    scorer: Scorer
+    maps: tuple[str, ...]
+    detection_map: str
+    threshold: float
+    min_volume_mm3: float = 0.0
+    connectivity: int = 3
+
+    def run(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None, modality: str | None = None,
+            progress: Callable[[Progress], None] | None = None) -> list[Path]:
+        """Score ``path`` and write S.<map>.nii.gz, S.labels.nii.gz, S.findings.csv and S.json into ``out_dir``.
+
+        Returns the written files. Volumes are written in the input's original grid and affine.
+        """
+        t0 = time.perf_counter()
+        volume = read_volume(path, modality=modality)
+        mask = load_mask(mask_path, volume) if mask_path is not None else None
+        t_read = time.perf_counter() - t0
+        card = self.scorer.card
+        result = self.scorer.score(volume, parse_maps(set(self.maps) | {self.detection_map}), mask, progress)
+        t1 = time.perf_counter()
+        labels, findings = find_findings(result.maps[self.detection_map], volume, self.threshold,
+                                         self.min_volume_mm3, self.connectivity)
+        t_findings = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        written = [write_like(volume, result.maps[name], out_dir / f"{stem}.{name}.nii.gz") for name in self.maps]
+        written.append(write_like(volume, labels, out_dir / f"{stem}.labels.nii.gz", dtype=np.uint16))
+        scan_sha = volume.sha256()
+        rows = findings_rows(findings, scan_path=str(Path(path).resolve()), scan_sha256=scan_sha,
+                             model_name=card.name, model_version=card.version, model_sha256=card.weights_sha256,
+                             detection_map=self.detection_map, threshold=self.threshold,
+                             min_volume_mm3=self.min_volume_mm3)
+        written.append(write_findings_csv(out_dir / f"{stem}.findings.csv", rows))
+        seconds = {"read": t_read, **result.seconds, "findings": t_findings, "write": time.perf_counter() - t2}
+        report = {
+            "scan": {"path": str(Path(path).resolve()), "sha256": scan_sha, "shape": list(volume.original_shape),
+                     "spacing_mm": volume.spacing, "orientation": "".join(volume.original_axcodes),
+                     "modality": volume.modality},
+            "model": {"name": card.name, "version": card.version, "sha256": card.weights_sha256},
+            "device": result.device,
+            "batch_size": result.batch_size,
+            "maps": list(self.maps),
+            "detection_map": self.detection_map,
+            "threshold": self.threshold,
+            "min_volume_mm3": self.min_volume_mm3,
+            "connectivity": self.connectivity,
+            "n_findings": len(findings),
+            "sample_scores": {
+                "volume": result.volume_score,
+                "volume_rule": f"mean of the top {card.scoring.top_k_slices} slice scores",
+                "slice_axis": "canonical axial index k (inferior to superior); null = no foreground",
+                "slice": result.slice_scores,
+                "slice_kl": result.slice_kl,
+                "slice_rec": result.slice_rec,
+            },
+            "warnings": result.warnings,
+            "seconds": seconds,
+        }
+        report["seconds"]["total"] = time.perf_counter() - t0
+        written.append(write_json(out_dir / f"{stem}.json", report))
+        return written

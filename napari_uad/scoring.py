@@ -1,0 +1,283 @@
+"""Slice-by-slice anomaly scoring of a volume with a ceVAE (maps in the volume's canonical voxel grid).
+
+Pipeline per volume: foreground mask -> intensity normalisation -> axial slices resampled to the model grid
+(``SliceGeometry``) -> batched model passes -> maps resampled back to the native grid, zero outside the mask.
+
+Maps (``shared/METHODS.md``), per pixel, from one deterministic forward pass with z = mu_z:
+    residual = |x - mu_x|          U = 0.5 log(2 pi sigma_x^2)        E = (x - mu_x)^2 / (2 sigma_x^2)
+    nll = U + E
+and from SmoothGrad (mean of |gradient| over n noisy copies of x, each slice with its own seeded noise,
+then a Gaussian filter against checkerboard artefacts):
+    kl_grad = |d KL / d x|         elbo_grad = |d (KL + Rec) / d x| (Rec: Gaussian NLL summed over pixels)
+    combi = residual * kl_grad
+Slice scores: KL + Rec (nats; Rec summed over the slice's foreground pixels in model space). Volume score:
+mean of the top-k slice scores. No map is normalised over a batch, so results do not depend on batch size.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Callable, Generator, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .devices import free_memory_bytes, is_out_of_memory, resolve_device
+from .io import Volume
+from .mask import foreground_mask
+from .model import CeVAE, gaussian_nll, kl_per_slice
+from .model_card import ModelCard
+from .preprocessing import normalise_intensity
+from .slices import SliceGeometry, gaussian_blur2d
+
+__all__ = ["MAP_NAMES", "Progress", "ScoreResult", "Scorer", "ScoringCancelled", "parse_maps"]
+
+MAP_NAMES: tuple[str, ...] = ("residual", "U", "E", "nll", "kl_grad", "elbo_grad", "combi")
+_REFERENCE_SIZE = 128  # grad_smoothing_sigma is given in pixels at this input size
+
+
+class ScoringCancelled(Exception):
+    """Raised by :meth:`Scorer.score` when the cancel flag is set; nothing is returned."""
+
+
+def parse_maps(text: str | Iterable[str] | None) -> tuple[str, ...]:
+    """'residual,E' or an iterable of names -> validated tuple in canonical order; None -> all maps."""
+    if text is None:
+        return MAP_NAMES
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = sorted(set(names) - set(MAP_NAMES))
+    if unknown or not names:
+        raise ValueError(f"unknown map(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MAP_NAMES)}")
+    return tuple(n for n in MAP_NAMES if n in names)
+
+
+@dataclass
+class Progress:
+    """Progress of one scoring run: ``done`` of ``total`` axial slices."""
+
+    done: int
+    total: int
+    elapsed_s: float
+    batch_size: int
+    device: str
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    @property
+    def eta_s(self) -> float | None:
+        return None if self.done == 0 else self.elapsed_s / self.done * (self.total - self.done)
+
+
+@dataclass
+class ScoreResult:
+    """Maps and scores of one volume.
+
+    maps: name -> float32 array in the volume's canonical grid (i, j, k), zero outside ``mask``.
+    mask: foreground used (canonical grid).
+    slice_scores: per canonical axial slice k, KL + Rec in nats (NaN where the slice has no foreground);
+        ``slice_kl`` and ``slice_rec`` are its parts.
+    volume_score: mean of the top-k slice scores.
+    """
+
+    maps: dict[str, np.ndarray]
+    mask: np.ndarray
+    slice_scores: np.ndarray
+    slice_kl: np.ndarray
+    slice_rec: np.ndarray
+    volume_score: float
+    device: str
+    batch_size: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Scorer:
+    """Scores volumes with one model.
+
+    Args:
+        model, card: from :func:`napari_uad.model_card.load_model`.
+        device: "auto" (cuda -> mps -> cpu), or an explicit device.
+        batch_size: slices per batch; None chooses from free memory.
+        amp: mixed precision (bfloat16/float16 autocast) on GPUs; ignored on CPU.
+    """
+
+    def __init__(self, model: CeVAE, card: ModelCard, device: str | torch.device = "auto",
+                 batch_size: int | None = None, amp: bool = True):
+        self.card = card
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, not {batch_size}")
+        self.requested_batch_size = batch_size
+        self.amp = amp
+
+    # -- public API --------------------------------------------------------------------------------------
+    def score(self, volume: Volume, maps: Iterable[str] | None = None, mask: np.ndarray | None = None,
+              progress: Callable[[Progress], None] | None = None,
+              cancel: threading.Event | Callable[[], bool] | None = None) -> ScoreResult:
+        """Score a volume; ``progress`` is called after every batch; a set ``cancel`` raises ScoringCancelled."""
+        is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+        gen = self.iter_score(volume, maps, mask)
+        try:
+            while True:
+                if is_cancelled():
+                    gen.close()
+                    raise ScoringCancelled("scoring cancelled")
+                step = next(gen)
+                if progress is not None:
+                    progress(step)
+        except StopIteration as stop:
+            return stop.value
+
+    def iter_score(self, volume: Volume, maps: Iterable[str] | None = None,
+                   mask: np.ndarray | None = None) -> Generator[Progress, None, ScoreResult]:
+        """Generator form of :meth:`score`: yields a :class:`Progress` per batch, returns the ScoreResult.
+
+        Stopping the iteration early (``close()``) cancels the run; nothing is kept.
+        """
+        maps = parse_maps(maps)
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if mask is None:
+            mask = foreground_mask(volume.data)
+        elif mask.shape != volume.shape:
+            raise ValueError(f"mask shape {mask.shape} does not match volume shape {volume.shape}")
+        if not mask.any():
+            raise ValueError("foreground mask is empty")
+        pre = self.card.preprocessing
+        normalised = normalise_intensity(volume.data, mask, pre)
+        geometry = SliceGeometry.from_mask(mask, volume.spacing[:2], self.card.input_size, pre.margin)
+        seconds["preprocess"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        ni, nj, nk = volume.shape
+        out = {name: np.zeros((ni, nj, nk), dtype=np.float32) for name in maps}
+        slice_kl = np.full(nk, np.nan)
+        slice_rec = np.full(nk, np.nan)
+        todo = np.flatnonzero(mask.any(axis=(0, 1)))
+        batch_size = self.requested_batch_size or self._auto_batch_size()
+        notes: list[str] = []
+        done = 0
+        yield Progress(0, len(todo), 0.0, batch_size, self.device.type)
+        while done < len(todo):
+            ks = todo[done:done + batch_size]
+            try:
+                native, kl, rec = self._score_slices(normalised, mask, ks, geometry, maps)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+                if self.device.type == "cpu" or not is_out_of_memory(err):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if batch_size > 1:
+                    batch_size = max(1, batch_size // 2)
+                    note = f"{self.device.type} out of memory: retrying with batch size {batch_size}"
+                else:
+                    note = f"{self.device.type} out of memory at batch size 1: continuing on cpu"
+                    self.device = torch.device("cpu")
+                    self.model.to(self.device)
+                warnings.warn(note, RuntimeWarning, stacklevel=2)
+                notes.append(note)
+                continue
+            for c, name in enumerate(maps):
+                out[name][:, :, ks] = native[:, c].transpose(1, 2, 0)
+            slice_kl[ks], slice_rec[ks] = kl, rec
+            done += len(ks)
+            yield Progress(done, len(todo), time.perf_counter() - t1, batch_size, self.device.type)
+        for name in maps:
+            out[name][~mask] = 0.0
+        seconds["model"] = time.perf_counter() - t1
+        slice_scores = slice_kl + slice_rec
+        valid = np.sort(slice_scores[np.isfinite(slice_scores)])[::-1]
+        volume_score = float(valid[: self.card.scoring.top_k_slices].mean()) if valid.size else float("nan")
+        seconds["total"] = time.perf_counter() - t0
+        return ScoreResult(maps=out, mask=mask, slice_scores=slice_scores, slice_kl=slice_kl, slice_rec=slice_rec,
+                           volume_score=volume_score, device=self.device.type, batch_size=batch_size,
+                           seconds=seconds, warnings=notes)
+
+    # -- internals ---------------------------------------------------------------------------------------
+    def _autocast(self):
+        if not self.amp or self.device.type != "cuda":
+            return nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _auto_batch_size(self) -> int:
+        """Slices per batch from free memory: activations of (1 + n SmoothGrad copies) x forward+backward."""
+        cfg = self.card.architecture
+        s2 = cfg.input_size**2
+        act = s2 * (3 + 2 * sum(c / 4 ** (i + 1) for i, c in enumerate(cfg.channels)) + cfg.channels[0] + 2)
+        per_slice = act * 4 * 3 * (1 + self.card.scoring.smoothgrad_samples)
+        budget = 0.5 * free_memory_bytes(self.device)
+        cap = 512 if self.device.type == "cuda" else 32
+        return int(max(1, min(cap, budget // per_slice)))
+
+    def _noise(self, ks: np.ndarray) -> torch.Tensor:
+        """SmoothGrad noise [n, B, 1, S, S], drawn on the CPU per slice index: same for any batch or device."""
+        sc = self.card.scoring
+        size = self.card.input_size
+        std = sc.smoothgrad_noise * self.card.preprocessing.value_range
+        draws = []
+        for k in ks:
+            gen = torch.Generator().manual_seed(int(sc.seed) * 1_000_003 + int(k))
+            draws.append(torch.randn((sc.smoothgrad_samples, 1, size, size), generator=gen) * std)
+        return torch.stack(draws, dim=1)
+
+    def _score_slices(self, normalised: np.ndarray, mask: np.ndarray, ks: np.ndarray, geometry: SliceGeometry,
+                      maps: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Maps of slices ``ks`` resampled to native ([B, n_maps, ni, nj]) and per-slice KL and Rec."""
+        dev = self.device
+        bg = self.card.preprocessing.background
+        native = torch.from_numpy(np.ascontiguousarray(normalised[:, :, ks].transpose(2, 0, 1))).unsqueeze(1)
+        native_mask = torch.from_numpy(np.ascontiguousarray(mask[:, :, ks].transpose(2, 0, 1))).unsqueeze(1)
+        x = geometry.to_model(native.to(dev), fill=bg)
+        fg = (geometry.to_model(native_mask.to(dev, torch.float32), fill=0.0) > 0.5).float()
+
+        with torch.no_grad(), self._autocast():
+            mu_z, log_var_z = self.model.encode(x)
+            mu_x, log_var_x = self.model.decode(mu_z)
+        mu_x, log_var_x = mu_x.float(), log_var_x.float()
+        u, e = gaussian_nll(x, mu_x, log_var_x)
+        kl = kl_per_slice(mu_z.float(), log_var_z.float())
+        rec = ((u + e) * fg).sum(dim=(1, 2, 3))
+        model_maps = {"residual": (x - mu_x).abs(), "U": u, "E": e, "nll": u + e}
+        if {"kl_grad", "elbo_grad", "combi"} & set(maps):
+            model_maps.update(self._smoothgrad(x, ks, need_elbo="elbo_grad" in maps))
+            model_maps["combi"] = model_maps["residual"] * model_maps["kl_grad"]
+        stacked = torch.cat([model_maps[name] for name in maps], dim=1)
+        back = geometry.to_native(stacked)
+        return back.cpu().numpy(), kl.cpu().numpy(), rec.cpu().numpy()
+
+    def _smoothgrad(self, x: torch.Tensor, ks: np.ndarray, need_elbo: bool) -> dict[str, torch.Tensor]:
+        """SmoothGrad |dKL/dx| (and |d(KL+Rec)/dx|), smoothed; each [B, 1, S, S]."""
+        n, b = self.card.scoring.smoothgrad_samples, x.shape[0]
+        noisy = (x.unsqueeze(0) + self._noise(ks).to(x.device)).reshape(n * b, *x.shape[1:])
+        noisy.requires_grad_(True)
+        with torch.enable_grad():
+            with self._autocast():
+                mu_z, log_var_z = self.model.encode(noisy)
+                if need_elbo:
+                    mu_x, log_var_x = self.model.decode(mu_z)
+            kl = kl_per_slice(mu_z.float(), log_var_z.float()).sum()
+            g_kl = torch.autograd.grad(kl, noisy, retain_graph=need_elbo)[0]
+            if need_elbo:
+                u, e = gaussian_nll(noisy, mu_x.float(), log_var_x.float())
+                g_rec = torch.autograd.grad((u + e).sum(), noisy)[0]
+        sigma = self.card.scoring.grad_smoothing_sigma * self.card.input_size / _REFERENCE_SIZE
+        radius = max(1, int(round(sigma)))  # reference: 7x7 window for sigma 3 at 128 px
+
+        def smooth(g: torch.Tensor) -> torch.Tensor:
+            mean_abs = g.float().abs().reshape(n, b, *x.shape[1:]).mean(dim=0)
+            return gaussian_blur2d(mean_abs, (sigma, sigma), (radius, radius)) if sigma > 0 else mean_abs
+
+        result = {"kl_grad": smooth(g_kl)}
+        if need_elbo:
+            result["elbo_grad"] = smooth(g_kl + g_rec)
+        return result
