@@ -1,0 +1,150 @@
+"""``napari-uad score`` end to end: outputs in the input's grid, CSV schema, bad inputs, no partial files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_uad import cli, model_card
+from napari_uad.export import FINDINGS_COLUMNS
+from napari_uad.io import write_image_file
+from napari_uad.scoring import MAP_NAMES
+
+from .conftest import head_phantom
+from .test_io import _bad_inputs, affine_for
+
+
+@pytest.fixture
+def scan(tmp_path):
+    """An LPS, 1 x 1 x 3 mm (aniso) phantom with a bright lesion, as NRRD (ITK convention)."""
+    return write_image_file(tmp_path / "patient01.nrrd", head_phantom((40, 44, 14)), affine_for("aniso"))
+
+
+def run_cli(*args) -> int:
+    return cli.main([str(a) for a in args])
+
+
+def test_score_end_to_end(tmp_path, tiny_model_dir, scan, capsys):
+    out = tmp_path / "out"
+    before = scan.read_bytes()
+    code = run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--threshold", "0.8",
+                   "--min-volume-mm3", "6", "--quiet")
+    assert code == 0, capsys.readouterr().err
+    expected = {f"patient01.{m}.nii.gz" for m in MAP_NAMES} | {
+        "patient01.labels.nii.gz", "patient01.findings.csv", "patient01.json"}
+    assert {p.name for p in out.iterdir()} == expected
+    assert scan.read_bytes() == before
+
+    labels_img = nib.load(str(out / "patient01.labels.nii.gz"))
+    assert labels_img.shape == (40, 44, 14)  # the input's own grid
+    np.testing.assert_allclose(labels_img.affine, affine_for("aniso"), atol=1e-4)
+    assert labels_img.get_data_dtype() == np.uint16
+    labels = np.asarray(labels_img.dataobj)
+    residual = np.asarray(nib.load(str(out / "patient01.residual.nii.gz")).dataobj)
+    assert residual.dtype == np.float32
+
+    with open(out / "patient01.findings.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == FINDINGS_COLUMNS
+        rows = list(reader)
+    assert len(rows) == labels.max() >= 1
+    for row in rows:
+        fid = int(row["finding_id"])
+        voxels = np.argwhere(labels == fid)
+        assert int(row["voxel_count"]) == len(voxels)
+        assert float(row["volume_mm3"]) == pytest.approx(len(voxels) * 3.0)
+        assert float(row["volume_mm3"]) >= 6
+        centre = voxels.mean(axis=0)
+        np.testing.assert_allclose([float(row[c]) for c in ("centroid_i", "centroid_j", "centroid_k")], centre,
+                                   atol=1e-6)
+        world = nib.affines.apply_affine(labels_img.affine, centre)
+        np.testing.assert_allclose([float(row[c]) for c in ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm")],
+                                   world, atol=1e-4)
+        assert (int(row["first_slice"]), int(row["last_slice"])) == (voxels[:, 2].min(), voxels[:, 2].max())
+        assert float(row["max_score"]) == pytest.approx(residual[labels == fid].max(), rel=1e-5)
+        assert row["tag"] == "unreviewed" and row["detection_map"] == "residual"
+        assert row["scan_path"].endswith("patient01.nrrd") and len(row["scan_sha256"]) == 64
+    assert [float(r["max_score"]) for r in rows] == sorted((float(r["max_score"]) for r in rows), reverse=True)
+
+    report = json.loads((out / "patient01.json").read_text())
+    assert report["model"]["name"] == "tiny-test" and len(report["model"]["sha256"]) == 64
+    assert report["threshold"] == 0.8 and report["device"] == "cpu" and report["maps"] == list(MAP_NAMES)
+    assert len(report["sample_scores"]["slice"]) == 14 and report["sample_scores"]["volume"] > 0
+    assert {"read", "preprocess", "model", "findings", "write", "total"} <= set(report["seconds"])
+
+
+def test_score_subset_of_maps_and_card_threshold(tmp_path, tiny_model_dir, scan):
+    out = tmp_path / "out"
+    assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--maps", "E,U", "--quiet") == 0
+    names = {p.name for p in out.iterdir()}
+    assert "patient01.E.nii.gz" in names and "patient01.residual.nii.gz" not in names
+    assert json.loads((out / "patient01.json").read_text())["threshold"] == 1.0  # the card's calibrated value
+
+
+def test_bad_inputs_each_get_one_line_and_others_are_still_scored(tmp_path, tiny_model_dir, scan, capsys):
+    (tmp_path / "bad_inputs").mkdir()
+    bad = _bad_inputs(tmp_path / "bad_inputs")
+    out = tmp_path / "out"
+    originals = {p: p.read_bytes() for p, _ in bad.values() if p.is_file()}
+    inputs = [p for p, _ in bad.values()] + [scan]
+    code = run_cli("score", *inputs, "--out", out, "--model", tiny_model_dir, "--threshold", "0.8", "--quiet")
+    err = capsys.readouterr().err
+    assert code == 1
+    error_lines = [line for line in err.splitlines() if line.startswith("napari-uad: error:")]
+    assert len(error_lines) == len(bad)
+    for path, problem in bad.values():
+        assert any(str(path) in line and problem in line for line in error_lines), (path, problem)
+    assert "Traceback" not in err
+    # only the good scan produced files; no partial or hidden staging files are left
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"patient01.{m}.nii.gz" for m in MAP_NAMES] + ["patient01.labels.nii.gz", "patient01.findings.csv",
+                                                         "patient01.json"])
+    for path, content in originals.items():
+        assert path.read_bytes() == content
+
+
+def test_mask_option(tmp_path, tiny_model_dir, scan):
+    mask = np.zeros((40, 44, 14), np.uint8)
+    mask[5:35, 5:40, 2:12] = 1
+    mask_path = write_image_file(tmp_path / "mask.nii.gz", mask, affine_for("aniso"))
+    out = tmp_path / "out"
+    assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--maps", "residual", "--mask",
+                   mask_path, "--quiet") == 0
+    residual = np.asarray(nib.load(str(out / "patient01.residual.nii.gz")).dataobj)
+    assert np.all(residual[mask == 0] == 0) and residual[mask == 1].min() > 0
+
+    wrong = write_image_file(tmp_path / "wrong.nii.gz", mask[:, :, :10], affine_for("aniso"))
+    assert run_cli("score", scan, "--out", tmp_path / "o2", "--model", tiny_model_dir, "--mask", wrong,
+                   "--quiet") == 1
+    assert not any((tmp_path / "o2").iterdir())
+
+
+def test_usage_errors_are_one_line(tmp_path, tiny_model_dir, scan, capsys, monkeypatch):
+    assert run_cli("score", scan, "--out", tmp_path / "o", "--model", tmp_path / "nowhere") == 2
+    assert run_cli("score", scan, "--out", tmp_path / "o", "--model", tiny_model_dir, "--maps", "x") == 2
+    assert run_cli("score", scan, "--out", tmp_path / "o", "--model", tiny_model_dir, "--device", "tpu") == 2
+    # the default (bundled) model missing from an installation: a clear message, not a traceback
+    monkeypatch.setattr(model_card, "bundled_models_dir", lambda: tmp_path / "empty")
+    monkeypatch.setenv("NAPARI_UAD_MODELS", str(tmp_path / "empty"))
+    assert run_cli("score", scan, "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "bundled model is missing" in err
+    assert all(line.startswith("napari-uad: error:") for line in err.strip().splitlines())
+
+
+def test_help_explains_every_option():
+    text = subprocess.run([sys.executable, "-m", "napari_uad.cli", "score", "--help"], capture_output=True,
+                          text=True, check=True).stdout
+    for option in ("--out", "--model", "--maps", "--mask", "--device", "--batch-size", "--threshold",
+                   "--min-volume-mm3", "--detection-map", "--connectivity", "--modality"):
+        assert option in text
+    top = subprocess.run([sys.executable, "-m", "napari_uad.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "score" in top

@@ -1,0 +1,26 @@
+"""The README's two commands are what CI proves: .ci/run must run the README's test command verbatim."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    block = text.split("```bash", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_readme_starts_with_two_commands_and_ci_runs_the_test_command():
+    commands = readme_commands()
+    assert len(commands) == 2
+    main_command, test_command = commands
+    assert "napari-uad" in main_command and "pytest" in test_command
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+
+
+def test_readme_main_command_uses_bundled_sample():
+    main_command = readme_commands()[0]
+    sample = [tok for tok in main_command.split() if tok.startswith("sample_data/")]
+    assert sample and all((REPO / s).exists() for s in sample)

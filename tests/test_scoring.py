@@ -1,0 +1,197 @@
+"""Score maps against hand-computed formulas, batch-size invariance, determinism, cancellation, model cards."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_uad.io import Volume
+from napari_uad.model import CeVAE
+from napari_uad.model_card import ModelError, load_model, resolve_model
+from napari_uad.preprocessing import normalise_intensity
+from napari_uad.scoring import MAP_NAMES, Scorer, ScoringCancelled, parse_maps
+from napari_uad.slices import gaussian_blur2d
+
+from .conftest import head_phantom, make_tiny_model
+
+
+def test_gaussian_terms_by_hand():
+    from napari_uad.model import gaussian_nll, kl_per_slice
+
+    x, mu, log_var = torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0])
+    u, e = gaussian_nll(x, mu, log_var)
+    assert u.item() == pytest.approx(0.5 * math.log(2 * math.pi))
+    assert e.item() == pytest.approx(0.5)
+    u, e = gaussian_nll(torch.tensor([3.0]), torch.tensor([1.0]), torch.tensor([math.log(4.0)]))
+    assert u.item() == pytest.approx(0.5 * math.log(2 * math.pi * 4.0))
+    assert e.item() == pytest.approx(4.0 / 8.0)
+    kl = kl_per_slice(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(2.0)]]))
+    assert kl.item() == pytest.approx(0.5 * (1.0 + 0.0 + (2.0 - math.log(2.0) - 1.0)))
+
+
+def test_gaussian_blur_matches_scipy():
+    img = torch.rand(1, 1, 20, 24)
+    ours = gaussian_blur2d(img, (1.5, 1.5), (4, 4))[0, 0].numpy()
+    ref = ndimage.gaussian_filter(img[0, 0].numpy().astype(np.float64), 1.5, mode="mirror", truncate=4 / 1.5)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_maps_match_hand_computation_on_tiny_model(tmp_path):
+    """With an identity slice geometry (32 x 32 slices, no margin, full mask) and no smoothing, every map is
+    exactly the METHODS.md formula applied to the model's outputs."""
+    make_tiny_model(tmp_path, margin=0.0, samples=3, sigma=0.0)
+    model, card = load_model(tmp_path)
+    data = head_phantom((32, 32, 4), lesion=True)
+    vol = Volume.from_array(data, np.diag([1.0, 1.0, 2.0, 1.0]))
+    mask = np.ones(vol.shape, bool)
+    result = Scorer(model, card, device="cpu", batch_size=3).score(vol, MAP_NAMES, mask=mask)
+
+    ref_model = CeVAE(card.architecture)
+    ref_model.load_state_dict(model.state_dict())
+    x_all = normalise_intensity(vol.data, mask, card.preprocessing)
+    std = card.scoring.smoothgrad_noise * card.preprocessing.value_range
+    for k in range(vol.shape[2]):
+        x = torch.tensor(x_all[:, :, k])[None, None]
+        with torch.no_grad():
+            mu_z, lv_z = ref_model.encode(x)
+            mu_x, lv_x = ref_model.decode(mu_z)
+        residual = (x - mu_x).abs()
+        sigma2 = torch.exp(lv_x)
+        u = 0.5 * torch.log(2 * math.pi * sigma2)
+        e = (x - mu_x) ** 2 / (2 * sigma2)
+        gen = torch.Generator().manual_seed(card.scoring.seed * 1_000_003 + k)
+        noise = torch.randn((card.scoring.smoothgrad_samples, 1, 32, 32), generator=gen) * std
+        kl_g, elbo_g = torch.zeros_like(x), torch.zeros_like(x)
+        for t in range(card.scoring.smoothgrad_samples):
+            xn = (x + noise[t]).requires_grad_(True)
+            m, lv = ref_model.encode(xn)
+            kl = 0.5 * (m**2 + lv.exp() - lv - 1).sum()
+            mx, lvx = ref_model.decode(m)
+            rec = (0.5 * (math.log(2 * math.pi) + lvx) + (xn - mx) ** 2 / (2 * lvx.exp())).sum()
+            kl_g += torch.autograd.grad(kl, xn, retain_graph=True)[0].abs()
+            elbo_g += torch.autograd.grad(kl + rec, xn)[0].abs()
+        kl_g /= card.scoring.smoothgrad_samples
+        elbo_g /= card.scoring.smoothgrad_samples
+        expected = {"residual": residual, "U": u, "E": e, "nll": u + e, "kl_grad": kl_g, "elbo_grad": elbo_g,
+                    "combi": residual * kl_g}
+        for name, ref in expected.items():
+            np.testing.assert_allclose(result.maps[name][:, :, k], ref[0, 0].numpy(), rtol=2e-4, atol=1e-5,
+                                       err_msg=f"{name} slice {k}")
+        kl_slice = 0.5 * (mu_z**2 + lv_z.exp() - lv_z - 1).sum().item()
+        assert result.slice_kl[k] == pytest.approx(kl_slice, rel=1e-4)
+        assert result.slice_scores[k] == pytest.approx(kl_slice + (u + e).sum().item(), rel=1e-4)
+    top = np.sort(result.slice_scores)[::-1][: card.scoring.top_k_slices]
+    assert result.volume_score == pytest.approx(top.mean())
+
+
+@pytest.fixture(scope="module")
+def phantom_volume():
+    return Volume.from_array(head_phantom((40, 44, 12)), np.diag([-1.0, 1.2, 3.0, 1.0]))
+
+
+def test_maps_are_zero_outside_foreground(tiny_model_dir, phantom_volume):
+    model, card = load_model(tiny_model_dir)
+    result = Scorer(model, card, device="cpu").score(phantom_volume)
+    assert set(result.maps) == set(MAP_NAMES)
+    for name, m in result.maps.items():
+        assert m.shape == phantom_volume.shape and m.dtype == np.float32
+        assert np.all(m[~result.mask] == 0), name
+        assert np.all(np.isfinite(m)) and m[result.mask].max() > 0, name
+    empty = ~result.mask.any(axis=(0, 1))
+    assert np.all(np.isnan(result.slice_scores[empty])) and np.all(np.isfinite(result.slice_scores[~empty]))
+
+
+def test_results_do_not_depend_on_batch_size_and_are_deterministic(tiny_model_dir, phantom_volume):
+    runs = []
+    for batch in (1, 4, 64, 4):
+        model, card = load_model(tiny_model_dir)
+        runs.append(Scorer(model, card, device="cpu", batch_size=batch).score(phantom_volume))
+    for other in runs[1:]:
+        for name in MAP_NAMES:
+            np.testing.assert_allclose(other.maps[name], runs[0].maps[name], rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(other.slice_scores, runs[0].slice_scores, rtol=1e-5)
+    for name in MAP_NAMES:  # same batch size twice: bit-identical
+        np.testing.assert_array_equal(runs[1].maps[name], runs[3].maps[name])
+
+
+def test_progress_and_cancellation(tiny_model_dir, phantom_volume):
+    model, card = load_model(tiny_model_dir)
+    scorer = Scorer(model, card, device="cpu", batch_size=2)
+    steps = []
+    scorer.score(phantom_volume, ("residual",), progress=steps.append)
+    assert steps[0].done == 0 and steps[-1].done == steps[-1].total
+    assert [s.done for s in steps] == sorted(s.done for s in steps) and len(steps) > 3
+    assert steps[-1].eta_s == 0
+
+    cancel = threading.Event()
+    seen = []
+
+    def progress(step):
+        seen.append(step)
+        if step.done >= 2:
+            cancel.set()
+
+    with pytest.raises(ScoringCancelled):
+        scorer.score(phantom_volume, progress=progress, cancel=cancel)
+    assert seen[-1].done == 2  # stopped right after the batch during which cancel was requested
+
+
+def test_parse_maps():
+    assert parse_maps("E,residual") == ("residual", "E")
+    assert parse_maps(None) == MAP_NAMES
+    with pytest.raises(ValueError, match="unknown map"):
+        parse_maps("residual,bogus")
+
+
+def test_unknown_or_missing_device_is_a_clear_error(tiny_model_dir):
+    model, card = load_model(tiny_model_dir)
+    with pytest.raises(ValueError, match="unknown device"):
+        Scorer(model, card, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            Scorer(model, card, device="cuda")
+
+
+def test_card_verifies_weights_sha256(tmp_path):
+    make_tiny_model(tmp_path)
+    model, card = load_model(tmp_path / "card.json")
+    assert card.name == "tiny-test" and not model.training
+    weights = tmp_path / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match="does not match the card"):
+        load_model(tmp_path)
+
+
+def test_card_architecture_mismatch_is_reported(tmp_path):
+    make_tiny_model(tmp_path)
+    d = json.loads((tmp_path / "card.json").read_text())
+    d["architecture"]["latent"] = 8
+    (tmp_path / "card.json").write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="do not fit the card"):
+        load_model(tmp_path)
+
+
+def test_unknown_model_name_lists_known_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_UAD_MODELS", str(tmp_path))
+    make_tiny_model(tmp_path / "my-model")
+    assert resolve_model("my-model") == tmp_path / "my-model"
+    with pytest.raises(ModelError, match="my-model"):
+        resolve_model("nope")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_matches_cpu(tiny_model_dir, phantom_volume):
+    model, card = load_model(tiny_model_dir)
+    cpu = Scorer(model, card, device="cpu").score(phantom_volume)
+    model, card = load_model(tiny_model_dir)
+    gpu = Scorer(model, card, device="cuda", amp=False).score(phantom_volume)
+    for name in MAP_NAMES:
+        np.testing.assert_allclose(gpu.maps[name], cpu.maps[name], rtol=1e-3, atol=1e-4, err_msg=name)
