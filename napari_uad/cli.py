@@ -55,6 +55,62 @@ def _add_score_parser(sub) -> None:
     p.set_defaults(func=_cmd_score)
 
 
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a ceVAE on normal scans (or on synthetic healthy brains) and calibrate it",
+        description="Train a ceVAE (Gaussian decoder + context encoding) on normal scans and write "
+                    "model.safetensors + card.json into --out, loadable with `napari-uad score --model DIR`. "
+                    "Checkpoints go to DIR/checkpoint (continue with --resume).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="DIR_OR_GLOB",
+                     help="normal scans: a directory (all supported files in it) or a glob pattern")
+    src.add_argument("--synthetic", action="store_true",
+                     help="train on synthetic healthy brains made from the MNI152 template (napari_uad.synth)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
+    p.add_argument("--name", default=None, help="model name (default: the --out directory name)")
+    p.add_argument("--modality", choices=("MR", "CT"), default="MR", help="modality of the training scans")
+    p.add_argument("--contrast", default="any", help="contrast the model is meant for, recorded in the card")
+    p.add_argument("--epochs", type=int, default=40, help="maximum epochs (default 40)")
+    p.add_argument("--batch-size", type=int, default=32, help="slices per training step (default 32)")
+    p.add_argument("--learning-rate", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
+    p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the context-encoding loss (default 1)")
+    p.add_argument("--patience", type=int, default=6, help="early stopping patience in epochs (default 6)")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the slices")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time, keep the best")
+    p.add_argument("--input-size", type=int, choices=(64, 128), default=128, help="model slice size (default 128)")
+    p.add_argument("--latent", type=int, default=256, help="latent dimension (default 256)")
+    p.add_argument("--channels", default="16,32,64,128,256",
+                   help="encoder feature maps per stride-2 layer (default 16,32,64,128,256)")
+    p.add_argument("--n-volumes", type=int, default=40, help="--synthetic: number of volumes (default 40)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share of volumes held out (default 0.15)")
+    p.add_argument("--calibration-volumes", type=int, default=6,
+                   help="synthetic healthy + anomalous volumes each for calibration (default 6; 0 = skip)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_synth_parser(sub) -> None:
+    from .synth import ANOMALY_KINDS, CONTRASTS
+
+    p = sub.add_parser(
+        "synth", help="write synthetic brain MR scans (healthy or with toy anomalies) and ground-truth masks",
+        description="Write DIR/scans/S.nii.gz and DIR/masks/S.nii.gz (all-zero for normal scans) made from the "
+                    "MNI152 2009 template with random deformation, contrast, bias, noise and resolution, plus "
+                    "DIR/synth.json with every case's parameters.")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--n", type=int, required=True, help="number of scans")
+    p.add_argument("--anomalies", default="any",
+                   help=f"none, any, or a comma list of {','.join(ANOMALY_KINDS)} (default any)")
+    p.add_argument("--contrast", default="any", help=f"any, or a comma list of {','.join(CONTRASTS)}")
+    p.add_argument("--normal-fraction", type=float, default=0.0,
+                   help="share of scans left normal when anomalies are requested (default 0)")
+    p.add_argument("--slice-thickness", type=float, default=1.0, help="axial slice thickness in mm (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first scan; scan i uses seed + i")
+    p.set_defaults(func=_cmd_synth)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-uad",
@@ -64,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-uad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_score_parser(sub)
+    _add_train_parser(sub)
+    _add_synth_parser(sub)
     return parser
 
 
@@ -161,6 +219,45 @@ def _score_one(job, path: Path, stem: str, args: argparse.Namespace) -> None:
             f.replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .io import VolumeError
+    from .model import ArchitectureConfig
+    from .model_card import ModelCard, ModelError, ScoringConfig
+    from .train import TrainConfig, train_model
+
+    try:
+        channels = tuple(int(c) for c in args.channels.split(","))
+        arch = ArchitectureConfig(input_size=args.input_size, channels=channels, latent=args.latent)
+    except ValueError as err:
+        raise CliError(f"bad architecture: {err}") from err
+    card = ModelCard(name=args.name or args.out.name, version="1.0.0", modality=args.modality,
+                     contrast=args.contrast, architecture=arch, scoring=ScoringConfig(seed=args.seed),
+                     description="ceVAE with Gaussian decoder trained with napari-uad train")
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         ce_weight=args.ce_weight, patience=args.patience, steps_per_epoch=args.steps_per_epoch,
+                         max_minutes=args.max_minutes, seed=args.seed)
+    try:
+        train_model(card, args.out, config, data=args.data, synthetic_volumes=args.n_volumes if args.synthetic
+                    else 0, val_fraction=args.val_fraction, calibration_volumes=args.calibration_volumes,
+                    device=args.device, resume=args.resume, command=" ".join(["napari-uad"] + sys.argv[1:]),
+                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ModelError, VolumeError, ValueError) as err:
+        raise CliError(str(err)) from err
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import write_synth_dataset
+
+    try:
+        write_synth_dataset(args.out, n=args.n, anomalies=args.anomalies, contrast=args.contrast,
+                            normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness,
+                            seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

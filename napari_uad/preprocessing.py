@@ -6,7 +6,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["PreprocessingConfig", "normalise_intensity"]
+from .io import Volume
+from .mask import foreground_mask
+from .slices import SliceGeometry
+
+__all__ = ["PreprocessingConfig", "PreparedVolume", "normalise_intensity", "prepare_volume"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,32 @@ def normalise_intensity(data: np.ndarray, mask: np.ndarray, config: Preprocessin
     out = np.clip(out, config.clip[0], config.clip[1]).astype(np.float32)
     out[~mask] = config.background
     return out
+
+
+@dataclass
+class PreparedVolume:
+    """A volume ready for the model: normalised intensities and foreground mask (canonical grid), the slice
+    geometry onto the model grid and the axial slices k that hold foreground."""
+
+    normalised: np.ndarray
+    mask: np.ndarray
+    geometry: SliceGeometry
+    slices: np.ndarray
+
+
+def prepare_volume(volume: Volume, config: PreprocessingConfig, size: int, mask: np.ndarray | None = None,
+                   min_foreground_fraction: float = 0.0) -> PreparedVolume:
+    """Mask (automatic unless given), normalise and lay out the model geometry: the one path shared by
+    scoring and training. Slices whose foreground covers less than ``min_foreground_fraction`` of the
+    foreground's largest slice are left out of ``slices``."""
+    if mask is None:
+        mask = foreground_mask(volume.data)
+    elif mask.shape != volume.shape:
+        raise ValueError(f"mask shape {mask.shape} does not match volume shape {volume.shape}")
+    if not mask.any():
+        raise ValueError("foreground mask is empty")
+    normalised = normalise_intensity(volume.data, mask, config)
+    geometry = SliceGeometry.from_mask(mask, volume.spacing[:2], size, config.margin)
+    area = mask.sum(axis=(0, 1))
+    slices = np.flatnonzero(area > max(0, min_foreground_fraction * area.max()))
+    return PreparedVolume(normalised=normalised, mask=mask, geometry=geometry, slices=slices)

@@ -28,10 +28,9 @@ import torch
 
 from .devices import free_memory_bytes, is_out_of_memory, resolve_device
 from .io import Volume
-from .mask import foreground_mask
 from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard
-from .preprocessing import normalise_intensity
+from .preprocessing import prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
 
 __all__ = ["MAP_NAMES", "Progress", "ScoreResult", "Scorer", "ScoringCancelled", "parse_maps"]
@@ -146,15 +145,9 @@ class Scorer:
         maps = parse_maps(maps)
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        if mask is None:
-            mask = foreground_mask(volume.data)
-        elif mask.shape != volume.shape:
-            raise ValueError(f"mask shape {mask.shape} does not match volume shape {volume.shape}")
-        if not mask.any():
-            raise ValueError("foreground mask is empty")
         pre = self.card.preprocessing
-        normalised = normalise_intensity(volume.data, mask, pre)
-        geometry = SliceGeometry.from_mask(mask, volume.spacing[:2], self.card.input_size, pre.margin)
+        prepared = prepare_volume(volume, pre, self.card.input_size, mask)
+        normalised, mask, geometry = prepared.normalised, prepared.mask, prepared.geometry
         seconds["preprocess"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -162,7 +155,7 @@ class Scorer:
         out = {name: np.zeros((ni, nj, nk), dtype=np.float32) for name in maps}
         slice_kl = np.full(nk, np.nan)
         slice_rec = np.full(nk, np.nan)
-        todo = np.flatnonzero(mask.any(axis=(0, 1)))
+        todo = prepared.slices
         batch_size = self.requested_batch_size or self._auto_batch_size()
         notes: list[str] = []
         done = 0

@@ -1,0 +1,367 @@
+"""Training a ceVAE on normal scans (``shared/METHODS.md``).
+
+Data: volumes go through the same IO and preprocessing as scoring (``prepare_volume``), then their
+foreground slices are resampled onto the model grid once and kept in memory (float16).
+Loss per slice (nats): KL + Rec_VAE + ce_weight * Rec_CE, where Rec is the Gaussian NLL summed over pixels,
+Rec_VAE reconstructs x from a sampled z, and Rec_CE reconstructs the clean x from g(mu_z(x_tilde)), x_tilde
+being x with 1-3 random rectangles painted over with random values (one union mask; overlapping rectangles
+never un-mask each other). Adam; augmentation (mirror, small rotation/scale, multiplicative brightness,
+noise); held-out validation volumes; early stopping; checkpoints in safetensors + JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .devices import resolve_device
+from .export import write_json
+from .io import Volume, atomic_write
+from .model import CeVAE, gaussian_nll, kl_per_slice
+from .model_card import ModelCard, save_model
+from .preprocessing import PreprocessingConfig, prepare_volume
+
+__all__ = ["TrainConfig", "model_slices", "context_encoding_batch", "augment_batch", "slice_losses", "Trainer"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (stored in the card's training record)."""
+
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    ce_weight: float = 1.0
+    patience: int = 6
+    steps_per_epoch: int | None = None  # None: one pass over the training slices
+    max_minutes: float | None = None  # stop (and keep the best model) after this wall time
+    min_foreground_fraction: float = 0.1
+    seed: int = 0
+
+
+def model_slices(volume: Volume, preprocessing: PreprocessingConfig, size: int,
+                 min_foreground_fraction: float = 0.1) -> torch.Tensor:
+    """Foreground axial slices of a volume on the model grid, [N, 1, S, S] float16 (empty slices skipped)."""
+    prepared = prepare_volume(volume, preprocessing, size, min_foreground_fraction=min_foreground_fraction)
+    ks = prepared.slices
+    native = torch.from_numpy(np.ascontiguousarray(prepared.normalised[:, :, ks].transpose(2, 0, 1))).unsqueeze(1)
+    return prepared.geometry.to_model(native, fill=preprocessing.background).to(torch.float16)
+
+
+def context_encoding_batch(x: torch.Tensor, generator: torch.Generator, value_range: tuple[float, float]
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_tilde and the union mask [B, 1, S, S]: 1-3 rectangles per slice (sides S/10..S/3), random fill values."""
+    b, _, h, w = x.shape
+    x_tilde = x.clone()
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    lo, hi = value_range
+    rows = torch.arange(h, device=x.device).view(h, 1)
+    cols = torch.arange(w, device=x.device).view(1, w)
+    for i in range(b):
+        for _ in range(int(torch.randint(1, 4, (1,), generator=generator))):
+            rh, rw = (int(torch.randint(max(2, s // 10), max(3, s // 3), (1,), generator=generator)) for s in (h, w))
+            r0 = int(torch.randint(0, h - rh + 1, (1,), generator=generator))
+            c0 = int(torch.randint(0, w - rw + 1, (1,), generator=generator))
+            rect = (rows >= r0) & (rows < r0 + rh) & (cols >= c0) & (cols < c0 + rw)
+            value = lo + (hi - lo) * float(torch.rand(1, generator=generator))
+            x_tilde[i, 0][rect] = value
+            mask[i, 0] |= rect
+    return x_tilde, mask
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, background: float, clip: tuple[float, float]
+                  ) -> torch.Tensor:
+    """Mirror (left-right), rotation +-10 deg, scale 0.9-1.1, brightness x0.9-1.1, noise sd <= 0.05."""
+    b = x.shape[0]
+    flip = torch.rand(b, generator=generator) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1).to(x.device), x.flip(-2), x)
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(10)
+    scale = 0.9 + 0.2 * torch.rand(b, generator=generator)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
+    fg = x > background + 1e-3
+    brightness = (0.9 + 0.2 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device)
+    noise = torch.randn(x.shape, generator=generator).to(x.device) * (
+        0.05 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device)
+    x = torch.where(fg, x * brightness + noise, x)
+    return x.clamp(*clip)
+
+
+def slice_losses(model: CeVAE, x: torch.Tensor, x_tilde: torch.Tensor | None, ce_weight: float,
+                 sample: bool = True) -> dict[str, torch.Tensor]:
+    """Per-slice loss terms [B] in nats: kl, rec (VAE branch), ce (context-encoding branch), total."""
+    mu_x, log_var_x, mu_z, log_var_z = model(x, sample=sample)
+    kl = kl_per_slice(mu_z, log_var_z)
+    u, e = gaussian_nll(x, mu_x, log_var_x)
+    rec = (u + e).sum(dim=(1, 2, 3))
+    total = kl + rec
+    out = {"kl": kl, "rec": rec}
+    if x_tilde is not None and ce_weight > 0:
+        mu_ce, _ = model.encode(x_tilde)
+        mu_x_ce, log_var_x_ce = model.decode(mu_ce)
+        u, e = gaussian_nll(x, mu_x_ce, log_var_x_ce)
+        out["ce"] = (u + e).sum(dim=(1, 2, 3))
+        total = total + ce_weight * out["ce"]
+    out["total"] = total
+    return out
+
+
+class Trainer:
+    """Trains one model into ``out_dir`` (``model.safetensors`` + ``card.json``; ``checkpoint/`` to resume)."""
+
+    def __init__(self, card: ModelCard, out_dir: str | Path, config: TrainConfig, device: str = "auto",
+                 log: Callable[[str], None] = print):
+        self.card, self.config, self.log = card, config, log
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(device)
+        torch.manual_seed(config.seed)
+        self.model = CeVAE(card.architecture).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.state = {"epoch": 0, "step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0,
+                      "history": [], "wall_seconds": 0.0}
+
+    # -- data ----------------------------------------------------------------------------------------------
+    def slices_of(self, volumes: Iterable[Volume]) -> torch.Tensor:
+        pre, size = self.card.preprocessing, self.card.input_size
+        parts = [model_slices(v, pre, size, self.config.min_foreground_fraction) for v in volumes]
+        return torch.cat(parts) if parts else torch.empty(0, 1, size, size, dtype=torch.float16)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoint"
+
+    def save_checkpoint(self) -> None:
+        d = self.checkpoint_dir
+        d.mkdir(parents=True, exist_ok=True)
+        opt = self.optimizer.state_dict()
+        tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        for idx, st in opt["state"].items():
+            for name, value in st.items():
+                tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors["rng.generator"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        with atomic_write(d / "checkpoint.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        write_json(d / "state.json", {**self.state, "param_groups": opt["param_groups"]})
+
+    def load_checkpoint(self) -> bool:
+        d = self.checkpoint_dir
+        if not (d / "state.json").is_file():
+            return False
+        meta = json.loads((d / "state.json").read_text())
+        tensors = load_file(str(d / "checkpoint.safetensors"))
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+        opt_state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = value.to(self.device) if name != "step" else value
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
+        self.generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.state.update(meta)
+        return True
+
+    # -- training ------------------------------------------------------------------------------------------
+    def _batches(self, n: int, shuffle: bool) -> list[torch.Tensor]:
+        order = torch.randperm(n, generator=self.generator) if shuffle else torch.arange(n)
+        return list(order.split(self.config.batch_size))
+
+    def validation_loss(self, val: torch.Tensor) -> float:
+        """Mean per-slice loss on held-out slices: z = mu_z, fixed context-encoding masks (seeded)."""
+        self.model.eval()
+        gen = torch.Generator().manual_seed(12345)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for idx in self._batches(len(val), shuffle=False):
+                x = val[idx].float().to(self.device)
+                x_tilde, _ = context_encoding_batch(x, gen, self.card.preprocessing.clip)
+                losses = slice_losses(self.model, x, x_tilde, self.config.ce_weight, sample=False)
+                total += float(losses["total"].sum())
+                count += len(idx)
+        self.model.train()
+        return total / max(count, 1)
+
+    def fit(self, train: torch.Tensor, val: torch.Tensor) -> dict:
+        """Train until ``epochs``, early stopping or ``max_minutes``; writes the best model and its card."""
+        cfg, pre = self.config, self.card.preprocessing
+        if len(train) == 0 or len(val) == 0:
+            raise ValueError("no training or validation slices (are the scans empty?)")
+        self.model.train()
+        start_epoch = self.state["epoch"]
+        t_start = time.perf_counter()
+        wall_before = self.state["wall_seconds"]
+        steps = cfg.steps_per_epoch or math.ceil(len(train) / cfg.batch_size)
+        stop_reason = "epochs"
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            batches = self._batches(len(train), shuffle=True)
+            while len(batches) < steps:
+                batches += self._batches(len(train), shuffle=True)
+            sums = {"kl": 0.0, "rec": 0.0, "ce": 0.0, "total": 0.0}
+            for idx in batches[:steps]:
+                x = augment_batch(train[idx].float(), self.generator, pre.background, pre.clip).to(self.device)
+                x_tilde, _ = context_encoding_batch(x, self.generator, pre.clip)
+                losses = slice_losses(self.model, x, x_tilde, cfg.ce_weight)
+                loss = losses["total"].mean()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 100.0)
+                self.optimizer.step()
+                self.state["step"] += 1
+                for key in sums:
+                    sums[key] += float(losses[key].detach().mean()) if key in losses else 0.0
+            val_loss = self.validation_loss(val)
+            elapsed = time.perf_counter() - t_start
+            self.state["wall_seconds"] = wall_before + elapsed
+            self.state["epoch"] = epoch + 1
+            record = {"epoch": epoch + 1, "val_loss": val_loss, "seconds": time.perf_counter() - t_epoch,
+                      **{f"train_{k}": v / steps for k, v in sums.items()}}
+            self.state["history"].append(record)
+            improved = self.state["best_val"] is None or val_loss < self.state["best_val"]
+            if improved:
+                self.state.update(best_val=val_loss, best_epoch=epoch + 1, bad_epochs=0)
+                self._write_model()
+            else:
+                self.state["bad_epochs"] += 1
+            self.save_checkpoint()
+            per_epoch = elapsed / (epoch + 1 - start_epoch)
+            eta = per_epoch * (cfg.epochs - epoch - 1)
+            self.log(f"epoch {epoch + 1}/{cfg.epochs}  train {record['train_total']:.1f}  val {val_loss:.1f} "
+                     f"{'(best)' if improved else ''}  {record['seconds']:.0f}s/epoch  ETA {eta / 60:.1f} min")
+            if self.state["bad_epochs"] >= cfg.patience:
+                stop_reason = f"early stopping (no improvement for {cfg.patience} epochs)"
+                break
+            if cfg.max_minutes is not None and elapsed + per_epoch > cfg.max_minutes * 60:
+                stop_reason = f"time limit of {cfg.max_minutes} min"
+                break
+        self.state["stop_reason"] = stop_reason
+        self.save_checkpoint()
+        self._write_model(final=True)
+        return self.state
+
+    def _write_model(self, final: bool = False) -> None:
+        """Save the current weights as the model (best so far); ``final`` only refreshes the card's record."""
+        self.card.training.update({
+            "config": asdict(self.config), "device": self.device.type, "epochs_run": self.state["epoch"],
+            "best_epoch": self.state["best_epoch"], "best_val_loss_nats_per_slice": self.state["best_val"],
+            "wall_seconds": round(self.state["wall_seconds"], 1), "stop_reason": self.state.get("stop_reason"),
+            "history": self.state["history"],
+        })
+        if final:
+            self.card.write(self.out_dir)
+        else:
+            save_model(self.model, self.card, self.out_dir)
+
+
+def _scan_files(data: str) -> list[Path]:
+    from glob import glob
+
+    from .io import ITK_SUFFIXES, NIFTI_SUFFIXES
+
+    p = Path(data)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES))
+    else:
+        files = sorted(Path(f) for f in glob(data))
+    if not files:
+        raise ValueError(f"{data}: no scans found (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd)")
+    return files
+
+
+def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str | None = None,
+                synthetic_volumes: int = 0, val_fraction: float = 0.15, calibration_volumes: int = 6,
+                device: str = "auto", resume: bool = False, command: str = "",
+                log: Callable[[str], None] = print) -> ModelCard:
+    """Gather volumes (user scans through the scoring IO, or synthetic healthy brains), split by volume,
+    train, then calibrate on synthetic validation volumes (brain MR) or on the held-out scans."""
+    from .calibration import calibrate
+    from .io import VolumeError, read_volume
+    from .model_card import CARD_FILE, ModelCard as Card, load_model
+    from .scoring import Scorer
+    from .synth import case_volume, healthy_volume, synth_case
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        if not (out / "checkpoint" / "state.json").is_file():
+            raise ValueError(f"{out / 'checkpoint'}: no checkpoint to resume from")
+        card = Card.read(out / CARD_FILE)
+    trainer = Trainer(card, out, config, device, log)
+    if resume:
+        trainer.load_checkpoint()
+        log(f"resuming after epoch {trainer.state['epoch']}")
+    t0 = time.perf_counter()
+    if synthetic_volumes:
+        n_val = max(1, round(val_fraction * synthetic_volumes))
+        seeds = list(range(config.seed, config.seed + synthetic_volumes))
+
+        def volumes(ss):
+            for s in ss:
+                yield case_volume(healthy_volume(s))
+        train_seeds, val_seeds = seeds[:-n_val], seeds[-n_val:]
+        train = trainer.slices_of(volumes(train_seeds))
+        val = trainer.slices_of(volumes(val_seeds))
+        described = {"source": "synthetic healthy brains (napari_uad.synth, MNI152 2009 template via nilearn)",
+                     "train_seeds": [train_seeds[0], train_seeds[-1]], "val_seeds": [val_seeds[0], val_seeds[-1]]}
+        held_out: list[Volume] = []
+    else:
+        files = _scan_files(data)
+        usable: list[Volume] = []
+        for f in files:
+            try:
+                v = read_volume(f, modality=card.modality)
+            except VolumeError as err:
+                log(f"skipping {err}")
+                continue
+            usable.append(v)
+        if len(usable) < 2:
+            raise ValueError(f"{data}: need at least 2 usable scans (1 for validation), found {len(usable)}")
+        order = np.random.default_rng(config.seed).permutation(len(usable))
+        n_val = max(1, round(val_fraction * len(usable)))
+        held_out = [usable[i] for i in order[-n_val:]]
+        train = trainer.slices_of(usable[i] for i in order[:-n_val])
+        val = trainer.slices_of(held_out)
+        described = {"source": f"user scans: {data}", "n_files": len(files), "n_usable": len(usable)}
+    card = trainer.card
+    card.training.update({**described, "command": command, "n_train_slices": len(train),
+                          "n_val_slices": len(val), "data_seconds": round(time.perf_counter() - t0, 1)})
+    log(f"{len(train)} training slices, {len(val)} validation slices on {trainer.device.type}")
+    trainer.fit(train, val)
+    if calibration_volumes > 0:
+        model, card = load_model(out, device="cpu")
+        scorer = Scorer(model, card, device=device)
+        if synthetic_volumes:
+            base = 100_000 + config.seed
+            healthy = (case_volume(healthy_volume(base + i)) for i in range(calibration_volumes))
+            anomalous = ((case_volume(c), case_volume_mask(c)) for c in
+                         (synth_case(base + 500 + i) for i in range(calibration_volumes)))
+            card.calibration = calibrate(scorer, healthy, anomalous, log=log)
+            card.calibration["validation_set"] = (f"{calibration_volumes} healthy + {calibration_volumes} toy-anomaly "
+                                                  f"synthetic volumes, seeds from {base}")
+        else:
+            card.calibration = calibrate(scorer, held_out, log=log)
+            card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
+        card.write(out)
+        log(f"calibrated: detection map {card.detection_map}, threshold {card.default_threshold():.4g}")
+    return card
+
+
+def case_volume_mask(case) -> np.ndarray:
+    """A synthetic case's ground-truth mask in the canonical grid of its volume."""
+    from .io import Volume as V
+
+    return V.from_array(case.mask, case.affine, allow_constant=True).data > 0
