@@ -106,6 +106,8 @@ def _add_synth_parser(sub) -> None:
     p.add_argument("--contrast", default="any", help=f"any, or a comma list of {','.join(CONTRASTS)}")
     p.add_argument("--normal-fraction", type=float, default=0.0,
                    help="share of scans left normal when anomalies are requested (default 0)")
+    p.add_argument("--lesions", type=int, default=1, help="anomalies per abnormal scan (default 1)")
+    p.add_argument("--int16", action="store_true", help="store scans as int16 scaled to 0..4000 (smaller files)")
     p.add_argument("--slice-thickness", type=float, default=1.0, help="axial slice thickness in mm (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first scan; scan i uses seed + i")
     p.set_defaults(func=_cmd_synth)
@@ -254,7 +256,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     try:
         write_synth_dataset(args.out, n=args.n, anomalies=args.anomalies, contrast=args.contrast,
                             normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness,
-                            seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+                            seed=args.seed, lesions=args.lesions, int16=args.int16, log=lambda m: print(m, file=sys.stderr))
     except ValueError as err:
         raise CliError(str(err)) from err
     return 0

@@ -15,6 +15,7 @@ the set of voxels whose value was changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,7 +120,8 @@ def healthy_volume(seed: int, contrast: str | None = None, slice_thickness: floa
     if blur > 0.3:
         image = ndimage.gaussian_filter(image, blur)
     image *= np.exp(_smooth_field(rng, brain.shape, 4, 0.12))  # bias field, ~+-25 %
-    sigma = rng.uniform(0.005, 0.03) * float(image[brain].mean())
+    sigma_rel = rng.uniform(0.005, 0.03)
+    sigma = sigma_rel * float(image[brain].mean())
     noisy = np.sqrt((image + rng.normal(0, sigma, image.shape)) ** 2 + rng.normal(0, sigma, image.shape) ** 2)
     image = np.where(brain, noisy, 0.0).astype(np.float32) * np.float32(10 ** rng.uniform(0, 3))
     affine = atlas["affine"].copy()
@@ -130,8 +132,7 @@ def healthy_volume(seed: int, contrast: str | None = None, slice_thickness: floa
         image[~brain] = 0.0
         affine[:3, 2] *= step
     params = {"seed": seed, "contrast": contrast, "tissue_means": None if means is None else means.tolist(),
-              "blur_sigma_voxels": blur if blur > 0.3 else 0.0, "noise_sigma_rel": sigma / float(image[brain].mean()
-                                                                                                 or 1),
+              "blur_sigma_voxels": blur if blur > 0.3 else 0.0, "noise_sigma_rel": sigma_rel,
               "slice_thickness_mm": float(max(1.0, slice_thickness))}
     return SynthCase(data=image, mask=np.zeros(image.shape, np.uint8), affine=affine, params=params)
 
@@ -193,7 +194,7 @@ def insert_anomaly(case: SynthCase, seed: int, kind: str | None = None) -> Synth
     same = lesion == data[region]
     lesion[same] += np.float32(1e-3 * std)  # every masked voxel really changes
     data[region] = lesion
-    mask = (data != case.data).astype(np.uint8)
+    mask = ((data != case.data) | (case.mask > 0)).astype(np.uint8)
     params = {**case.params, "anomaly": kind, "anomaly_seed": seed, "anomaly_centre_voxel": centre.tolist(),
               "anomaly_radius_mm": radius_mm, "anomaly_sign": "bright" if sign > 0 else "dark",
               "anomaly_voxels": int(mask.sum())}
@@ -201,12 +202,19 @@ def insert_anomaly(case: SynthCase, seed: int, kind: str | None = None) -> Synth
 
 
 def synth_case(seed: int, anomaly: str | None = "any", contrast: str | None = None,
-               slice_thickness: float = 1.0) -> SynthCase:
-    """Healthy volume for ``seed``, with one anomaly unless ``anomaly`` is None ("any" = random kind)."""
+               slice_thickness: float = 1.0, n_anomalies: int = 1) -> SynthCase:
+    """Healthy volume for ``seed`` with ``n_anomalies`` anomalies (none if ``anomaly`` is None; "any" = a random
+    kind each). The mask marks every voxel changed by any of them."""
     case = healthy_volume(seed, contrast, slice_thickness)
     if anomaly is None:
         return case
-    return insert_anomaly(case, seed + 7919, None if anomaly == "any" else anomaly)
+    kinds = []
+    for k in range(n_anomalies):
+        case = insert_anomaly(case, seed + 7919 * (k + 1), None if anomaly == "any" else anomaly)
+        kinds.append(case.params["anomaly"])
+    if n_anomalies > 1:
+        case.params["anomalies"] = kinds
+    return case
 
 
 def case_volume(case: SynthCase):
@@ -228,15 +236,15 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str] | None
 
 def write_synth_dataset(out: Path | str, n: int, anomalies: str = "any", contrast: str = "any",
                         normal_fraction: float = 0.0, slice_thickness: float = 1.0, seed: int = 0,
-                        log=lambda m: None) -> list[dict]:
-    """Write ``out/scans/S.nii.gz``, ``out/masks/S.nii.gz`` and ``out/synth.json``; scan i uses seed + i."""
-    from pathlib import Path
+                        lesions: int = 1, int16: bool = False, log=lambda m: None) -> list[dict]:
+    """Write ``out/scans/S.nii.gz``, ``out/masks/S.nii.gz`` and ``out/synth.json``; scan i uses seed + i.
 
+    ``int16`` stores scans as integers scaled to 0..4000 (as scanners do; smaller files)."""
     from .export import write_json
     from .io import write_image_file
 
-    if n < 1:
-        raise ValueError("--n must be at least 1")
+    if n < 1 or lesions < 1:
+        raise ValueError("--n and --lesions must be at least 1")
     kinds = None if anomalies == "none" else _choices(anomalies, ANOMALY_KINDS, "anomaly")
     contrasts = _choices(contrast, CONTRASTS, "contrast")
     out = Path(out)
@@ -249,9 +257,10 @@ def write_synth_dataset(out: Path | str, n: int, anomalies: str = "any", contras
         c = None if contrasts is None else str(rng.choice(contrasts))
         normal = anomalies == "none" or rng.random() < normal_fraction
         kind = None if normal else ("any" if kinds is None else str(rng.choice(kinds)))
-        case = synth_case(s, kind, c, slice_thickness)
+        case = synth_case(s, kind, c, slice_thickness, n_anomalies=lesions)
         stem = f"synth_{s:05d}"
-        write_image_file(out / "scans" / f"{stem}.nii.gz", case.data, case.affine)
+        data = np.round(case.data * (4000.0 / case.data.max())).astype(np.int16) if int16 else case.data
+        write_image_file(out / "scans" / f"{stem}.nii.gz", data, case.affine)
         write_image_file(out / "masks" / f"{stem}.nii.gz", case.mask, case.affine)
         records.append({"stem": stem, "normal": normal, **case.params})
         log(f"{stem}: {case.params['contrast']}, {case.params.get('anomaly', 'normal')}")

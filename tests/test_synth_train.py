@@ -1,0 +1,151 @@
+"""Synthetic data, training, resume and calibration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_uad import cli
+from napari_uad.calibration import best_dice_threshold, quantile_table, to_quantile
+from napari_uad.model import ArchitectureConfig
+from napari_uad.model_card import ModelCard, load_model
+from napari_uad.synth import ANOMALY_KINDS, healthy_volume, insert_anomaly, synth_case
+from napari_uad.train import TrainConfig, Trainer, context_encoding_batch, train_model
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    return healthy_volume(11, contrast="t2")
+
+
+def test_healthy_generator_is_deterministic_and_skull_stripped(healthy):
+    again = healthy_volume(11, contrast="t2")
+    np.testing.assert_array_equal(again.data, healthy.data)
+    other = healthy_volume(12, contrast="t2")
+    assert other.data.shape == healthy.data.shape and not np.array_equal(other.data, healthy.data)
+    assert healthy.data.dtype == np.float32 and healthy.data.min() == 0.0
+    brain = healthy.data > 0
+    assert 0.15 < brain.mean() < 0.6
+    assert healthy.mask.sum() == 0
+
+
+@pytest.mark.parametrize("kind", ANOMALY_KINDS)
+def test_anomaly_mask_is_exactly_the_changed_voxels(healthy, kind):
+    case = insert_anomaly(healthy, seed=5, kind=kind)
+    changed = case.data != healthy.data
+    np.testing.assert_array_equal(case.mask > 0, changed)
+    assert case.mask.sum() > 10
+    assert np.all(healthy.data[case.mask > 0] > 0)  # inside the brain only
+    again = insert_anomaly(healthy, seed=5, kind=kind)
+    np.testing.assert_array_equal(again.data, case.data)
+
+
+def test_several_lesions_accumulate_in_the_mask():
+    case = synth_case(3, "sphere", "t1", n_anomalies=3)
+    base = healthy_volume(3, "t1")
+    np.testing.assert_array_equal(case.mask > 0, case.data != base.data)
+    assert case.params["anomalies"] == ["sphere"] * 3
+
+
+def test_thick_slices_make_an_anisotropic_volume():
+    case = synth_case(4, None, "flair", slice_thickness=3.0)
+    assert np.allclose(np.sqrt((case.affine[:3, :3] ** 2).sum(0)), [1, 1, 3])
+
+
+def test_synth_cli_writes_scans_masks_and_manifest(tmp_path):
+    assert cli.main(["synth", "--out", str(tmp_path), "--n", "2", "--anomalies", "blobs", "--contrast", "pd",
+                     "--normal-fraction", "0.0"]) == 0
+    import nibabel as nib
+
+    manifest = json.loads((tmp_path / "synth.json").read_text())
+    assert [c["anomaly"] for c in manifest["cases"]] == ["blobs", "blobs"]
+    for case in manifest["cases"]:
+        mask = np.asarray(nib.load(str(tmp_path / "masks" / f"{case['stem']}.nii.gz")).dataobj)
+        scan = nib.load(str(tmp_path / "scans" / f"{case['stem']}.nii.gz"))
+        assert mask.shape == scan.shape and mask.sum() == case["anomaly_voxels"]
+    assert cli.main(["synth", "--out", str(tmp_path), "--n", "1", "--anomalies", "bogus"]) == 2
+
+
+def test_context_encoding_masks_combine_rectangles():
+    x = torch.zeros(64, 1, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    x_tilde, mask = context_encoding_batch(x, gen, (-3.0, 3.0))
+    changed = x_tilde != 0
+    assert torch.all(mask | ~changed)  # every painted pixel is in the mask
+    assert torch.all(mask.flatten(1).any(1))
+    frac = mask.float().mean(dim=(1, 2, 3))
+    assert frac.min() > 0.005 and frac.max() < 0.5
+
+
+def tiny_card() -> ModelCard:
+    return ModelCard(name="tiny", version="0", architecture=ArchitectureConfig(input_size=32, channels=(8, 16),
+                                                                               latent=8))
+
+
+def test_short_training_lowers_the_loss_and_writes_a_loadable_card(tmp_path):
+    volumes = [healthy_volume(s, "t1", slice_thickness=3.0) for s in (1, 2)]
+    from napari_uad.synth import case_volume
+
+    trainer = Trainer(tiny_card(), tmp_path / "m", TrainConfig(epochs=6, steps_per_epoch=8, batch_size=16,
+                                                               learning_rate=2e-3), device="cpu", log=lambda m: None)
+    train = trainer.slices_of([case_volume(volumes[0])])
+    val = trainer.slices_of([case_volume(volumes[1])])
+    initial = trainer.validation_loss(val)
+    state = trainer.fit(train, val)
+    assert state["best_val"] < 0.8 * initial
+    model, card = load_model(tmp_path / "m")
+    assert card.training["best_val_loss_nats_per_slice"] == pytest.approx(state["best_val"])
+    assert len(card.training["history"]) == 6
+
+
+def test_train_cli_resume_and_score(tmp_path, monkeypatch):
+    import napari_uad.synth as synth
+
+    real = synth.healthy_volume
+    monkeypatch.setattr(synth, "healthy_volume", lambda s, c=None, t=1.0: real(s, c, 4.0))  # fewer slices
+    out = tmp_path / "model"
+    args = ["train", "--synthetic", "--out", str(out), "--n-volumes", "2", "--epochs", "2", "--steps-per-epoch",
+            "2", "--input-size", "64", "--channels", "8,16", "--latent", "8", "--calibration-volumes", "1",
+            "--device", "cpu", "--batch-size", "8"]
+    assert cli.main(args) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["epochs_run"] == 2
+    calibration = card["calibration"]
+    assert calibration["detection_map"] in calibration["maps"]
+    for entry in calibration["maps"].values():
+        q = np.asarray(entry["quantiles"])
+        assert np.all(np.diff(q) >= 0)  # monotone
+        assert entry["threshold_fpr_0.1pct"] >= entry["threshold_fpr_1pct"]
+    # resume: two more epochs continue the same history
+    assert cli.main(args[:7] + ["4"] + args[8:] + ["--resume"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["epochs_run"] == 4
+    assert [h["epoch"] for h in card["training"]["history"]] == [1, 2, 3, 4]
+    # the trained model scores a scan through the CLI with its calibrated threshold
+    scan_dir = tmp_path / "synth"
+    assert cli.main(["synth", "--out", str(scan_dir), "--n", "1", "--slice-thickness", "4"]) == 0
+    scan = next((scan_dir / "scans").glob("*.nii.gz"))
+    assert cli.main(["score", str(scan), "--out", str(tmp_path / "scored"), "--model", str(out), "--maps",
+                     "residual", "--quiet"]) == 0
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train_model(tiny_card(), tmp_path, TrainConfig(), synthetic_volumes=2, resume=True)
+
+
+def test_calibration_helpers():
+    values = np.random.default_rng(0).normal(size=10000)
+    table = quantile_table(values, np.array([0.0, 0.5, 0.99, 1.0]))
+    assert np.all(np.diff(table) >= 0)
+    q = to_quantile(np.array([-100.0, table[1], 100.0]), {"quantiles": table, "levels": [0.0, 0.5, 0.99, 1.0]})
+    np.testing.assert_allclose(q, [0.0, 0.5, 1.0])
+    scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    truth = np.array([1, 1, 0, 0, 0], bool)
+    thr, dice = best_dice_threshold(scores, truth)
+    assert thr == 0.8 and dice == 1.0
+    thr, dice = best_dice_threshold(np.array([0.5, 0.5, 0.1]), np.array([1, 0, 0], bool))
+    assert thr == 0.5 and dice == pytest.approx(2 / 3)  # ties cannot be split
