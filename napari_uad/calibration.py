@@ -4,7 +4,9 @@
   healthy validation volumes, so one slider position means the same false-positive rate for every map.
 - Detection thresholds per map: at 1 % and 0.1 % healthy-voxel false-positive rate, and the best pooled Dice
   on a validation set of synthetic toy anomalies (the thesis' method: never tuned on test data).
-- The default detection map is the one with the best validation Dice.
+- The default detection map is the one with the best validation Dice; its minimum finding volume is the
+  candidate that maximises object-level F1 (thesis matching rule) over all validation volumes, so spurious
+  small findings on healthy volumes count against it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .findings import label_components
 from .io import Volume
 from .scoring import MAP_NAMES, Scorer
 
-__all__ = ["QUANTILE_LEVELS", "quantile_table", "to_quantile", "best_dice_threshold", "calibrate"]
+__all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "quantile_table", "to_quantile", "best_dice_threshold",
+           "calibrate"]
 
 # dense in the upper tail, where detection thresholds live
 QUANTILE_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -5, 41), [1.0]]))
+MIN_VOLUME_CANDIDATES_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0)
 
 
 def quantile_table(values: np.ndarray, levels: np.ndarray = QUANTILE_LEVELS) -> np.ndarray:
@@ -51,9 +56,11 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid."""
     rng = np.random.default_rng(seed)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
+    kept: list[tuple[Volume, dict, np.ndarray | None]] = []  # (volume, maps, truth) for the object-level rule
     n_healthy = 0
     for volume in healthy:
         result = scorer.score(volume, maps)
+        kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, None))
         fg = np.flatnonzero(result.mask)
         pick = rng.choice(fg, size=min(voxels_per_volume, fg.size), replace=False)
         for m in maps:
@@ -66,6 +73,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     truths: list[np.ndarray] = []
     for volume, truth in anomalous:
         result = scorer.score(volume, maps)
+        kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, truth > 0))
         fg = result.mask
         for m in maps:
             scores[m].append(result.maps[m][fg])
@@ -90,6 +98,28 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         out["maps"][m] = entry
     if truths:
         out["detection_map"] = max(maps, key=lambda m: out["maps"][m]["best_dice_validation"])
+        out["min_volume_mm3"], out["min_volume_selection"] = _select_min_volume(
+            kept, out["detection_map"], out["maps"][out["detection_map"]]["threshold"])
     else:
         out["detection_map"] = "combi" if "combi" in maps else maps[0]
+        out["min_volume_mm3"] = 0.0
     return out
+
+
+def _select_min_volume(kept, map_name: str, threshold: float) -> tuple[float, list[dict]]:
+    """Minimum finding volume (mm^3) with the best object F1 over the validation volumes."""
+    from .metrics import object_counts, object_metrics
+
+    table = []
+    for min_volume in MIN_VOLUME_CANDIDATES_MM3:
+        counts = []
+        for volume, maps, truth in kept:
+            labels, _ = label_components(maps[map_name].astype(np.float32), threshold, volume.voxel_volume_mm3,
+                                         min_volume)
+            counts.append(object_counts(labels, truth if truth is not None else np.zeros(labels.shape, bool)))
+        m = object_metrics(counts)
+        r, p = m["object_recall"] or 0.0, m["object_precision"] or 0.0
+        table.append({"min_volume_mm3": min_volume, "object_f1": 0.0 if r + p == 0 else 2 * r * p / (r + p),
+                      **m})
+    best = max(table, key=lambda row: row["object_f1"])
+    return best["min_volume_mm3"], table

@@ -46,3 +46,32 @@ def head_phantom(shape=(40, 44, 24), seed: int = 0, lesion: bool = True) -> np.n
         blob = (i - 0.3) ** 2 + (j + 0.2) ** 2 + (k - 0.1) ** 2 < 0.2**2
         data[blob] = 400.0
     return data.astype(np.float32)
+
+
+def _start_xvfb_if_needed() -> None:
+    """GUI tests need a display: start a private Xvfb when there is none and Xvfb is installed."""
+    import atexit
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
+        return
+    for number in range(90, 120):
+        if os.path.exists(f"/tmp/.X11-unix/X{number}") or os.path.exists(f"/tmp/.X{number}-lock"):
+            continue
+        proc = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1600x1200x24", "-nolisten", "tcp"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(50):
+            if os.path.exists(f"/tmp/.X11-unix/X{number}"):
+                break
+            time.sleep(0.1)
+        if proc.poll() is None:
+            os.environ["DISPLAY"] = f":{number}"
+            atexit.register(proc.terminate)
+            return
+
+
+def pytest_configure(config):
+    _start_xvfb_if_needed()

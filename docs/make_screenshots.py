@@ -1,0 +1,62 @@
+"""Screenshots of the "Anomaly review" widget for the README (run under Xvfb: ``xvfb-run -a python ...``).
+
+Usage: python docs/make_screenshots.py [--model NAME|PATH] [--out docs]
+Opens the bundled sample scan through the plugin's sample-data entry, scores it with the model, shows the
+findings at the calibrated threshold, saves ``screenshot_scored.png``, tags the first two findings with the
+tag actions of the T and F shortcuts and saves ``screenshot_tagged.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    args = parser.parse_args()
+    os.environ.setdefault("NAPARI_UAD_HOME", tempfile.mkdtemp())  # do not touch the user's review sessions
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_uad._sample_data import sample_brain
+    from napari_uad._widget import AnomalyReviewWidget
+    from napari_uad.model_card import resolve_model
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1700, 1000)
+    for data, kwargs, kind in sample_brain():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = AnomalyReviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Anomaly review", area="right")
+    widget.add_model(str(resolve_model(args.model)))
+    done = []
+    widget.scoring_finished.connect(done.append)
+    widget.score_button.click()
+    while not done:
+        QApplication.processEvents()
+    if not done[0]:
+        raise SystemExit("scoring failed")
+    widget.select_finding(0)
+    for _ in range(5):
+        QApplication.processEvents()
+    out = Path(args.out)
+    viewer.screenshot(str(out / "screenshot_scored.png"), canvas_only=False)
+    widget.tag_current("TP")  # what the T key does (the keyboard path itself is covered by tests/test_widget.py)
+    widget.tag_current("FP")
+    widget.select_finding(1)
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.screenshot(str(out / "screenshot_tagged.png"), canvas_only=False)
+    print(f"{len(widget.view.findings)} findings; tags: "
+          f"{ {k: v['tag'] for k, v in widget.review.reviews.items()} }")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

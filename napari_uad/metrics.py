@@ -1,0 +1,111 @@
+"""Evaluation metrics (``shared/METHODS.md``), on numpy arrays; scikit-learn does the ranking metrics.
+
+- Pixel level: average precision over all foreground voxels of all scans pooled (the MOOD metric), the
+  per-scan mean AP (scans with anomalies only), pixel AUROC, Dice at a threshold and the best Dice over
+  thresholds (an upper bound, never used to pick a threshold).
+- Object level (thesis rule): a predicted component is a true positive if its centre of mass lies inside a
+  ground-truth object and the two volumes differ by at most 2x; a ground-truth object counts once even if
+  several components hit it.
+- Sample level: AP over scans and the false-positive rate at 95 % true-positive rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from .calibration import best_dice_threshold
+
+__all__ = ["pixel_metrics", "dice", "ObjectCounts", "object_counts", "object_metrics", "sample_metrics"]
+
+
+def pixel_metrics(scores: Sequence[np.ndarray], truths: Sequence[np.ndarray], threshold: float | None = None
+                  ) -> dict[str, float | None]:
+    """Pixel metrics over scans; ``scores[i]``/``truths[i]`` are the foreground voxels of scan i (1D arrays)."""
+    s = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in scores])
+    t = np.concatenate([np.asarray(a, dtype=bool).ravel() for a in truths])
+    out: dict[str, float | None] = {"pixel_ap": None, "pixel_auroc": None, "pixel_ap_per_scan": None,
+                                    "dice_at_threshold": None, "best_dice": None}
+    if t.any() and not t.all():
+        out["pixel_ap"] = float(average_precision_score(t, s))
+        out["pixel_auroc"] = float(roc_auc_score(t, s))
+        out["best_dice"] = best_dice_threshold(s, t)[1]
+    per_scan = [average_precision_score(tt, ss) for ss, tt in zip(scores, truths)
+                if np.any(tt) and not np.all(tt)]
+    if per_scan:
+        out["pixel_ap_per_scan"] = float(np.mean(per_scan))
+    if threshold is not None and t.any():
+        out["dice_at_threshold"] = dice(s >= threshold, t)
+    return out
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean arrays (1.0 when both are empty)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    denom = pred.sum() + truth.sum()
+    return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denom)
+
+
+@dataclass
+class ObjectCounts:
+    """Object-level counts of one scan."""
+
+    n_pred: int
+    n_true: int
+    tp_pred: int  # predicted components that match a ground-truth object
+    detected_true: int  # ground-truth objects hit by at least one matching component
+
+    @property
+    def fp(self) -> int:
+        return self.n_pred - self.tp_pred
+
+
+def object_counts(pred_labels: np.ndarray, truth: np.ndarray, connectivity: int = 3) -> ObjectCounts:
+    """Match predicted components (labelled array) to ground-truth objects (binary mask, same grid)."""
+    structure = ndimage.generate_binary_structure(3, connectivity)
+    true_labels, n_true = ndimage.label(np.asarray(truth) > 0, structure=structure)
+    n_pred = int(pred_labels.max())
+    if n_pred == 0:
+        return ObjectCounts(0, n_true, 0, 0)
+    index = np.arange(1, n_pred + 1)
+    sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)[1:]
+    present = index[sizes > 0]
+    true_sizes = np.bincount(true_labels.ravel(), minlength=n_true + 1)
+    centres = np.asarray(ndimage.center_of_mass(np.ones(pred_labels.shape, np.uint8), pred_labels, present))
+    tp_pred, hit = 0, set()
+    for lab, centre in zip(present, np.atleast_2d(centres)):
+        voxel = tuple(int(round(c)) for c in centre)
+        target = int(true_labels[voxel])
+        if target == 0:
+            continue
+        ratio = sizes[lab - 1] / true_sizes[target]
+        if 0.5 <= ratio <= 2.0:
+            tp_pred += 1
+            hit.add(target)
+    return ObjectCounts(len(present), n_true, tp_pred, len(hit))
+
+
+def object_metrics(counts: Sequence[ObjectCounts]) -> dict[str, float | None]:
+    """Recall, precision, false-positive objects per scan and per normal scan (no ground-truth object)."""
+    n_true = sum(c.n_true for c in counts)
+    n_pred = sum(c.n_pred for c in counts)
+    normal = [c for c in counts if c.n_true == 0]
+    return {
+        "object_recall": sum(c.detected_true for c in counts) / n_true if n_true else None,
+        "object_precision": sum(c.tp_pred for c in counts) / n_pred if n_pred else None,
+        "fp_objects_per_scan": sum(c.fp for c in counts) / len(counts) if counts else None,
+        "fp_objects_per_normal_scan": sum(c.fp for c in normal) / len(normal) if normal else None,
+    }
+
+
+def sample_metrics(volume_scores: Sequence[float], abnormal: Sequence[bool]) -> dict[str, float | None]:
+    """AP over scans (abnormal = positive) and FPR at 95 % TPR."""
+    y, s = np.asarray(abnormal, bool), np.asarray(volume_scores, np.float64)
+    if not y.any() or y.all():
+        return {"sample_ap": None, "fpr_at_95tpr": None}
+    fpr, tpr, _ = roc_curve(y, s)
+    return {"sample_ap": float(average_precision_score(y, s)), "fpr_at_95tpr": float(fpr[np.argmax(tpr >= 0.95)])}

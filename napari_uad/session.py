@@ -1,0 +1,126 @@
+"""A scored scan under review (Qt-free): maps, calibrated maps, findings at a threshold, review and export.
+
+The napari widget keeps one :class:`ScoredScan` and only orchestrates; every computation lives here or in
+the core modules, so it is tested without Qt. Arrays are in the volume's canonical grid (i, j, k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .calibration import to_quantile
+from .export import findings_rows, write_findings_csv
+from .findings import Finding, find_findings
+from .io import Volume
+from .model_card import ModelCard
+from .review import ReviewKey, ReviewSession
+from .scoring import ScoreResult
+
+__all__ = ["ScoredScan", "FindingsView", "SLIDER_STEPS"]
+
+SLIDER_STEPS = 1000
+
+
+@dataclass
+class FindingsView:
+    """Findings of one threshold setting: labels (canonical grid), findings ordered by id, canonical centroids."""
+
+    labels: np.ndarray
+    findings: list[Finding]
+    centroids_canonical: np.ndarray
+    detection_map: str
+    threshold: float
+    min_volume_mm3: float
+    connectivity: int
+
+
+@dataclass
+class ScoredScan:
+    volume: Volume
+    result: ScoreResult
+    card: ModelCard
+    _calibrated: dict[str, np.ndarray] = field(default_factory=dict)
+    _sha256: str | None = None
+
+    @property
+    def scan_sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = self.volume.sha256()
+        return self._sha256
+
+    @property
+    def has_calibration(self) -> bool:
+        """True when the card holds healthy-voxel quantile tables for every map."""
+        cal = self.card.calibration
+        return "levels" in cal and all("quantiles" in cal.get("maps", {}).get(m, {}) for m in self.result.maps)
+
+    def calibrated(self, name: str) -> np.ndarray:
+        """Map as healthy-voxel quantiles (0-1), zero outside the foreground (needs card calibration)."""
+        if name not in self._calibrated:
+            table = dict(self.card.calibration["maps"][name], levels=self.card.calibration["levels"])
+            q = to_quantile(self.result.maps[name], table)
+            q[~self.result.mask] = 0.0
+            self._calibrated[name] = q
+        return self._calibrated[name]
+
+    def quantile_of(self, name: str, raw: float) -> float | None:
+        """Healthy-voxel quantile of a raw score, or None without calibration."""
+        if not self.has_calibration or name not in self.card.calibration["maps"]:
+            return None
+        entry = self.card.calibration["maps"][name]
+        return float(np.interp(raw, entry["quantiles"], self.card.calibration["levels"]))
+
+    # -- threshold slider <-> raw threshold -----------------------------------------------------------------
+    def threshold_range(self, name: str) -> tuple[float, float]:
+        """Raw-score range the slider spans: 0 to the map's maximum in this scan (or the card threshold)."""
+        values = self.result.maps[name]
+        hi = float(values.max())
+        card_thr = self.card.default_threshold(name)
+        if card_thr is not None:
+            hi = max(hi, 1.05 * card_thr)
+        return 0.0, hi if hi > 0 else 1.0
+
+    def threshold_at(self, name: str, position: int) -> float:
+        lo, hi = self.threshold_range(name)
+        return lo + (hi - lo) * position / SLIDER_STEPS
+
+    def position_of(self, name: str, threshold: float) -> int:
+        lo, hi = self.threshold_range(name)
+        return int(round(np.clip((threshold - lo) / (hi - lo), 0, 1) * SLIDER_STEPS))
+
+    def default_threshold(self, name: str) -> float:
+        """The card's calibrated threshold, else the 99.9th percentile of the map in the foreground."""
+        thr = self.card.default_threshold(name)
+        if thr is None:
+            thr = float(np.quantile(self.result.maps[name][self.result.mask], 0.999))
+        return thr
+
+    # -- findings -------------------------------------------------------------------------------------------
+    def findings(self, name: str, threshold: float, min_volume_mm3: float, connectivity: int = 3) -> FindingsView:
+        labels, findings = find_findings(self.result.maps[name], self.volume, threshold, min_volume_mm3,
+                                         connectivity)
+        world = np.array([f.centroid_xyz_mm for f in findings]).reshape(-1, 3)
+        inv = np.linalg.inv(self.volume.affine)
+        canonical = world @ inv[:3, :3].T + inv[:3, 3]
+        return FindingsView(labels, findings, canonical, name, threshold, min_volume_mm3, connectivity)
+
+    def review_key(self, view: FindingsView) -> ReviewKey:
+        return ReviewKey(scan_sha256=self.scan_sha256, model_name=self.card.name, model_version=self.card.version,
+                         model_sha256=self.card.weights_sha256, detection_map=view.detection_map,
+                         threshold=round(float(view.threshold), 9), min_volume_mm3=float(view.min_volume_mm3),
+                         connectivity=int(view.connectivity))
+
+    def export_csv(self, path: str | Path, view: FindingsView, review: ReviewSession | None) -> Path:
+        """Write the reviewed findings CSV atomically; refuses to write over the scan itself."""
+        path = Path(path)
+        if self.volume.path is not None and path.resolve() == Path(self.volume.path).resolve():
+            raise ValueError(f"{path}: refusing to overwrite the scan")
+        rows = findings_rows(view.findings, scan_path="" if self.volume.path is None else str(self.volume.path),
+                             scan_sha256=self.scan_sha256, model_name=self.card.name,
+                             model_version=self.card.version, model_sha256=self.card.weights_sha256,
+                             detection_map=view.detection_map, threshold=view.threshold,
+                             min_volume_mm3=view.min_volume_mm3, reviews=None if review is None else review.reviews)
+        return write_findings_csv(path, rows)

@@ -1,0 +1,230 @@
+"""The "Anomaly review" widget through a real napari viewer (needs a display; Xvfb is started by conftest)."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+if not os.environ.get("DISPLAY"):
+    pytest.skip("no display (install Xvfb)", allow_module_level=True)
+napari = pytest.importorskip("napari")
+
+from napari_uad._reader import get_reader  # noqa: E402
+from napari_uad.export import FINDINGS_COLUMNS  # noqa: E402
+from napari_uad.io import write_image_file  # noqa: E402
+
+from .conftest import head_phantom  # noqa: E402
+from .test_io import affine_for  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_UAD_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def scan_path(tmp_path):
+    return write_image_file(tmp_path / "phantom.nrrd", head_phantom((40, 44, 14)), affine_for("aniso"))
+
+
+def open_scan(viewer, path):
+    layers = get_reader(str(path))(str(path))
+    for data, kwargs, kind in layers:
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    return viewer.layers[-1]
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model_dir):
+    from napari_uad._widget import AnomalyReviewWidget
+
+    viewer = make_napari_viewer()
+    w = AnomalyReviewWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Anomaly review")
+    w.add_model(str(tiny_model_dir))
+    w.device_selector.setCurrentText("cpu")
+    return w
+
+
+def score(qtbot, widget):
+    with qtbot.waitSignal(widget.scoring_finished, timeout=60_000) as blocker:
+        widget.score_button.click()
+    return blocker.args[0]
+
+
+def test_score_threshold_tag_export(qtbot, widget, scan_path, tmp_path):
+    viewer = widget.viewer
+    image = open_scan(viewer, scan_path)
+    assert score(qtbot, widget) is True
+    names = [layer.name for layer in viewer.layers]
+    for m in ("residual", "U", "E", "kl_grad", "combi", "nll"):
+        assert f"phantom {m}" in names
+        np.testing.assert_allclose(viewer.layers[f"phantom {m}"].scale, image.scale)
+        np.testing.assert_allclose(viewer.layers[f"phantom {m}"].translate, image.translate)
+    visible = [m for m in ("residual", "U", "E", "nll", "kl_grad", "elbo_grad", "combi")
+               if viewer.layers[f"phantom {m}"].visible]
+    assert visible == [widget.map_selector.currentText()]
+    labels = viewer.layers["phantom findings"]
+
+    # moving the threshold changes the findings table and the labels layer
+    slider = widget.threshold_slider
+    counts = {}
+    for position in (slider.maximum() // 10, slider.maximum() // 2):
+        slider.setValue(position)
+        widget.update_findings()
+        counts[position] = (widget.findings_table.rowCount(), int(labels.data.max()), int((labels.data > 0).sum()))
+    low, high = counts.values()
+    assert low[0] == low[1] and high[0] == high[1]
+    assert low[2] > high[2]
+
+    found = {}
+    for position in range(0, slider.maximum(), 25):  # the setting with most findings, to have some to tag
+        slider.setValue(position)
+        widget.update_findings()
+        found[position] = widget.findings_table.rowCount()
+    slider.setValue(max(found, key=found.get))
+    widget.update_findings()
+    n = widget.findings_table.rowCount()
+    assert n >= 3
+    # tag two findings with the keyboard shortcuts (T = TP, then F = FP), moving on after each
+    widget.select_finding(0)
+    viewer.window._qt_viewer.canvas.native.setFocus()
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, "t")
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, "f")
+    assert widget.review.reviews[1]["tag"] == "TP" and widget.review.reviews[2]["tag"] == "FP"
+    assert widget.review.path.is_file()  # autosaved
+    widget.select_finding(1)
+    widget.category_selector.setCurrentText("imaging artefact")
+    widget._edit_current(category="imaging artefact")
+
+    out = tmp_path / "reviewed.csv"
+    widget.export_csv(out)
+    with open(out, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == FINDINGS_COLUMNS
+        rows = list(reader)
+    assert len(rows) == n
+    assert rows[0]["tag"] == "TP" and rows[1]["tag"] == "FP" and rows[1]["category"] == "imaging artefact"
+    assert rows[2]["tag"] == "unreviewed" and rows[0]["reviewed_at"].endswith("Z")
+    for row in rows:
+        fid = int(row["finding_id"])
+        voxels = np.argwhere(labels.data == fid)  # display-order voxel indices of the labels layer
+        world = np.array([labels.data_to_world(v) for v in voxels]).mean(axis=0)  # napari world (z, y, x)
+        np.testing.assert_allclose([float(row["centroid_z_mm"]), float(row["centroid_y_mm"]),
+                                    float(row["centroid_x_mm"])], world, atol=1e-3)
+        assert row["model_name"] == "tiny-test" and row["scan_path"].endswith("phantom.nrrd")
+
+
+def test_cancel_leaves_no_layers(qtbot, widget, scan_path, monkeypatch):
+    viewer = widget.viewer
+    open_scan(viewer, scan_path)
+    n_layers = len(viewer.layers)
+    from napari_uad import scoring
+
+    original = scoring.Scorer.iter_score
+
+    def slow(self, *args, **kwargs):  # one slice per batch and a pause, so there is time to cancel
+        import time
+
+        self.requested_batch_size = 1
+        gen = original(self, *args, **kwargs)
+        try:
+            step = next(gen)
+            while True:
+                time.sleep(0.05)
+                yield step
+                step = gen.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+    monkeypatch.setattr(scoring.Scorer, "iter_score", slow)
+    with qtbot.waitSignal(widget.scoring_finished, timeout=60_000) as blocker:
+        widget.score_button.click()
+        qtbot.waitUntil(lambda: widget.progress_bar.value() >= 2, timeout=20_000)
+        assert widget.score_button.text() == "Cancel"
+        widget.score_button.click()
+    assert blocker.args[0] is False
+    assert len(viewer.layers) == n_layers
+    assert widget.score_button.text() == "Score anomalies"
+
+
+def test_review_session_restores_after_viewer_closed(qtbot, make_napari_viewer, tiny_model_dir, scan_path):
+    from napari_uad._widget import AnomalyReviewWidget
+
+    def session():
+        viewer = make_napari_viewer()
+        w = AnomalyReviewWidget(viewer)
+        w.add_model(str(tiny_model_dir))
+        open_scan(viewer, scan_path)
+        assert score(qtbot, w)
+        return viewer, w
+
+    viewer, w = session()
+    w.reviewer_edit.setText("dr. test")
+    w.reviewer_edit.editingFinished.emit()
+    w.select_finding(0)
+    w.tag_current("uncertain", advance=False)
+    w.note_edit.setText("check on follow-up")
+    w.note_edit.editingFinished.emit()
+    viewer.close()
+
+    viewer2, w2 = session()
+    assert w2.reviewer_edit.text() == "dr. test"  # remembered between sessions
+    assert w2.restore_button.isVisible() or not w2.restore_button.isHidden()
+    w2.restore_review()
+    first = w2.view.findings[0].finding_id
+    assert w2.review.reviews[first]["tag"] == "uncertain"
+    assert w2.review.reviews[first]["note"] == "check on follow-up"
+    assert w2.findings_table.item(0, 11).text() == "uncertain"
+
+
+@pytest.mark.parametrize("kind", ["RAS", "LPS", "permuted", "aniso"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_reader_keeps_scale_and_orientation(make_napari_viewer, tmp_path, kind, suffix):
+    from .test_io import marker_volume, save_as
+
+    data, marker = marker_volume()
+    affine = affine_for(kind)
+    path = save_as(tmp_path / f"scan{suffix}", data, affine)
+    viewer = make_napari_viewer()
+    layer = open_scan(viewer, path)
+    expected_world = affine[:3, :3] @ np.array(marker) + affine[:3, 3]  # RAS mm
+    bright = np.unravel_index(np.argmax(layer.data), layer.data.shape)
+    np.testing.assert_allclose(layer.data_to_world(bright), expected_world[::-1], atol=1e-4)
+    assert sorted(layer.scale) == sorted(np.sqrt((affine[:3, :3] ** 2).sum(0)))
+
+
+def test_writer_round_trip_in_source_grid(make_napari_viewer, tmp_path):
+    import nibabel as nib
+
+    from napari_uad._writer import write_labels
+
+    from .test_io import marker_volume, save_as
+
+    data, marker = marker_volume()
+    path = save_as(tmp_path / "scan.nrrd", data, affine_for("permuted"))
+    viewer = make_napari_viewer()
+    layer = open_scan(viewer, path)
+    labels = (layer.data > 500).astype(np.uint16)
+    out = write_labels(str(tmp_path / "labels.nii.gz"), labels, {"metadata": layer.metadata,
+                                                                  "scale": layer.scale,
+                                                                  "translate": layer.translate})
+    img = nib.load(out[0])
+    assert img.shape == data.shape
+    np.testing.assert_allclose(img.affine, affine_for("permuted"), atol=1e-5)
+    assert tuple(np.argwhere(np.asarray(img.dataobj) > 0)[0]) == marker
+
+
+def test_sample_data_opens_with_ground_truth(make_napari_viewer):
+    from napari_uad._sample_data import sample_brain
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in sample_brain():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    scan, truth = viewer.layers
+    assert scan.data.shape == truth.data.shape and truth.data.max() == 1
+    np.testing.assert_allclose(scan.scale, [1, 1, 1])
