@@ -33,8 +33,17 @@ from qtpy.QtWidgets import (
 )
 
 from .devices import available_devices
-from .display import MAP_COLORMAPS, RADIOLOGICAL_ORIENTATION, layer_geometry, ras_to_display_world, to_display
-from .display import volume_from_layer
+from .display import (
+    CT_WINDOWS,
+    MAP_COLORMAPS,
+    RADIOLOGICAL_ORIENTATION,
+    contrast_limits,
+    layer_geometry,
+    ras_to_display_world,
+    to_display,
+    volume_from_layer,
+    window_limits,
+)
 from .model_card import ModelError, list_models, load_model
 from .review import CATEGORIES, TAGS, ReviewSession, load_settings, save_setting
 from .scoring import MAP_NAMES, Scorer
@@ -140,6 +149,11 @@ class AnomalyReviewWidget(QWidget):
         self.device_selector = QComboBox(objectName="device_selector")
         self.device_selector.addItems(["auto"] + available_devices())
         form.addRow("Device", self.device_selector)
+        self.window_selector = QComboBox(objectName="window_selector")
+        self.window_selector.addItems(["MR (percentiles)"] + [f"CT {name}" for name in CT_WINDOWS])
+        self.window_selector.setToolTip("Display window of the image; CT presets as level/width in HU")
+        self.window_selector.activated.connect(self._on_window_selected)
+        form.addRow("Window", self.window_selector)
         self.map_selector = QComboBox(objectName="map_selector")
         self.map_selector.addItems(MAP_NAMES)
         self.map_selector.currentTextChanged.connect(self._on_map_changed)
@@ -256,6 +270,20 @@ class AnomalyReviewWidget(QWidget):
         self.image_selector.addItems(names)
         if current in names:
             self.image_selector.setCurrentText(current)
+
+    def _on_window_selected(self, index: int) -> None:
+        """Apply a display window to the chosen image layer (CT presets, or robust MR percentiles)."""
+        name = self.image_selector.currentText()
+        if not name:
+            return
+        layer = self.viewer.layers[name]
+        text = self.window_selector.itemText(index)
+        if text.startswith("CT "):
+            layer.contrast_limits = window_limits(*CT_WINDOWS[text[3:]])
+        else:
+            volume = volume_from_layer(layer.data, layer.metadata, layer.scale, layer.translate)
+            volume.modality = "MR"
+            layer.contrast_limits = contrast_limits(volume)
 
     def _on_model_activated(self, index: int) -> None:
         if self.model_selector.itemText(index) != BROWSE:

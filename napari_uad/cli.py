@@ -27,9 +27,15 @@ def _add_score_parser(sub) -> None:
                     "into --out: S.<map>.nii.gz per map, S.labels.nii.gz (findings), S.findings.csv and S.json. "
                     "All volumes are written in the input's own voxel grid and affine.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="scan files (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) or DICOM series directories")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if needed)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output directory (created if needed)")
+    p.add_argument("--mood-pixel", nargs=2, type=Path, metavar=("IN_DIR", "OUT_DIR"),
+                   help="MOOD challenge format: for every NIfTI in IN_DIR write the calibrated detection map "
+                        "(healthy-voxel quantiles, [0, 1]) to OUT_DIR with the same file name and grid")
+    p.add_argument("--mood-sample", nargs=2, type=Path, metavar=("IN_DIR", "OUT_DIR"),
+                   help="MOOD challenge format: for every NIfTI in IN_DIR write OUT_DIR/<file>.txt with a sample "
+                        "score in [0, 1]")
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled or user model name, model directory or card.json (default: the bundled "
                         "cevae-brain-mr)")
@@ -113,6 +119,51 @@ def _add_synth_parser(sub) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
+def _add_demo_parser(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="open the bundled sample scan in napari with the Anomaly review widget (headless: score it)",
+        description="With a display and napari installed: open the sample brain scan, dock the Anomaly review "
+                    "widget and start scoring. Without a display (or with --headless): score the sample scan "
+                    "like `napari-uad score` into --out and print the findings.")
+    p.add_argument("--out", type=Path, default=Path("napari-uad-demo"), help="output directory when headless")
+    p.add_argument("--model", default=None, help="model name or path (default: the bundled model)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--headless", action="store_true", help="never open a window")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _add_evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="pixel, object and sample metrics of score outputs against ground truth, with a report",
+        description="Read `napari-uad score` outputs (S.<map>.nii.gz, S.labels.nii.gz, S.json) from --pred and "
+                    "ground-truth masks S.nii.gz (all zero for normal scans) from --gt, matched by stem, and "
+                    "report per map: pixel AP (pooled, MOOD) and per-scan AP, AUROC, Dice at the threshold and best "
+                    "Dice (upper bound), object recall/precision/false positives (centre of mass inside a "
+                    "ground-truth object, volumes within 2x), sample AP and FPR at 95%% TPR; plus raw-intensity and "
+                    "histogram-equalised baselines. Writes report.md, metrics.csv, per_scan.csv, PR/ROC PNGs and "
+                    "summary.json into --out.")
+    p.add_argument("--pred", required=True, type=Path, metavar="DIR", help="napari-uad score output directory")
+    p.add_argument("--gt", required=True, type=Path, metavar="DIR", help="ground-truth masks S.nii.gz")
+    p.add_argument("--maps", default=None, help="comma-separated maps (default: those in the outputs)")
+    p.add_argument("--masks", type=Path, default=None, metavar="DIR",
+                   help="foreground masks S.nii.gz (default: the automatic mask of each scan)")
+    p.add_argument("--threshold-from", default="card", metavar="card|VALUE",
+                   help="thresholds for Dice and objects: the model card's per-map thresholds recorded in S.json "
+                        "(default) or one value for every map")
+    p.add_argument("--out", type=Path, default=None, metavar="REPORT_DIR", help="report directory")
+    p.add_argument("--max-negatives-per-scan", type=int, default=2_000_000,
+                   help="above this many healthy voxels a scan's negatives are subsampled (seeded, weighted)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _has_display() -> bool:
+    import os
+
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-uad",
@@ -124,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score_parser(sub)
     _add_train_parser(sub)
     _add_synth_parser(sub)
+    _add_demo_parser(sub)
+    _add_evaluate_parser(sub)
     return parser
 
 
@@ -147,6 +200,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .scoring import MAP_NAMES, Scorer, parse_maps
     from .pipeline import ScoreJob
 
+    mood = [(mode, dirs) for mode, dirs in (("pixel", args.mood_pixel), ("sample", args.mood_sample)) if dirs]
+    if mood:
+        return _score_mood(args, mood)
+    if not args.inputs or args.out is None:
+        raise CliError("score needs INPUT... and --out DIR (or --mood-pixel / --mood-sample IN_DIR OUT_DIR)")
     try:
         maps = parse_maps(args.maps)
     except ValueError as err:
@@ -187,6 +245,24 @@ def _cmd_score(args: argparse.Namespace) -> int:
             print(f"napari-uad: error: {msg}", file=sys.stderr)
     n_ok = len(inputs) - failures
     print(f"scored {n_ok} of {len(inputs)} input(s) into {args.out}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _score_mood(args: argparse.Namespace, mood: list) -> int:
+    from .model_card import ModelError, load_model
+    from .mood import score_mood
+    from .scoring import Scorer
+
+    try:
+        model, card = load_model(args.model)
+        scorer = Scorer(model, card, device=args.device, batch_size=args.batch_size)
+        failures = 0
+        for mode, (in_dir, out_dir) in mood:
+            if not in_dir.is_dir():
+                raise CliError(f"{in_dir}: not a directory")
+            failures += score_mood(scorer, in_dir, out_dir, mode, log=lambda m: print(m, file=sys.stderr))
+    except (ModelError, ValueError) as err:
+        raise CliError(str(err)) from err
     return 1 if failures else 0
 
 
@@ -259,6 +335,84 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                             seed=args.seed, lesions=args.lesions, int16=args.int16, log=lambda m: print(m, file=sys.stderr))
     except ValueError as err:
         raise CliError(str(err)) from err
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate
+    from .io import VolumeError
+    from .scoring import parse_maps
+
+    try:
+        maps = None if args.maps is None else parse_maps(args.maps)
+        threshold = args.threshold_from if args.threshold_from == "card" else float(args.threshold_from)
+    except ValueError as err:
+        raise CliError(f"bad --maps or --threshold-from: {err}") from err
+    for d in (args.pred, args.gt):
+        if not d.is_dir():
+            raise CliError(f"{d}: not a directory")
+    try:
+        summary = evaluate(args.pred, args.gt, maps, args.masks, threshold, args.out,
+                           args.max_negatives_per_scan, log=lambda m: print(m, file=sys.stderr))
+    except (VolumeError, ValueError) as err:
+        raise CliError(str(err)) from err
+    print(json.dumps({m: {k: v for k, v in e.items() if k in ("pixel_ap", "pixel_auroc", "object_recall")}
+                      for m, e in {**summary["maps"], **summary["baselines"]}.items()}, indent=1))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._sample_data import SAMPLE_SCAN
+    from .resources import sample_data_dir
+
+    directory = sample_data_dir()
+    if directory is None or not (directory / SAMPLE_SCAN).is_file():
+        raise CliError("the bundled sample scan is missing from this installation")
+    scan = directory / SAMPLE_SCAN
+    gui = not args.headless and _has_display()
+    if gui:
+        try:
+            import napari  # noqa: F401
+        except ImportError:
+            print("napari is not installed (pip install 'napari-uad[napari,qt]'): running headless", file=sys.stderr)
+            gui = False
+    if not gui:
+        print(f"no display: scoring {scan} headless into {args.out}", file=sys.stderr)
+        code = main(["score", str(scan), "--out", str(args.out), "--device", args.device]
+                    + (["--model", args.model] if args.model else []))
+        csv_path = args.out / "sample_brain.findings.csv"
+        if code == 0 and csv_path.is_file():
+            import csv
+
+            with open(csv_path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            print(f"{len(rows)} finding(s) in {csv_path}:")
+            for r in rows[:10]:
+                print(f"  #{r['finding_id']}: {float(r['volume_mm3']):.0f} mm3 at RAS "
+                      f"({float(r['centroid_x_mm']):.1f}, {float(r['centroid_y_mm']):.1f}, "
+                      f"{float(r['centroid_z_mm']):.1f}) mm, max {r['detection_map']} {float(r['max_score']):.3g}")
+        return code
+    import napari
+
+    from ._sample_data import sample_brain
+    from ._widget import AnomalyReviewWidget
+    from .model_card import ModelError, resolve_model
+
+    viewer = napari.Viewer(title="napari-uad demo")
+    for data, kwargs, kind in sample_brain():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = AnomalyReviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Anomaly review", area="right")
+    if args.model:
+        try:
+            widget.add_model(str(resolve_model(args.model)))
+        except ModelError as err:
+            raise CliError(str(err)) from err
+    widget.device_selector.setCurrentText(args.device)
+    widget.start_scoring()
+    napari.run()
     return 0
 
 

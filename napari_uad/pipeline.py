@@ -68,6 +68,7 @@ class ScoreJob:
             "maps": list(self.maps),
             "detection_map": self.detection_map,
             "threshold": self.threshold,
+            "card_thresholds": {m: card.default_threshold(m) for m in self.maps},
             "min_volume_mm3": self.min_volume_mm3,
             "connectivity": self.connectivity,
             "n_findings": len(findings),
