@@ -40,6 +40,17 @@ class Finding:
         return asdict(self)
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Smallest box holding every True voxel of a 3D mask, or None when it is empty."""
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def label_components(score_map: np.ndarray, threshold: float, voxel_volume_mm3: float,
                      min_volume_mm3: float = 0.0, connectivity: int = 3) -> tuple[np.ndarray, int]:
     """Connected components of ``score_map >= threshold`` (any 3D grid).
@@ -47,54 +58,71 @@ def label_components(score_map: np.ndarray, threshold: float, voxel_volume_mm3: 
     Components smaller than ``min_volume_mm3`` are dropped. Labels (uint16, 0 = background) are numbered
     1..n by decreasing maximum score, so finding 1 is the most anomalous.
     ``connectivity``: 1 (faces, 6-neighbourhood), 2 (edges, 18) or 3 (corners, 26).
+    Only the bounding box of the voxels above threshold is labelled, so the cost follows the findings.
     """
     if connectivity not in (1, 2, 3):
         raise ValueError(f"connectivity must be 1, 2 or 3, not {connectivity}")
+    out = np.zeros(score_map.shape, dtype=np.uint16)
+    above = score_map >= threshold
+    box = _bounding_box(above)
+    if box is None:
+        return out, 0
     structure = ndimage.generate_binary_structure(3, connectivity)
-    labels, n = ndimage.label(score_map >= threshold, structure=structure)
-    if n == 0:
-        return np.zeros(score_map.shape, dtype=np.uint16), 0
-    index = np.arange(1, n + 1)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    keep = index[sizes * voxel_volume_mm3 >= min_volume_mm3]
-    if keep.size == 0:
-        return np.zeros(score_map.shape, dtype=np.uint16), 0
+    labels, n = ndimage.label(above[box], structure=structure)
+    idx = np.flatnonzero(labels)
+    lab = labels.ravel()[idx]
+    values = score_map[box].ravel()[idx]
+    sizes = np.bincount(lab, minlength=n + 1)
+    peaks = np.full(n + 1, -np.inf)
+    np.maximum.at(peaks, lab, values)
+    keep = np.flatnonzero(sizes * voxel_volume_mm3 >= min_volume_mm3)
+    keep = keep[keep > 0]
     if keep.size > np.iinfo(np.uint16).max:
         raise ValueError(f"{keep.size} findings: too many for uint16 labels; raise the threshold")
-    peaks = np.asarray(ndimage.maximum(score_map, labels, keep))
-    order = keep[np.argsort(-peaks, kind="stable")]
+    order = keep[np.argsort(-peaks[keep], kind="stable")]
     lut = np.zeros(n + 1, dtype=np.uint16)
     lut[order] = np.arange(1, order.size + 1, dtype=np.uint16)
-    return lut[labels], int(order.size)
+    out[box] = lut[labels]
+    return out, int(order.size)
 
 
 def describe_components(labels: np.ndarray, score_map: np.ndarray, volume: Volume) -> list[Finding]:
     """Measure every labelled component; ``labels`` and ``score_map`` are in the volume's canonical grid."""
-    n = int(labels.max())
-    if n == 0:
+    box = _bounding_box(labels > 0)
+    if box is None:
         return []
-    index = np.arange(1, n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    centres = np.asarray(ndimage.center_of_mass(np.ones(labels.shape, dtype=np.uint8), labels, index))
-    maxima = np.asarray(ndimage.maximum(score_map, labels, index), dtype=np.float64)
-    means = np.asarray(ndimage.mean(score_map, labels, index), dtype=np.float64)
-    boxes = ndimage.find_objects(labels, max_label=n)
+    sub = labels[box]
+    idx = np.flatnonzero(sub)
+    lab = sub.ravel()[idx].astype(np.int64)
+    n = int(lab.max())
+    values = score_map[box].ravel()[idx].astype(np.float64)
+    coords = np.stack(np.unravel_index(idx, sub.shape), axis=1) + [b.start for b in box]
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    centres = np.stack([np.bincount(lab, weights=coords[:, a], minlength=n + 1)[1:] for a in range(3)], axis=1)
+    centres /= counts[:, None]
+    means = np.bincount(lab, weights=values, minlength=n + 1)[1:] / counts
+    maxima = np.full(n + 1, -np.inf)
+    np.maximum.at(maxima, lab, values)
+    k_first = np.full(n + 1, np.iinfo(np.int64).max)
+    k_last = np.full(n + 1, -1)
+    np.minimum.at(k_first, lab, coords[:, 2])
+    np.maximum.at(k_last, lab, coords[:, 2])
     world = volume.canonical_to_world(centres)
     original = volume.canonical_to_original_index(centres)
     axial = volume.axial_original_axis
     findings = []
-    for lab in range(n):
-        k0, k1 = boxes[lab][2].start, boxes[lab][2].stop - 1
-        ends = volume.canonical_to_original_index(np.array([[0, 0, k0], [0, 0, k1]], dtype=np.float64))[:, axial]
+    for i in range(n):
+        ends = volume.canonical_to_original_index(
+            np.array([[0, 0, k_first[i + 1]], [0, 0, k_last[i + 1]]], dtype=np.float64))[:, axial]
         first, last = (int(round(v)) for v in sorted(ends))
         findings.append(Finding(
-            finding_id=lab + 1,
-            voxel_count=int(counts[lab]),
-            volume_mm3=float(counts[lab] * volume.voxel_volume_mm3),
-            centroid_ijk=tuple(float(v) for v in original[lab]),
-            centroid_xyz_mm=tuple(float(v) for v in world[lab]),
-            max_score=float(maxima[lab]),
-            mean_score=float(means[lab]),
+            finding_id=i + 1,
+            voxel_count=int(counts[i]),
+            volume_mm3=float(counts[i] * volume.voxel_volume_mm3),
+            centroid_ijk=tuple(float(v) for v in original[i]),
+            centroid_xyz_mm=tuple(float(v) for v in world[i]),
+            max_score=float(maxima[i + 1]),
+            mean_score=float(means[i]),
             first_slice=first,
             last_slice=last,
         ))

@@ -1,0 +1,49 @@
+"""Findings: components, ordering, minimum volume, connectivity and positions in the source file's grid."""
+
+import numpy as np
+import pytest
+
+from napari_uad.findings import find_findings, label_components
+from napari_uad.io import Volume
+
+
+def test_components_ordered_by_peak_and_small_ones_dropped():
+    score = np.zeros((20, 20, 10), np.float32)
+    score[2:5, 2:5, 2:5] = 1.0  # 27 voxels, peak 1
+    score[10:12, 10:12, 5:7] = 3.0  # 8 voxels, peak 3
+    score[15, 15, 1] = 5.0  # 1 voxel, peak 5
+    labels, n = label_components(score, 0.5, voxel_volume_mm3=2.0, min_volume_mm3=4.0)
+    assert n == 2  # the single voxel (2 mm^3) is dropped
+    assert labels[10, 10, 5] == 1 and labels[3, 3, 3] == 2 and labels[15, 15, 1] == 0
+    assert labels.dtype == np.uint16
+
+
+def test_connectivity():
+    score = np.zeros((5, 5, 5), np.float32)
+    score[1, 1, 1] = score[2, 2, 2] = 1.0  # touch at a corner only
+    assert label_components(score, 0.5, 1.0, connectivity=3)[1] == 1
+    assert label_components(score, 0.5, 1.0, connectivity=1)[1] == 2
+    with pytest.raises(ValueError):
+        label_components(score, 0.5, 1.0, connectivity=4)
+
+
+def test_finding_positions_in_original_grid_and_world():
+    # stored as L-P-I with 1 x 1 x 3 mm: canonical RAS flips every axis
+    affine = np.diag([-1.0, -1.0, -3.0, 1.0])
+    affine[:3, 3] = [50.0, 60.0, 30.0]
+    data = np.ones((10, 12, 8), np.float32)
+    data[0, 0, 0] = 2.0
+    vol = Volume.from_array(data, affine)
+    score = np.zeros(vol.shape, np.float32)
+    canonical_blob = (slice(1, 3), slice(4, 6), slice(2, 5))
+    score[canonical_blob] = 2.0
+    labels, findings = find_findings(score, vol, 1.0)
+    (f,) = findings
+    assert f.voxel_count == 12 and f.volume_mm3 == pytest.approx(36.0)
+    original = np.zeros(vol.shape, np.float32)
+    original[canonical_blob] = 1
+    stored = vol.to_original(original)
+    np.testing.assert_allclose(f.centroid_ijk, np.argwhere(stored).mean(0))
+    np.testing.assert_allclose(f.centroid_xyz_mm, affine[:3, :3] @ np.argwhere(stored).mean(0) + affine[:3, 3])
+    ks = np.argwhere(stored)[:, 2]
+    assert (f.first_slice, f.last_slice) == (ks.min(), ks.max())
