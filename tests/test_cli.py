@@ -148,3 +148,10 @@ def test_help_explains_every_option():
     top = subprocess.run([sys.executable, "-m", "napari_uad.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "score" in top
+
+
+def test_demo_headless_scores_the_bundled_sample(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--headless", "--model", tiny_model_dir, "--out", out) == 0
+    assert (out / "sample_brain.findings.csv").is_file() and (out / "sample_brain.combi.nii.gz").is_file()
+    assert "finding(s) in" in capsys.readouterr().out
