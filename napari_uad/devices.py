@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["available_devices", "resolve_device", "free_memory_bytes", "is_out_of_memory"]
+__all__ = ["available_devices", "resolve_device", "free_memory_bytes", "is_out_of_memory", "machine_description"]
 
 
 def available_devices() -> list[str]:
@@ -46,3 +46,12 @@ def free_memory_bytes(device: torch.device) -> int:
 def is_out_of_memory(err: BaseException) -> bool:
     """True for CUDA/MPS out-of-memory errors."""
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def machine_description() -> dict:
+    """Where a job ran: OS, CPU count, torch version and GPU name (for model cards and benchmark records)."""
+    import platform
+
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}

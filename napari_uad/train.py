@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .devices import resolve_device
+from .devices import machine_description, resolve_device
 from .export import write_json
 from .io import Volume, atomic_write
 from .model import CeVAE, gaussian_nll, kl_per_slice
@@ -256,7 +256,8 @@ class Trainer:
     def _write_model(self, final: bool = False) -> None:
         """Save the current weights as the model (best so far); ``final`` only refreshes the card's record."""
         self.card.training.update({
-            "config": asdict(self.config), "device": self.device.type, "epochs_run": self.state["epoch"],
+            "config": asdict(self.config), "device": self.device.type, "machine": machine_description(),
+            "epochs_run": self.state["epoch"],
             "best_epoch": self.state["best_epoch"], "best_val_loss_nats_per_slice": self.state["best_val"],
             "wall_seconds": round(self.state["wall_seconds"], 1), "stop_reason": self.state.get("stop_reason"),
             "history": self.state["history"],

@@ -195,3 +195,29 @@ def test_gpu_matches_cpu(tiny_model_dir, phantom_volume):
     gpu = Scorer(model, card, device="cuda", amp=False).score(phantom_volume)
     for name in MAP_NAMES:
         np.testing.assert_allclose(gpu.maps[name], cpu.maps[name], rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(tiny_model_dir, phantom_volume, monkeypatch):
+    """Simulated GPU OOM: the scorer retries with smaller batches, then continues on the CPU with a warning,
+    and the result equals a plain CPU run."""
+    model, card = load_model(tiny_model_dir)
+    reference = Scorer(model, card, device="cpu", batch_size=4).score(phantom_volume, ("residual", "kl_grad"))
+    model, card = load_model(tiny_model_dir)
+    scorer = Scorer(model, card, device="cpu", batch_size=8)
+    scorer.device = torch.device("cuda")  # pretend; the patched batch function fails like a full GPU would
+    real = Scorer._score_slices
+    tried = []
+
+    def fake(self, normalised, mask, ks, geometry, maps):
+        tried.append((self.device.type, len(ks)))
+        if self.device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, normalised, mask, ks, geometry, maps)
+
+    monkeypatch.setattr(Scorer, "_score_slices", fake)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        result = scorer.score(phantom_volume, ("residual", "kl_grad"))
+    assert [t for t in tried if t[0] == "cuda"] == [("cuda", 8), ("cuda", 4), ("cuda", 2), ("cuda", 1)]
+    assert result.device == "cpu" and len(result.warnings) == 4
+    for name in ("residual", "kl_grad"):
+        np.testing.assert_allclose(result.maps[name], reference.maps[name], rtol=1e-4, atol=1e-6)

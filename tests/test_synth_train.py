@@ -149,3 +149,16 @@ def test_calibration_helpers():
     assert thr == 0.8 and dice == 1.0
     thr, dice = best_dice_threshold(np.array([0.5, 0.5, 0.1]), np.array([1, 0, 0], bool))
     assert thr == 0.5 and dice == pytest.approx(2 / 3)  # ties cannot be split
+
+
+def test_train_refuses_unusable_scans_with_a_clear_message(tmp_path, capsys):
+    data = tmp_path / "scans"
+    data.mkdir()
+    (data / "broken.nii.gz").write_bytes(b"not a scan")
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(data / "empty.nii.gz"))
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "m"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "skipping" in err and "broken.nii.gz" in err and "is constant" in err
+    assert "need at least 2 usable scans" in err and "Traceback" not in err

@@ -56,6 +56,18 @@ def score(qtbot, widget):
     return blocker.args[0]
 
 
+def test_widgets_have_stable_object_names(widget):
+    from qtpy.QtWidgets import QWidget
+
+    for name in ("model_selector", "device_selector", "map_selector", "score_button", "threshold_slider",
+                 "min_volume_spinbox", "findings_table", "export_button"):
+        assert widget.findChild(QWidget, name) is not None, name
+    import torch
+
+    devices = [widget.device_selector.itemText(i) for i in range(widget.device_selector.count())]
+    assert "cpu" in devices and ("cuda" in devices) == torch.cuda.is_available()
+
+
 def test_score_threshold_tag_export(qtbot, widget, scan_path, tmp_path):
     viewer = widget.viewer
     image = open_scan(viewer, scan_path)
