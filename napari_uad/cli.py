@@ -87,6 +87,12 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--latent", type=int, default=256, help="latent dimension (default 256)")
     p.add_argument("--channels", default="16,32,64,128,256",
                    help="encoder feature maps per stride-2 layer (default 16,32,64,128,256)")
+    p.add_argument("--log-var-clamp", default="-9,3", metavar="LO,HI",
+                   help="clamp range of the decoder's log-variance (default -9,3)")
+    p.add_argument("--beta-nll", type=float, default=0.5,
+                   help="beta of the beta-NLL training loss (default 0.5; 0 = plain Gaussian NLL)")
+    p.add_argument("--whole-slice-loss", action="store_true",
+                   help="reconstruction loss over every pixel instead of the dilated foreground")
     p.add_argument("--n-volumes", type=int, default=40, help="--synthetic: number of volumes (default 40)")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of volumes held out (default 0.15)")
     p.add_argument("--calibration-volumes", type=int, default=6,
@@ -307,7 +313,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     try:
         channels = tuple(int(c) for c in args.channels.split(","))
-        arch = ArchitectureConfig(input_size=args.input_size, channels=channels, latent=args.latent)
+        lo, hi = (float(v) for v in args.log_var_clamp.split(","))
+        arch = ArchitectureConfig(input_size=args.input_size, channels=channels, latent=args.latent,
+                                  log_var_clamp=(lo, hi))
     except ValueError as err:
         raise CliError(f"bad architecture: {err}") from err
     card = ModelCard(name=args.name or args.out.name, version="1.0.0", modality=args.modality,
@@ -315,7 +323,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                      description="ceVAE with Gaussian decoder trained with napari-uad train")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          ce_weight=args.ce_weight, patience=args.patience, steps_per_epoch=args.steps_per_epoch,
-                         max_minutes=args.max_minutes, seed=args.seed)
+                         max_minutes=args.max_minutes, foreground_loss=not args.whole_slice_loss, beta_nll=args.beta_nll,
+                         seed=args.seed)
     try:
         train_model(card, args.out, config, data=args.data, synthetic_volumes=args.n_volumes if args.synthetic
                     else 0, val_fraction=args.val_fraction, calibration_volumes=args.calibration_volumes,

@@ -2,11 +2,13 @@
 
 Data: volumes go through the same IO and preprocessing as scoring (``prepare_volume``), then their
 foreground slices are resampled onto the model grid once and kept in memory (float16).
-Loss per slice (nats): KL + Rec_VAE + ce_weight * Rec_CE, where Rec is the Gaussian NLL summed over pixels,
+Loss per slice (nats): KL + Rec_VAE + ce_weight * Rec_CE, where Rec is the Gaussian NLL summed over the
+foreground pixels (dilated by 3 px; ``foreground_loss``; every pixel when it is off),
 Rec_VAE reconstructs x from a sampled z, and Rec_CE reconstructs the clean x from g(mu_z(x_tilde)), x_tilde
 being x with 1-3 random rectangles painted over with random values (one union mask; overlapping rectangles
 never un-mask each other). Adam; augmentation (mirror, small rotation/scale, multiplicative brightness,
-noise); held-out validation volumes; early stopping; checkpoints in safetensors + JSON (no pickle).
+noise); beta-NLL weighting during training against a blurry mean (validation loss is the plain NLL);
+held-out validation volumes; early stopping; checkpoints in safetensors + JSON (no pickle).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard, save_model
 from .preprocessing import PreprocessingConfig, prepare_volume
 
-__all__ = ["TrainConfig", "model_slices", "context_encoding_batch", "augment_batch", "slice_losses", "Trainer"]
+__all__ = ["TrainConfig", "model_slices", "context_encoding_batch", "augment_batch", "loss_region", "slice_losses",
+           "Trainer", "train_model"]
 
 
 @dataclass
@@ -45,6 +48,8 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None: one pass over the training slices
     max_minutes: float | None = None  # stop (and keep the best model) after this wall time
     min_foreground_fraction: float = 0.1
+    foreground_loss: bool = True  # reconstruction terms over the (dilated) foreground only
+    beta_nll: float = 0.5  # beta-NLL weighting (Seitzer et al. 2022); 0 = plain Gaussian NLL
     seed: int = 0
 
 
@@ -98,20 +103,44 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, background: float
     return x.clamp(*clip)
 
 
+def loss_region(x: torch.Tensor, background: float, dilate: int = 3) -> torch.Tensor:
+    """Pixels whose reconstruction counts: the foreground (x above the background value) dilated by
+    ``dilate`` pixels, [B, 1, S, S] float. Scoring restricts every map to the foreground, so the constant
+    background need not be modelled; leaving it out keeps the variance head from collapsing there."""
+    fg = (x > background + 1e-3).float()
+    return F.max_pool2d(fg, 2 * dilate + 1, stride=1, padding=dilate) if dilate > 0 else fg
+
+
+def _nll_weight(log_var_x: torch.Tensor, region, beta: float):
+    """Per-pixel weight of the NLL: the loss region times sigma^(2 beta) without gradient (beta-NLL).
+
+    A Gaussian decoder trained on the plain NLL can explain every error with a large variance, which scales
+    the mean's gradient by 1/sigma^2 and leaves the reconstruction blurry; beta-NLL (beta = 0.5) keeps the
+    mean learning while the variance head still fits the error. beta = 0 is the plain NLL."""
+    weight = 1.0 if region is None else region
+    if beta > 0:
+        weight = weight * torch.exp(beta * log_var_x.detach())
+    return weight
+
+
 def slice_losses(model: CeVAE, x: torch.Tensor, x_tilde: torch.Tensor | None, ce_weight: float,
-                 sample: bool = True) -> dict[str, torch.Tensor]:
-    """Per-slice loss terms [B] in nats: kl, rec (VAE branch), ce (context-encoding branch), total."""
+                 sample: bool = True, region: torch.Tensor | None = None, beta: float = 0.0
+                 ) -> dict[str, torch.Tensor]:
+    """Per-slice loss terms [B] in nats: kl, rec (VAE branch), ce (context-encoding branch), total.
+
+    ``region`` ([B, 1, S, S], 0/1) restricts the reconstruction sums (None: every pixel); ``beta`` > 0 weights
+    the NLL as beta-NLL for training (validation and reports use beta = 0, the plain NLL)."""
     mu_x, log_var_x, mu_z, log_var_z = model(x, sample=sample)
     kl = kl_per_slice(mu_z, log_var_z)
     u, e = gaussian_nll(x, mu_x, log_var_x)
-    rec = (u + e).sum(dim=(1, 2, 3))
+    rec = ((u + e) * _nll_weight(log_var_x, region, beta)).sum(dim=(1, 2, 3))
     total = kl + rec
     out = {"kl": kl, "rec": rec}
     if x_tilde is not None and ce_weight > 0:
         mu_ce, _ = model.encode(x_tilde)
         mu_x_ce, log_var_x_ce = model.decode(mu_ce)
         u, e = gaussian_nll(x, mu_x_ce, log_var_x_ce)
-        out["ce"] = (u + e).sum(dim=(1, 2, 3))
+        out["ce"] = ((u + e) * _nll_weight(log_var_x_ce, region, beta)).sum(dim=(1, 2, 3))
         total = total + ce_weight * out["ce"]
     out["total"] = total
     return out
@@ -189,11 +218,15 @@ class Trainer:
             for idx in self._batches(len(val), shuffle=False):
                 x = val[idx].float().to(self.device)
                 x_tilde, _ = context_encoding_batch(x, gen, self.card.preprocessing.clip)
-                losses = slice_losses(self.model, x, x_tilde, self.config.ce_weight, sample=False)
+                losses = slice_losses(self.model, x, x_tilde, self.config.ce_weight, sample=False,
+                                      region=self._region(x))
                 total += float(losses["total"].sum())
                 count += len(idx)
         self.model.train()
         return total / max(count, 1)
+
+    def _region(self, x: torch.Tensor) -> torch.Tensor | None:
+        return loss_region(x, self.card.preprocessing.background) if self.config.foreground_loss else None
 
     def fit(self, train: torch.Tensor, val: torch.Tensor) -> dict:
         """Train until ``epochs``, early stopping or ``max_minutes``; writes the best model and its card."""
@@ -215,7 +248,8 @@ class Trainer:
             for idx in batches[:steps]:
                 x = augment_batch(train[idx].float(), self.generator, pre.background, pre.clip).to(self.device)
                 x_tilde, _ = context_encoding_batch(x, self.generator, pre.clip)
-                losses = slice_losses(self.model, x, x_tilde, cfg.ce_weight)
+                losses = slice_losses(self.model, x, x_tilde, cfg.ce_weight, region=self._region(x),
+                                      beta=cfg.beta_nll)
                 loss = losses["total"].mean()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

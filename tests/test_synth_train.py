@@ -162,3 +162,23 @@ def test_train_refuses_unusable_scans_with_a_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "skipping" in err and "broken.nii.gz" in err and "is constant" in err
     assert "need at least 2 usable scans" in err and "Traceback" not in err
+
+
+def test_loss_region_and_beta_nll_weighting():
+    from napari_uad.model import CeVAE, gaussian_nll
+    from napari_uad.train import loss_region, slice_losses
+
+    torch.manual_seed(0)
+    model = CeVAE(ArchitectureConfig(input_size=32, channels=(8, 16), latent=8))
+    x = torch.full((2, 1, 32, 32), -3.0)
+    x[:, :, 10:20, 10:20] = 0.5
+    region = loss_region(x, background=-3.0, dilate=2)
+    assert region[0, 0, 8:22, 8:22].all() and region.sum() == 2 * 14 * 14
+    plain = slice_losses(model, x, None, 0.0, sample=False)
+    mu_x, log_var_x, _, _ = model(x, sample=False)
+    u, e = gaussian_nll(x, mu_x, log_var_x)
+    torch.testing.assert_close(plain["rec"], (u + e).sum(dim=(1, 2, 3)))
+    masked = slice_losses(model, x, None, 0.0, sample=False, region=region)
+    torch.testing.assert_close(masked["rec"], ((u + e) * region).sum(dim=(1, 2, 3)))
+    beta = slice_losses(model, x, None, 0.0, sample=False, beta=0.5)
+    torch.testing.assert_close(beta["rec"], ((u + e) * torch.exp(0.5 * log_var_x)).sum(dim=(1, 2, 3)))
