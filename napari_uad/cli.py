@@ -395,7 +395,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if code == 0 and csv_path.is_file():
             import csv
 
-            with open(csv_path, newline="") as fh:
+            with open(csv_path, newline="", encoding="utf-8") as fh:
                 rows = list(csv.DictReader(fh))
             print(f"{len(rows)} finding(s) in {csv_path}:")
             for r in rows[:10]:

@@ -80,7 +80,7 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
     missing = [s for s in stems if not any((gt_dir / f"{s}{x}").is_file() for x in (".nii.gz", ".nii"))]
     if missing:
         raise ValueError(f"{gt_dir}: no ground truth for {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
-    first = json.loads(reports[0].read_text())
+    first = json.loads(reports[0].read_text(encoding="utf-8"))
     maps = tuple(maps or first["maps"])
     methods = list(maps) + list(BASELINES)
     pools = {m: _Pool() for m in methods}
@@ -90,7 +90,7 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
     elbo_scores: list[float] = []
     per_scan_rows = []
     for stem, report_path in zip(stems, reports):
-        report = json.loads(report_path.read_text())
+        report = json.loads(report_path.read_text(encoding="utf-8"))
         gt_path = next(gt_dir / f"{stem}{x}" for x in (".nii.gz", ".nii") if (gt_dir / f"{stem}{x}").is_file())
         gt = _read_grid(gt_path, None)
         truth = gt.data > 0
@@ -212,13 +212,13 @@ def _write_report(out: Path, summary: dict, per_scan_rows: list[dict], curves: d
                "object_recall", "object_precision", "fp_objects_per_scan", "fp_objects_per_normal_scan",
                "sample_ap", "fpr_at_95tpr"]
     table = {**summary["maps"], **{f"baseline_{k}": v for k, v in summary["baselines"].items()}}
-    with open(out / "metrics.csv", "w", newline="") as fh:
+    with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         for name, entry in table.items():
             writer.writerow([name] + [entry.get(c) for c in columns[1:]])
     keys = sorted({k for r in per_scan_rows for k in r})
-    with open(out / "per_scan.csv", "w", newline="") as fh:
+    with open(out / "per_scan.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["scan", "normal", "anomalous_voxels"] +
                                 [k for k in keys if k not in ("scan", "normal", "anomalous_voxels")])
         writer.writeheader()
@@ -233,7 +233,7 @@ def _write_report(out: Path, summary: dict, per_scan_rows: list[dict], curves: d
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(f"pixel-level {kind.split('_')[0].upper()} ({summary['n_scans']} scans)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right" if kind == "roc_curves" else "upper right")
         fig.tight_layout()
         fig.savefig(out / f"{kind}.png", dpi=110)
         plt.close(fig)
@@ -252,4 +252,4 @@ def _write_report(out: Path, summary: dict, per_scan_rows: list[dict], curves: d
         lines.append(f"| {name} | " + " | ".join(f(entry.get(c)) for c in columns[1:]) + " |")
     lines += ["", "![PR curves](pr_curves.png) ![ROC curves](roc_curves.png)", "",
               "Files: `summary.json`, `metrics.csv`, `per_scan.csv`."]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

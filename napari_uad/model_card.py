@@ -136,7 +136,7 @@ class ModelCard:
     def read(cls, card_path: str | os.PathLike) -> "ModelCard":
         card_path = Path(card_path)
         try:
-            d = json.loads(card_path.read_text())
+            d = json.loads(card_path.read_text(encoding="utf-8"))
             return cls.from_dict(d, path=card_path.parent)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ModelError(f"{card_path}: not a valid model card ({type(err).__name__}: {err})") from err

@@ -48,6 +48,6 @@ def score_mood(scorer: Scorer, in_dir: Path, out_dir: Path, mode: str, log=print
         else:
             extreme = float(np.quantile(raw[result.mask], 0.9999))
             value = float(to_quantile(np.array([extreme]), table)[0])
-            (Path(out_dir) / f"{path.name}.txt").write_text(f"{value:.8f}\n")
+            (Path(out_dir) / f"{path.name}.txt").write_text(f"{value:.8f}\n", encoding="utf-8")
         log(f"{path.name}: done")
     return failures

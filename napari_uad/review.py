@@ -32,7 +32,7 @@ def app_home() -> Path:
 def load_settings() -> dict:
     path = app_home() / "settings.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -81,7 +81,7 @@ class ReviewSession:
         """The saved session for ``key``, or None."""
         path = app_home() / "reviews" / f"{key.digest}.json"
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         return cls(key=key, scan_path=d.get("scan_path", ""), created_at=d.get("created_at", ""),

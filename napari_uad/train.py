@@ -190,7 +190,7 @@ class Trainer:
         d = self.checkpoint_dir
         if not (d / "state.json").is_file():
             return False
-        meta = json.loads((d / "state.json").read_text())
+        meta = json.loads((d / "state.json").read_text(encoding="utf-8"))
         tensors = load_file(str(d / "checkpoint.safetensors"))
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
         opt_state: dict = {}

@@ -72,7 +72,7 @@ def test_score_end_to_end(tmp_path, tiny_model_dir, scan, capsys):
         assert row["scan_path"].endswith("patient01.nrrd") and len(row["scan_sha256"]) == 64
     assert [float(r["max_score"]) for r in rows] == sorted((float(r["max_score"]) for r in rows), reverse=True)
 
-    report = json.loads((out / "patient01.json").read_text())
+    report = json.loads((out / "patient01.json").read_text(encoding="utf-8"))
     assert report["model"]["name"] == "tiny-test" and len(report["model"]["sha256"]) == 64
     assert report["threshold"] == 0.8 and report["device"] == "cpu" and report["maps"] == list(MAP_NAMES)
     assert len(report["sample_scores"]["slice"]) == 14 and report["sample_scores"]["volume"] > 0
@@ -84,7 +84,7 @@ def test_score_subset_of_maps_and_card_threshold(tmp_path, tiny_model_dir, scan)
     assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--maps", "E,U", "--quiet") == 0
     names = {p.name for p in out.iterdir()}
     assert "patient01.E.nii.gz" in names and "patient01.residual.nii.gz" not in names
-    assert json.loads((out / "patient01.json").read_text())["threshold"] == 1.0  # the card's calibrated value
+    assert json.loads((out / "patient01.json").read_text(encoding="utf-8"))["threshold"] == 1.0  # the card's calibrated value
 
 
 def test_bad_inputs_each_get_one_line_and_others_are_still_scored(tmp_path, tiny_model_dir, scan, capsys):

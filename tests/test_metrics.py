@@ -113,7 +113,7 @@ def test_evaluate_end_to_end(scored_set, tmp_path):
                      str(out)]) == 0
     for name in ("report.md", "metrics.csv", "per_scan.csv", "pr_curves.png", "roc_curves.png", "summary.json"):
         assert (out / name).is_file(), name
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_scans"] == 3 and summary["n_normal"] == 1 and summary["pooling"] == "exact"
     keys = {"pixel_ap", "pixel_ap_per_scan", "pixel_auroc", "dice_at_threshold", "best_dice", "object_recall",
             "object_precision", "fp_objects_per_scan", "fp_objects_per_normal_scan", "sample_ap", "fpr_at_95tpr"}
@@ -129,7 +129,7 @@ def test_evaluate_end_to_end(scored_set, tmp_path):
     sub = cli.main(["evaluate", "--pred", str(scored_set / "pred"), "--gt", str(scored_set / "gt"), "--out",
                     str(tmp_path / "sub"), "--max-negatives-per-scan", "3000"])
     assert sub == 0
-    s2 = json.loads((tmp_path / "sub" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "sub" / "summary.json").read_text(encoding="utf-8"))
     assert "subsampled" in s2["pooling"]
     assert s2["maps"]["residual"]["pixel_auroc"] == pytest.approx(summary["maps"]["residual"]["pixel_auroc"],
                                                                   abs=0.05)
@@ -171,7 +171,7 @@ def test_mood_pixel_and_sample_outputs(tmp_path, tiny_model_dir):
     img = nib.load(str(tmp_path / "pix" / "toy_1.nii.gz"))
     pix = np.asarray(img.dataobj)
     assert img.shape == data.shape and pix.min() >= 0.0 and pix.max() <= 1.0 and pix.max() > 0
-    value = float((tmp_path / "smp" / "toy_1.nii.gz.txt").read_text())
+    value = float((tmp_path / "smp" / "toy_1.nii.gz.txt").read_text(encoding="utf-8"))
     assert 0.0 <= value <= 1.0
     # a model without calibration cannot produce MOOD maps: clear error
     assert cli.main(["score", "--mood-pixel", str(tmp_path / "in"), str(tmp_path / "x"), "--model",

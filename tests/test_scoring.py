@@ -172,7 +172,7 @@ def test_card_verifies_weights_sha256(tmp_path):
 
 def test_card_architecture_mismatch_is_reported(tmp_path):
     make_tiny_model(tmp_path)
-    d = json.loads((tmp_path / "card.json").read_text())
+    d = json.loads((tmp_path / "card.json").read_text(encoding="utf-8"))
     d["architecture"]["latent"] = 8
     (tmp_path / "card.json").write_text(json.dumps(d))
     with pytest.raises(ModelError, match="do not fit the card"):

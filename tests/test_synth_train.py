@@ -60,7 +60,7 @@ def test_synth_cli_writes_scans_masks_and_manifest(tmp_path):
                      "--normal-fraction", "0.0"]) == 0
     import nibabel as nib
 
-    manifest = json.loads((tmp_path / "synth.json").read_text())
+    manifest = json.loads((tmp_path / "synth.json").read_text(encoding="utf-8"))
     assert [c["anomaly"] for c in manifest["cases"]] == ["blobs", "blobs"]
     for case in manifest["cases"]:
         mask = np.asarray(nib.load(str(tmp_path / "masks" / f"{case['stem']}.nii.gz")).dataobj)
@@ -111,7 +111,7 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
             "2", "--input-size", "64", "--channels", "8,16", "--latent", "8", "--calibration-volumes", "1",
             "--device", "cpu", "--batch-size", "8"]
     assert cli.main(args) == 0
-    card = json.loads((out / "card.json").read_text())
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert card["training"]["epochs_run"] == 2
     calibration = card["calibration"]
     assert calibration["detection_map"] in calibration["maps"]
@@ -121,7 +121,7 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
         assert entry["threshold_fpr_0.1pct"] >= entry["threshold_fpr_1pct"]
     # resume: two more epochs continue the same history
     assert cli.main(args[:7] + ["4"] + args[8:] + ["--resume"]) == 0
-    card = json.loads((out / "card.json").read_text())
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert card["training"]["epochs_run"] == 4
     assert [h["epoch"] for h in card["training"]["history"]] == [1, 2, 3, 4]
     # the trained model scores a scan through the CLI with its calibrated threshold
