@@ -38,14 +38,18 @@ def to_quantile(scores: np.ndarray, table: dict) -> np.ndarray:
     return np.interp(scores, values, levels).astype(np.float32)
 
 
-def best_dice_threshold(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(threshold, Dice) maximising pooled Dice of ``scores >= threshold`` against boolean ``truth``."""
+def best_dice_threshold(scores: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None
+                        ) -> tuple[float, float]:
+    """(threshold, Dice) maximising pooled Dice of ``scores >= threshold`` against boolean ``truth``.
+
+    ``weights`` (voxel counts each sample stands for, e.g. inverse subsampling rates) make it an estimate."""
     order = np.argsort(-scores, kind="stable")
-    s, t = scores[order], truth[order].astype(np.int64)
-    tp = np.cumsum(t)
-    k = np.arange(1, len(s) + 1)
+    s, t = scores[order], truth[order]
+    w = np.ones(len(s)) if weights is None else np.asarray(weights, dtype=np.float64)[order]
+    tp = np.cumsum(np.where(t, w, 0.0))
+    k = np.cumsum(w)
     last_of_value = np.r_[s[1:] != s[:-1], True]  # a threshold keeps all voxels of equal score
-    dice = np.where(last_of_value, 2 * tp / (k + t.sum()), -1.0)
+    dice = np.where(last_of_value, 2 * tp / (k + tp[-1]), -1.0)
     best = int(np.argmax(dice))
     return float(s[best]), float(dice[best])
 

@@ -157,7 +157,7 @@ def _add_evaluate_parser(sub) -> None:
                    help="thresholds for Dice and objects: the model card's per-map thresholds recorded in S.json "
                         "(default) or one value for every map")
     p.add_argument("--out", type=Path, default=None, metavar="REPORT_DIR", help="report directory")
-    p.add_argument("--max-negatives-per-scan", type=int, default=2_000_000,
+    p.add_argument("--max-negatives-per-scan", type=int, default=500_000,
                    help="above this many healthy voxels a scan's negatives are subsampled (seeded, weighted)")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -6,9 +6,10 @@ shapes and affines agree. Voxels counted are those of the foreground: ``--masks 
 else the automatic mask of the scan recorded in S.json (the rule scoring used).
 
 Pooling: all foreground voxels of all scans are pooled exactly while a scan has at most
-``max_negatives_per_scan`` healthy voxels; above that, that scan's healthy voxels are subsampled uniformly
-with a seeded generator and weighted by the inverse rate (an unbiased estimate of AP and AUROC); the report
-says which scans were subsampled. Positive voxels are always all kept.
+``max_negatives_per_scan`` healthy voxels (default 500 000, so memory stays bounded for many 1 mm scans);
+above that, that scan's healthy voxels are subsampled uniformly with a seeded generator and weighted by the
+inverse rate (an unbiased estimate of AP, AUROC and best Dice); the report says which scans were
+subsampled. Positive voxels are always all kept. Dice at the threshold and object metrics use every voxel.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _histeq(values: np.ndarray) -> np.ndarray:
 
 def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | None = None,
              masks_dir: str | Path | None = None, threshold_from: str | float = "card",
-             out_dir: str | Path | None = None, max_negatives_per_scan: int = 2_000_000, seed: int = 0,
+             out_dir: str | Path | None = None, max_negatives_per_scan: int = 500_000, seed: int = 0,
              log=lambda m: None) -> dict:
     """Evaluate score outputs against ground truth; returns the summary dict (and writes the report)."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
@@ -85,7 +86,7 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
     methods = list(maps) + list(BASELINES)
     pools = {m: _Pool() for m in methods}
     rng = np.random.default_rng(seed)
-    subsampled: list[str] = []
+    subsampled: list[float] = []
     abnormal: list[bool] = []
     elbo_scores: list[float] = []
     per_scan_rows = []
@@ -115,9 +116,9 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
             rate = max_negatives_per_scan / neg.size
             neg = np.sort(rng.choice(neg, size=max_negatives_per_scan, replace=False))
             weight_neg = 1.0 / rate
-            subsampled.append(f"{stem} (negatives at rate {rate:.3f})")
+            subsampled.append(rate)
         idx = np.concatenate([keep, neg])
-        weights = np.concatenate([np.ones(keep.size), np.full(neg.size, weight_neg)])
+        weights = np.concatenate([np.ones(keep.size, np.float32), np.full(neg.size, weight_neg, np.float32)])
         scores_by_method: dict[str, np.ndarray] = {}
         for m in maps:
             scores_by_method[m] = _read_grid(pred_dir / f"{stem}.{m}.nii.gz", gt).data
@@ -158,7 +159,9 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
         log(f"{stem}: evaluated")
     n_true = sum(int(r["anomalous_voxels"]) for r in per_scan_rows)
     summary = {"maps": {}, "baselines": {}, "n_scans": len(stems), "n_normal": int(sum(not a for a in abnormal)),
-               "pooling": "exact" if not subsampled else f"negatives subsampled (seed {seed}): {subsampled}",
+               "pooling": "exact" if not subsampled else (
+                   f"healthy voxels of {len(subsampled)} scans subsampled to {max_negatives_per_scan} each (rates "
+                   f"{min(subsampled):.3f}-{max(subsampled):.3f}, seed {seed}) and weighted by the inverse rate"),
                "threshold_from": str(threshold_from)}
     curves = {}
     for m in methods:
@@ -171,10 +174,10 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
         if t.any() and not t.all():
             entry["pixel_ap"] = float(average_precision_score(t, s, sample_weight=w))
             entry["pixel_auroc"] = float(roc_auc_score(t, s, sample_weight=w))
-            entry["best_dice"] = best_dice_threshold(s, t)[1] if not subsampled else None
+            entry["best_dice"] = best_dice_threshold(s, t, w)[1]
             precision, recall, _ = precision_recall_curve(t, s, sample_weight=w)
             fpr, tpr, _ = roc_curve(t, s, sample_weight=w)
-            curves[m] = (recall, precision, fpr, tpr)
+            curves[m] = _thin(recall, precision) + _thin(fpr, tpr)
         if pool.counts:
             entry["dice_at_threshold"] = (2 * pool.inter / (pool.pred_sum + n_true)) if pool.pred_sum + n_true else None
         entry.update(object_metrics(pool.counts) if pool.counts else
@@ -185,6 +188,14 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
     if out_dir is not None:
         _write_report(Path(out_dir), summary, per_scan_rows, curves, methods)
     return summary
+
+
+def _thin(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most ~n points of a curve for plotting (every k-th point, ends kept)."""
+    if len(x) <= n:
+        return x, y
+    idx = np.unique(np.r_[np.linspace(0, len(x) - 1, n).astype(int), len(x) - 1])
+    return x[idx], y[idx]
 
 
 def _threshold(report: dict, method: str, threshold_from) -> float | None:
