@@ -425,9 +425,13 @@ class AnomalyReviewWidget(QWidget):
         return scene.camera if scene is not None else self.viewer.camera
 
     def _raw_limits(self, name: str) -> tuple[float, float]:
+        """Display range of a raw map: foreground median (black; at least 0, the background) to 99.9th pct."""
         values = self.scan.result.maps[name][self.scan.result.mask]
-        hi = float(np.quantile(values, 0.999)) if values.size else 1.0
-        return (0.0, hi if hi > 0 else 1.0)
+        if not values.size:
+            return (0.0, 1.0)
+        lo, hi = (float(v) for v in np.quantile(values, [0.5, 0.999]))
+        lo = max(lo, 0.0)
+        return (lo, hi if hi > lo else lo + 1.0)
 
     def _show_maps(self, calibrated: bool | None = None) -> None:
         """Show raw or calibrated maps; only the detection map visible."""

@@ -25,8 +25,9 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0), "subdural": (75.0, 215.0), "stroke": (32.0, 8.0), "bone": (600.0, 2800.0),
     "soft tissue": (50.0, 400.0),
 }
-MAP_COLORMAPS = {"residual": "inferno", "U": "viridis", "E": "magma", "nll": "plasma", "kl_grad": "turbo",
-                 "elbo_grad": "cividis", "combi": "hot"}
+# colormaps that start at black, so additive blending leaves low scores (and the background) invisible
+MAP_COLORMAPS = {"residual": "inferno", "U": "bone", "E": "magma", "nll": "afmhot", "kl_grad": "gist_heat",
+                 "elbo_grad": "copper", "combi": "hot"}
 RADIOLOGICAL_ORIENTATION = ("up", "left")  # camera.orientation2d: anterior up, patient right on screen left
 AXIS_LABELS = ("S (mm)", "A (mm)", "R (mm)")
 _KEY = "napari_uad"
