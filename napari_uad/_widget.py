@@ -45,7 +45,7 @@ from .display import (
     window_limits,
 )
 from .model_card import ModelError, list_models, load_model
-from .review import CATEGORIES, TAGS, ReviewSession, load_settings, save_setting
+from .review import CATEGORIES, ReviewSession, load_settings, save_setting
 from .scoring import MAP_NAMES, Scorer
 from .session import SLIDER_STEPS, FindingsView, ScoredScan
 

@@ -190,18 +190,8 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
-def _stem(path: Path) -> str:
-    from .io import ITK_SUFFIXES, NIFTI_SUFFIXES
-
-    name = path.name
-    for suffix in sorted(NIFTI_SUFFIXES + ITK_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _cmd_score(args: argparse.Namespace) -> int:
-    from .io import VolumeError
+    from .io import VolumeError, file_stem
     from .model_card import ModelError, load_model
     from .scoring import MAP_NAMES, Scorer, parse_maps
     from .pipeline import ScoreJob
@@ -216,7 +206,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CliError(str(err)) from err
     inputs = [Path(p) for p in args.inputs]
-    stems = [_stem(p) for p in inputs]
+    stems = [file_stem(p) for p in inputs]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise CliError(f"several inputs share the output stem {', '.join(dupes)}; score them into separate --out dirs")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import Volume
+from .io import Volume, file_stem
 
 __all__ = ["CT_WINDOWS", "MAP_COLORMAPS", "RADIOLOGICAL_ORIENTATION", "AXIS_LABELS", "to_display", "from_display",
            "layer_geometry", "contrast_limits", "window_limits", "image_layer_kwargs", "volume_metadata",
@@ -83,17 +83,9 @@ def volume_metadata(volume: Volume) -> dict:
 
 def image_layer_kwargs(volume: Volume, name: str | None = None, ct_window: str = "brain") -> dict:
     """Keyword arguments for an image layer showing ``volume``."""
-    name = name or (_stem(volume.path) if volume.path else "scan")
+    name = name or (file_stem(volume.path) if volume.path else "scan")
     return {"name": name, "contrast_limits": contrast_limits(volume, ct_window), "colormap": "gray",
             "metadata": volume_metadata(volume), **layer_geometry(volume)}
-
-
-def _stem(path: Path) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def volume_from_layer(data: np.ndarray, metadata: dict | None = None, scale=None, translate=None) -> Volume:

@@ -28,7 +28,6 @@ from .io import Volume, VolumeError, read_volume
 from .mask import foreground_mask, load_mask
 from .metrics import dice, object_counts, object_metrics, sample_metrics
 from .preprocessing import PreprocessingConfig, normalise_intensity
-from .scoring import MAP_NAMES
 
 __all__ = ["evaluate", "BASELINES"]
 
@@ -51,7 +50,8 @@ class _Pool:
 
 
 def _read_grid(path: Path, reference: Volume | None, allow_constant: bool = True) -> Volume:
-    if not path.is_file():
+    """Read a volume that must have the ground truth's grid (original shape and affine)."""
+    if not path.exists():
         raise VolumeError(path, "file not found")
     vol = read_volume(path, modality="MR", allow_constant=allow_constant)
     if reference is not None and (vol.original_shape != reference.original_shape
@@ -98,10 +98,7 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
         scan = None
         scan_path = Path(report["scan"]["path"])
         if scan_path.exists():
-            scan = read_volume(scan_path)
-            if scan.original_shape != gt.original_shape or not np.allclose(scan.original_affine,
-                                                                           gt.original_affine, atol=1e-3):
-                raise VolumeError(gt_path, f"grid {gt.original_shape} does not match the scan {scan_path}")
+            scan = _read_grid(scan_path, gt, allow_constant=False)
         if masks_dir is not None:
             fg = load_mask(Path(masks_dir) / f"{stem}.nii.gz", gt)
         elif scan is not None:

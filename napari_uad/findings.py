@@ -86,20 +86,34 @@ def label_components(score_map: np.ndarray, threshold: float, voxel_volume_mm3: 
     return out, int(order.size)
 
 
-def describe_components(labels: np.ndarray, score_map: np.ndarray, volume: Volume) -> list[Finding]:
-    """Measure every labelled component; ``labels`` and ``score_map`` are in the volume's canonical grid."""
+def labelled_voxels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices, labels (int64) and voxel coordinates (N, 3) of every labelled voxel (0 = background),
+    found inside the labels' bounding box only."""
     box = _bounding_box(labels > 0)
     if box is None:
-        return []
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
     sub = labels[box]
     idx = np.flatnonzero(sub)
-    lab = sub.ravel()[idx].astype(np.int64)
-    n = int(lab.max())
-    values = score_map[box].ravel()[idx].astype(np.float64)
     coords = np.stack(np.unravel_index(idx, sub.shape), axis=1) + [b.start for b in box]
+    return np.ravel_multi_index(coords.T, labels.shape), sub.ravel()[idx].astype(np.int64), coords
+
+
+def component_centroids(lab: np.ndarray, coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel counts [n] and centres of mass [n, 3] (voxel coordinates) of labels 1..n (empty labels: NaN)."""
     counts = np.bincount(lab, minlength=n + 1)[1:]
-    centres = np.stack([np.bincount(lab, weights=coords[:, a], minlength=n + 1)[1:] for a in range(3)], axis=1)
-    centres /= counts[:, None]
+    sums = np.stack([np.bincount(lab, weights=coords[:, a], minlength=n + 1)[1:] for a in range(3)], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts, sums / counts[:, None]
+
+
+def describe_components(labels: np.ndarray, score_map: np.ndarray, volume: Volume) -> list[Finding]:
+    """Measure every labelled component; ``labels`` and ``score_map`` are in the volume's canonical grid."""
+    flat, lab, coords = labelled_voxels(labels)
+    if lab.size == 0:
+        return []
+    n = int(lab.max())
+    values = score_map.ravel()[flat].astype(np.float64)
+    counts, centres = component_centroids(lab, coords, n)
     means = np.bincount(lab, weights=values, minlength=n + 1)[1:] / counts
     maxima = np.full(n + 1, -np.inf)
     np.maximum.at(maxima, lab, values)

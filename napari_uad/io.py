@@ -41,6 +41,7 @@ __all__ = [
     "write_like",
     "write_image_file",
     "file_sha256",
+    "file_stem",
     "atomic_write",
     "NIFTI_SUFFIXES",
     "ITK_SUFFIXES",
@@ -191,6 +192,13 @@ def _suffix(path: Path) -> str:
         if name.endswith(suffix):
             return suffix
     return path.suffix.lower()
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """File name without its image suffix (``scan.nii.gz`` -> ``scan``); a directory keeps its name."""
+    name = Path(path).name
+    suffix = _suffix(Path(path))
+    return name[: -len(suffix)] if suffix in NIFTI_SUFFIXES + ITK_SUFFIXES else name
 
 
 def _check_array(data: np.ndarray, path, allow_constant: bool = False) -> None:

@@ -19,6 +19,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .calibration import best_dice_threshold
+from .findings import component_centroids, labelled_voxels
 
 __all__ = ["pixel_metrics", "dice", "ObjectCounts", "object_counts", "object_metrics", "sample_metrics"]
 
@@ -68,16 +69,14 @@ def object_counts(pred_labels: np.ndarray, truth: np.ndarray, connectivity: int 
     """Match predicted components (labelled array) to ground-truth objects (binary mask, same grid)."""
     structure = ndimage.generate_binary_structure(3, connectivity)
     true_labels, n_true = ndimage.label(np.asarray(truth) > 0, structure=structure)
-    n_pred = int(pred_labels.max())
-    if n_pred == 0:
+    _, lab, coords = labelled_voxels(pred_labels)
+    if lab.size == 0:
         return ObjectCounts(0, n_true, 0, 0)
-    index = np.arange(1, n_pred + 1)
-    sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)[1:]
-    present = index[sizes > 0]
+    sizes, centres = component_centroids(lab, coords, int(lab.max()))
+    present = np.flatnonzero(sizes > 0) + 1
     true_sizes = np.bincount(true_labels.ravel(), minlength=n_true + 1)
-    centres = np.asarray(ndimage.center_of_mass(np.ones(pred_labels.shape, np.uint8), pred_labels, present))
     tp_pred, hit = 0, set()
-    for lab, centre in zip(present, np.atleast_2d(centres)):
+    for lab, centre in zip(present, centres[present - 1]):
         voxel = tuple(int(round(c)) for c in centre)
         target = int(true_labels[voxel])
         if target == 0:

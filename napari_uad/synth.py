@@ -224,6 +224,13 @@ def case_volume(case: SynthCase):
     return Volume.from_array(case.data, case.affine, modality="MR")
 
 
+def case_volume_mask(case: SynthCase) -> np.ndarray:
+    """The case's ground-truth mask (bool) in the canonical grid of :func:`case_volume`."""
+    from .io import Volume
+
+    return Volume.from_array(case.mask, case.affine, allow_constant=True).data > 0
+
+
 def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str] | None:
     if text in ("any", ""):
         return None

@@ -327,7 +327,7 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
     from .io import VolumeError, read_volume
     from .model_card import CARD_FILE, ModelCard as Card, load_model
     from .scoring import Scorer
-    from .synth import case_volume, healthy_volume, synth_case
+    from .synth import case_volume, case_volume_mask, healthy_volume, synth_case
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,10 +393,3 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
         card.write(out)
         log(f"calibrated: detection map {card.detection_map}, threshold {card.default_threshold():.4g}")
     return card
-
-
-def case_volume_mask(case) -> np.ndarray:
-    """A synthetic case's ground-truth mask in the canonical grid of its volume."""
-    from .io import Volume as V
-
-    return V.from_array(case.mask, case.affine, allow_constant=True).data > 0
