@@ -7,6 +7,7 @@ Errors a user can cause (bad input files, unknown models or devices) are reporte
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -98,6 +99,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--calibration-volumes", type=int, default=6,
                    help="synthetic healthy + anomalous volumes each for calibration (default 6; 0 = skip)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="--synthetic: processes generating volumes (default 0 = one per CPU core, at most 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     p.set_defaults(func=_cmd_train)
@@ -319,6 +322,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train_model(card, args.out, config, data=args.data, synthetic_volumes=args.n_volumes if args.synthetic
                     else 0, val_fraction=args.val_fraction, calibration_volumes=args.calibration_volumes,
                     device=args.device, resume=args.resume, command=" ".join(["napari-uad"] + sys.argv[1:]),
+                    workers=args.workers if args.workers > 0 else min(16, os.cpu_count() or 1),
                     log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ModelError, VolumeError, ValueError) as err:
         raise CliError(str(err)) from err

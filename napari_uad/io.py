@@ -337,9 +337,9 @@ def atomic_write(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; finished files get the usual permissions
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp (and some writers) create 0600; give the usual permissions
         os.replace(tmp, final)
     finally:
         if tmp.exists():

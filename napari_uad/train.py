@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -64,28 +65,39 @@ def model_slices(volume: Volume, preprocessing: PreprocessingConfig, size: int,
 
 def context_encoding_batch(x: torch.Tensor, generator: torch.Generator, value_range: tuple[float, float]
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_tilde and the union mask [B, 1, S, S]: 1-3 rectangles per slice (sides S/10..S/3), random fill values."""
+    """x_tilde and the union mask [B, 1, S, S]: 1-3 rectangles per slice (sides S/10..S/3), random fill values.
+
+    Rectangle parameters are drawn from ``generator`` (CPU); painting is vectorised on ``x``'s device, later
+    rectangles over earlier ones."""
     b, _, h, w = x.shape
+    lo, hi = value_range
+    count = torch.randint(1, 4, (b,), generator=generator)
+    rh = torch.randint(max(2, h // 10), max(3, h // 3), (b, 3), generator=generator)
+    rw = torch.randint(max(2, w // 10), max(3, w // 3), (b, 3), generator=generator)
+    r0 = (torch.rand(b, 3, generator=generator) * (h - rh + 1)).long()
+    c0 = (torch.rand(b, 3, generator=generator) * (w - rw + 1)).long()
+    value = lo + (hi - lo) * torch.rand(b, 3, generator=generator)
+    active = torch.arange(3).view(1, 3) < count.view(b, 1)
+    r0, r1, c0, c1, value, active = (t.to(x.device).view(b, 3, 1, 1)
+                                     for t in (r0, r0 + rh, c0, c0 + rw, value, active))
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
     x_tilde = x.clone()
     mask = torch.zeros_like(x, dtype=torch.bool)
-    lo, hi = value_range
-    rows = torch.arange(h, device=x.device).view(h, 1)
-    cols = torch.arange(w, device=x.device).view(1, w)
-    for i in range(b):
-        for _ in range(int(torch.randint(1, 4, (1,), generator=generator))):
-            rh, rw = (int(torch.randint(max(2, s // 10), max(3, s // 3), (1,), generator=generator)) for s in (h, w))
-            r0 = int(torch.randint(0, h - rh + 1, (1,), generator=generator))
-            c0 = int(torch.randint(0, w - rw + 1, (1,), generator=generator))
-            rect = (rows >= r0) & (rows < r0 + rh) & (cols >= c0) & (cols < c0 + rw)
-            value = lo + (hi - lo) * float(torch.rand(1, generator=generator))
-            x_tilde[i, 0][rect] = value
-            mask[i, 0] |= rect
+    for k in range(3):
+        rect = ((rows >= r0[:, k]) & (rows < r1[:, k]) & (cols >= c0[:, k]) & (cols < c1[:, k])
+                & active[:, k]).unsqueeze(1)
+        x_tilde = torch.where(rect, value[:, k].unsqueeze(1).to(x.dtype), x_tilde)
+        mask |= rect
     return x_tilde, mask
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, background: float, clip: tuple[float, float]
-                  ) -> torch.Tensor:
-    """Mirror (left-right), rotation +-10 deg, scale 0.9-1.1, brightness x0.9-1.1, noise sd <= 0.05."""
+def augment_batch(x: torch.Tensor, generator: torch.Generator, background: float, clip: tuple[float, float],
+                  noise_generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror (left-right), rotation +-10 deg, scale 0.9-1.1, brightness x0.9-1.1, noise sd <= 0.05.
+
+    Per-slice parameters come from ``generator`` (CPU); the per-pixel noise from ``noise_generator`` on
+    ``x``'s device (default: ``generator``, then moved)."""
     b = x.shape[0]
     flip = torch.rand(b, generator=generator) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1).to(x.device), x.flip(-2), x)
@@ -97,8 +109,11 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, background: float
     x = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
     fg = x > background + 1e-3
     brightness = (0.9 + 0.2 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device)
-    noise = torch.randn(x.shape, generator=generator).to(x.device) * (
-        0.05 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device)
+    sd = (0.05 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device)
+    if noise_generator is None:
+        noise = torch.randn(x.shape, generator=generator).to(x.device) * sd
+    else:
+        noise = torch.randn(x.shape, generator=noise_generator, device=x.device) * sd
     x = torch.where(fg, x * brightness + noise, x)
     return x.clamp(*clip)
 
@@ -157,7 +172,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = CeVAE(card.architecture).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)  # per-slice parameters (CPU)
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(config.seed)  # per-pixel noise
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.state = {"epoch": 0, "step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0,
                       "history": [], "wall_seconds": 0.0}
 
@@ -181,6 +199,7 @@ class Trainer:
             for name, value in st.items():
                 tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
         tensors["rng.generator"] = self.generator.get_state()
+        tensors["rng.noise"] = self.noise_generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         with atomic_write(d / "checkpoint.safetensors") as tmp:
             save_file(tensors, str(tmp))
@@ -200,6 +219,8 @@ class Trainer:
                 opt_state.setdefault(int(idx), {})[name] = value.to(self.device) if name != "step" else value
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
         self.generator.set_state(tensors["rng.generator"])
+        if "rng.noise" in tensors:
+            self.noise_generator.set_state(tensors["rng.noise"])
         torch.set_rng_state(tensors["rng.torch"])
         self.state.update(meta)
         return True
@@ -216,7 +237,7 @@ class Trainer:
         total, count = 0.0, 0
         with torch.no_grad():
             for idx in self._batches(len(val), shuffle=False):
-                x = val[idx].float().to(self.device)
+                x = val[idx.to(val.device)].to(self.device).float()
                 x_tilde, _ = context_encoding_batch(x, gen, self.card.preprocessing.clip)
                 losses = slice_losses(self.model, x, x_tilde, self.config.ce_weight, sample=False,
                                       region=self._region(x))
@@ -233,6 +254,8 @@ class Trainer:
         cfg, pre = self.config, self.card.preprocessing
         if len(train) == 0 or len(val) == 0:
             raise ValueError("no training or validation slices (are the scans empty?)")
+        if self.device.type == "cuda":  # float16 slices live on the GPU: no host-to-device copy per step
+            train, val = train.to(self.device), val.to(self.device)
         self.model.train()
         start_epoch = self.state["epoch"]
         t_start = time.perf_counter()
@@ -244,9 +267,10 @@ class Trainer:
             batches = self._batches(len(train), shuffle=True)
             while len(batches) < steps:
                 batches += self._batches(len(train), shuffle=True)
-            sums = {"kl": 0.0, "rec": 0.0, "ce": 0.0, "total": 0.0}
+            sums = {key: torch.zeros((), device=self.device) for key in ("kl", "rec", "ce", "total")}
             for idx in batches[:steps]:
-                x = augment_batch(train[idx].float(), self.generator, pre.background, pre.clip).to(self.device)
+                x = train[idx.to(train.device)].to(self.device).float()
+                x = augment_batch(x, self.generator, pre.background, pre.clip, self.noise_generator)
                 x_tilde, _ = context_encoding_batch(x, self.generator, pre.clip)
                 losses = slice_losses(self.model, x, x_tilde, cfg.ce_weight, region=self._region(x),
                                       beta=cfg.beta_nll)
@@ -256,14 +280,14 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 100.0)
                 self.optimizer.step()
                 self.state["step"] += 1
-                for key in sums:
-                    sums[key] += float(losses[key].detach().mean()) if key in losses else 0.0
+                for key in losses:
+                    sums[key] += losses[key].detach().mean()
             val_loss = self.validation_loss(val)
             elapsed = time.perf_counter() - t_start
             self.state["wall_seconds"] = wall_before + elapsed
             self.state["epoch"] = epoch + 1
             record = {"epoch": epoch + 1, "val_loss": val_loss, "seconds": time.perf_counter() - t_epoch,
-                      **{f"train_{k}": v / steps for k, v in sums.items()}}
+                      **{f"train_{k}": float(v) / steps for k, v in sums.items()}}
             self.state["history"].append(record)
             improved = self.state["best_val"] is None or val_loss < self.state["best_val"]
             if improved:
@@ -302,6 +326,41 @@ class Trainer:
             save_model(self.model, self.card, self.out_dir)
 
 
+def map_in_workers(fn: Callable, items: Iterable, workers: int = 1) -> Iterable:
+    """``fn(item)`` for each item, in order; in ``workers`` spawned processes when ``workers`` > 1 (``fn`` must
+    be a module-level function). Each result depends only on its item, so the output is the same either way."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield from pool.map(fn, items)
+
+
+def synthetic_volume(seed: int) -> Volume:
+    """Synthetic healthy brain ``seed`` as a Volume (module level, so worker processes can run it)."""
+    from .synth import case_volume, healthy_volume
+
+    return case_volume(healthy_volume(seed))
+
+
+def synthetic_slices(seed: int, preprocessing: PreprocessingConfig, size: int,
+                     min_foreground_fraction: float = 0.1) -> torch.Tensor:
+    """Training slices ([N, 1, S, S] float16, model grid) of synthetic healthy brain ``seed``."""
+    return model_slices(synthetic_volume(seed), preprocessing, size, min_foreground_fraction)
+
+
+def synthetic_anomaly_case(seed: int) -> tuple[Volume, np.ndarray]:
+    """Synthetic brain ``seed`` with one toy anomaly: the Volume and its ground-truth mask (canonical grid)."""
+    from .synth import case_volume, case_volume_mask, synth_case
+
+    case = synth_case(seed)
+    return case_volume(case), case_volume_mask(case)
+
+
 def _scan_files(data: str) -> list[Path]:
     from glob import glob
 
@@ -319,15 +378,16 @@ def _scan_files(data: str) -> list[Path]:
 
 def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str | None = None,
                 synthetic_volumes: int = 0, val_fraction: float = 0.15, calibration_volumes: int = 6,
-                device: str = "auto", resume: bool = False, command: str = "",
+                device: str = "auto", resume: bool = False, command: str = "", workers: int = 1,
                 log: Callable[[str], None] = print) -> ModelCard:
     """Gather volumes (user scans through the scoring IO, or synthetic healthy brains), split by volume,
-    train, then calibrate on synthetic validation volumes (brain MR) or on the held-out scans."""
+    train, then calibrate on synthetic validation volumes (brain MR) or on the held-out scans.
+
+    ``workers`` > 1 generates synthetic volumes in that many processes (same volumes, faster)."""
     from .calibration import calibrate
     from .io import VolumeError, read_volume
     from .model_card import CARD_FILE, ModelCard as Card, load_model
     from .scoring import Scorer
-    from .synth import case_volume, case_volume_mask, healthy_volume, synth_case
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -343,13 +403,11 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
     if synthetic_volumes:
         n_val = max(1, round(val_fraction * synthetic_volumes))
         seeds = list(range(config.seed, config.seed + synthetic_volumes))
-
-        def volumes(ss):
-            for s in ss:
-                yield case_volume(healthy_volume(s))
         train_seeds, val_seeds = seeds[:-n_val], seeds[-n_val:]
-        train = trainer.slices_of(volumes(train_seeds))
-        val = trainer.slices_of(volumes(val_seeds))
+        make = partial(synthetic_slices, preprocessing=card.preprocessing, size=card.input_size,
+                       min_foreground_fraction=config.min_foreground_fraction)
+        per_volume = list(map_in_workers(make, seeds, workers))
+        train, val = torch.cat(per_volume[:-n_val]), torch.cat(per_volume[-n_val:])
         described = {"source": "synthetic healthy brains (napari_uad.synth, MNI152 2009 template via nilearn)",
                      "train_seeds": [train_seeds[0], train_seeds[-1]], "val_seeds": [val_seeds[0], val_seeds[-1]]}
         held_out: list[Volume] = []
@@ -381,9 +439,9 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
         scorer = Scorer(model, card, device=device)
         if synthetic_volumes:
             base = 100_000 + config.seed
-            healthy = (case_volume(healthy_volume(base + i)) for i in range(calibration_volumes))
-            anomalous = ((case_volume(c), case_volume_mask(c)) for c in
-                         (synth_case(base + 500 + i) for i in range(calibration_volumes)))
+            healthy = map_in_workers(synthetic_volume, range(base, base + calibration_volumes), workers)
+            anomalous = map_in_workers(synthetic_anomaly_case, range(base + 500, base + 500 + calibration_volumes),
+                                       workers)
             card.calibration = calibrate(scorer, healthy, anomalous, log=log)
             card.calibration["validation_set"] = (f"{calibration_volumes} healthy + {calibration_volumes} toy-anomaly "
                                                   f"synthetic volumes, seeds from {base}")
