@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quality benchmark of a model on held-out synthetic brains (seeds 900000+; training used 0..47 and
+# Quality benchmark of a model on held-out synthetic brains (seeds 900000+; the bundled model trained on 0..239 and
 # calibration 100000+): 18 scans at 1 mm and 4 with 3 mm slices, about a third normal, up to two toy
 # anomalies each, all contrasts. Writes the evaluation report (docs/results by default).
 # Usage: bash benchmarks/quality.sh [MODEL] [REPORT_DIR] [WORK_DIR]

@@ -178,7 +178,8 @@ class AnomalyReviewWidget(QWidget):
         thr = QFormLayout()
         self.threshold_slider = QSlider(Qt.Orientation.Horizontal, objectName="threshold_slider")
         self.threshold_slider.setRange(0, SLIDER_STEPS)
-        self.threshold_slider.valueChanged.connect(self._schedule_update)
+        self.threshold_slider.valueChanged.connect(self._on_threshold_moved)
+        self._exact_threshold: float | None = None  # the card's default, until the reviewer moves the slider
         self.threshold_label = QLabel("–", objectName="threshold_label")
         thr.addRow("Threshold", self.threshold_slider)
         thr.addRow("", self.threshold_label)
@@ -457,14 +458,23 @@ class AnomalyReviewWidget(QWidget):
 
     def _reset_threshold(self) -> None:
         name = self.map_selector.currentText()
+        self._exact_threshold = self.scan.default_threshold(name)
         self.threshold_slider.blockSignals(True)
-        self.threshold_slider.setValue(self.scan.position_of(name, self.scan.default_threshold(name)))
+        self.threshold_slider.setValue(self.scan.position_of(name, self._exact_threshold))
         self.threshold_slider.blockSignals(False)
         self._show_maps()
 
     @property
     def threshold(self) -> float:
+        """Raw detection threshold: exactly the card's default (same findings as `napari-uad score`) until the
+        slider is moved, then the slider position."""
+        if self._exact_threshold is not None:
+            return self._exact_threshold
         return self.scan.threshold_at(self.map_selector.currentText(), self.threshold_slider.value())
+
+    def _on_threshold_moved(self, *_) -> None:
+        self._exact_threshold = None
+        self._schedule_update()
 
     @property
     def connectivity(self) -> int:

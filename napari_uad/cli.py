@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -106,6 +107,24 @@ def _add_train_parser(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_calibrate_parser(sub) -> None:
+    p = sub.add_parser(
+        "calibrate", help="recalibrate a model's card (quantile tables, thresholds, detection map, minimum volume)",
+        description="Score validation volumes with a model and rewrite the calibration in its card.json "
+                    "(weights untouched): synthetic healthy + toy-anomaly brains (--synthetic N: best-Dice "
+                    "thresholds, default detection map and minimum finding volume), or your own normal scans "
+                    "(--data: healthy-voxel quantiles and 1 %% / 0.1 %% FPR thresholds).")
+    p.add_argument("--model", required=True, metavar="NAME_OR_DIR", help="model to calibrate (its card is rewritten)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", type=int, metavar="N", help="N healthy and N toy-anomaly synthetic brains")
+    src.add_argument("--data", metavar="DIR_OR_GLOB", help="normal scans: a directory or a glob pattern")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="--synthetic: processes generating volumes (default 0 = one per CPU core, at most 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
+    p.set_defaults(func=_cmd_calibrate)
+
+
 def _add_synth_parser(sub) -> None:
     from .synth import ANOMALY_KINDS, CONTRASTS
 
@@ -183,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_score_parser(sub)
     _add_train_parser(sub)
+    _add_calibrate_parser(sub)
     _add_synth_parser(sub)
     _add_demo_parser(sub)
     _add_evaluate_parser(sub)
@@ -321,9 +341,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         train_model(card, args.out, config, data=args.data, synthetic_volumes=args.n_volumes if args.synthetic
                     else 0, val_fraction=args.val_fraction, calibration_volumes=args.calibration_volumes,
-                    device=args.device, resume=args.resume, command=" ".join(["napari-uad"] + sys.argv[1:]),
-                    workers=args.workers if args.workers > 0 else min(16, os.cpu_count() or 1),
+                    device=args.device, resume=args.resume, command=args.command_line,
+                    workers=_workers(args.workers),
                     log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ModelError, VolumeError, ValueError) as err:
+        raise CliError(str(err)) from err
+    return 0
+
+
+def _workers(requested: int) -> int:
+    return requested if requested > 0 else min(16, os.cpu_count() or 1)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .io import VolumeError
+    from .model_card import ModelError, load_model, resolve_model
+    from .train import calibrate_model, read_scans
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        directory = resolve_model(args.model)
+        _, card = load_model(directory)  # verifies the weights before anything is scored
+        if args.synthetic is not None:
+            if args.synthetic < 1:
+                raise CliError("--synthetic needs at least 1 volume")
+            calibrate_model(directory, synthetic_volumes=args.synthetic, seed=args.seed, device=args.device,
+                            workers=_workers(args.workers), command=args.command_line, log=log)
+        else:
+            scans = read_scans(args.data, card.modality, log)
+            if not scans:
+                raise CliError(f"{args.data}: no usable scans")
+            calibrate_model(directory, held_out=scans, device=args.device, command=args.command_line, log=log)
     except (ModelError, VolumeError, ValueError) as err:
         raise CliError(str(err)) from err
     return 0
@@ -421,7 +469,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["napari-uad", *argv])  # as recorded in model cards
     try:
         code = args.func(args)
     except CliError as err:

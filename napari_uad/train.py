@@ -33,8 +33,9 @@ from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard, save_model
 from .preprocessing import PreprocessingConfig, prepare_volume
 
-__all__ = ["TrainConfig", "model_slices", "context_encoding_batch", "augment_batch", "loss_region", "slice_losses",
-           "Trainer", "train_model"]
+__all__ = ["TrainConfig", "Trainer", "augment_batch", "calibrate_model", "context_encoding_batch", "loss_region",
+           "map_in_workers", "model_slices", "read_scans", "slice_losses", "synthetic_anomaly_case",
+           "synthetic_slices", "synthetic_volume", "train_model"]
 
 
 @dataclass
@@ -361,6 +362,52 @@ def synthetic_anomaly_case(seed: int) -> tuple[Volume, np.ndarray]:
     return case_volume(case), case_volume_mask(case)
 
 
+def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out: Iterable[Volume] = (),
+                    seed: int = 0, device: str = "auto", workers: int = 1, command: str = "",
+                    log: Callable[[str], None] = print) -> ModelCard:
+    """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
+
+    ``synthetic_volumes`` > 0: that many synthetic healthy and as many toy-anomaly brains (seeds from
+    100000 + ``seed`` and 100500 + ``seed``), giving best-Dice thresholds and the default detection map;
+    otherwise the ``held_out`` normal scans give the healthy-voxel quantiles and FPR thresholds only."""
+    from .calibration import calibrate
+    from .model_card import load_model
+    from .scoring import Scorer
+
+    model, card = load_model(model_dir, device="cpu")
+    scorer = Scorer(model, card, device=device)
+    if synthetic_volumes > 0:
+        base = 100_000 + seed
+        healthy = map_in_workers(synthetic_volume, range(base, base + synthetic_volumes), workers)
+        anomalous = map_in_workers(synthetic_anomaly_case, range(base + 500, base + 500 + synthetic_volumes), workers)
+        card.calibration = calibrate(scorer, healthy, anomalous, log=log)
+        card.calibration["validation_set"] = (f"{synthetic_volumes} healthy + {synthetic_volumes} toy-anomaly "
+                                              f"synthetic volumes, seeds from {base}")
+    else:
+        held_out = list(held_out)
+        card.calibration = calibrate(scorer, held_out, log=log)
+        card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
+    card.calibration["command"] = command
+    card.write(model_dir)
+    log(f"calibrated: detection map {card.detection_map}, threshold {card.default_threshold():.4g}, "
+        f"minimum volume {card.calibration.get('min_volume_mm3', 0):g} mm3")
+    return card
+
+
+def read_scans(data: str, modality: str, log: Callable[[str], None] = print) -> list[Volume]:
+    """Every usable scan matching ``data`` (directory or glob), read through the scoring IO; unusable files are
+    reported through ``log`` and skipped."""
+    from .io import VolumeError, read_volume
+
+    usable: list[Volume] = []
+    for f in _scan_files(data):
+        try:
+            usable.append(read_volume(f, modality=modality))
+        except VolumeError as err:
+            log(f"skipping {err}")
+    return usable
+
+
 def _scan_files(data: str) -> list[Path]:
     from glob import glob
 
@@ -384,17 +431,14 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
     train, then calibrate on synthetic validation volumes (brain MR) or on the held-out scans.
 
     ``workers`` > 1 generates synthetic volumes in that many processes (same volumes, faster)."""
-    from .calibration import calibrate
-    from .io import VolumeError, read_volume
-    from .model_card import CARD_FILE, ModelCard as Card, load_model
-    from .scoring import Scorer
+    from .model_card import CARD_FILE
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         if not (out / "checkpoint" / "state.json").is_file():
             raise ValueError(f"{out / 'checkpoint'}: no checkpoint to resume from")
-        card = Card.read(out / CARD_FILE)
+        card = ModelCard.read(out / CARD_FILE)
     trainer = Trainer(card, out, config, device, log)
     if resume:
         trainer.load_checkpoint()
@@ -413,14 +457,7 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
         held_out: list[Volume] = []
     else:
         files = _scan_files(data)
-        usable: list[Volume] = []
-        for f in files:
-            try:
-                v = read_volume(f, modality=card.modality)
-            except VolumeError as err:
-                log(f"skipping {err}")
-                continue
-            usable.append(v)
+        usable = read_scans(data, card.modality, log)
         if len(usable) < 2:
             raise ValueError(f"{data}: need at least 2 usable scans (1 for validation), found {len(usable)}")
         order = np.random.default_rng(config.seed).permutation(len(usable))
@@ -430,24 +467,14 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
         val = trainer.slices_of(held_out)
         described = {"source": f"user scans: {data}", "n_files": len(files), "n_usable": len(usable)}
     card = trainer.card
-    card.training.update({**described, "command": command, "n_train_slices": len(train),
+    earlier = card.training.get("commands", [card.training["command"]] if "command" in card.training else [])
+    card.training.update({**described, "command": command, "commands": [*earlier, command],
+                          "n_train_slices": len(train),
                           "n_val_slices": len(val), "data_seconds": round(time.perf_counter() - t0, 1)})
     log(f"{len(train)} training slices, {len(val)} validation slices on {trainer.device.type}")
     trainer.fit(train, val)
     if calibration_volumes > 0:
-        model, card = load_model(out, device="cpu")
-        scorer = Scorer(model, card, device=device)
-        if synthetic_volumes:
-            base = 100_000 + config.seed
-            healthy = map_in_workers(synthetic_volume, range(base, base + calibration_volumes), workers)
-            anomalous = map_in_workers(synthetic_anomaly_case, range(base + 500, base + 500 + calibration_volumes),
-                                       workers)
-            card.calibration = calibrate(scorer, healthy, anomalous, log=log)
-            card.calibration["validation_set"] = (f"{calibration_volumes} healthy + {calibration_volumes} toy-anomaly "
-                                                  f"synthetic volumes, seeds from {base}")
-        else:
-            card.calibration = calibrate(scorer, held_out, log=log)
-            card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
-        card.write(out)
-        log(f"calibrated: detection map {card.detection_map}, threshold {card.default_threshold():.4g}")
+        card = calibrate_model(out, synthetic_volumes=calibration_volumes if synthetic_volumes else 0,
+                               held_out=held_out, seed=config.seed, device=device, workers=workers,
+                               command=command, log=log)
     return card

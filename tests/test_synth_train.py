@@ -150,12 +150,33 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert card["training"]["epochs_run"] == 4
     assert [h["epoch"] for h in card["training"]["history"]] == [1, 2, 3, 4]
+    first, second = card["training"]["commands"]  # both runs are on record
+    assert "--resume" not in first and second.endswith("--resume")
     # the trained model scores a scan through the CLI with its calibrated threshold
     scan_dir = tmp_path / "synth"
     assert cli.main(["synth", "--out", str(scan_dir), "--n", "1", "--slice-thickness", "4"]) == 0
     scan = next((scan_dir / "scans").glob("*.nii.gz"))
     assert cli.main(["score", str(scan), "--out", str(tmp_path / "scored"), "--model", str(out), "--maps",
                      "residual", "--quiet"]) == 0
+    # recalibration rewrites the card's calibration, keeps the weights, and the model still loads
+    sha = card["weights"]["sha256"]
+    assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--workers", "1", "--device", "cpu",
+                     "--seed", "7"]) == 0
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    assert card["calibration"]["n_healthy_volumes"] == 2 and "seeds from 100007" in card["calibration"]["validation_set"]
+    assert card["calibration"]["command"].startswith("napari-uad calibrate --model")
+    assert card["weights"]["sha256"] == sha
+    assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans")]) == 0
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    assert card["calibration"]["validation_set"] == "1 held-out user scans (no anomalies)"
+    load_model(out)
+
+
+def test_calibrate_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert cli.main(["calibrate", "--model", str(tmp_path / "nope"), "--synthetic", "1"]) != 0
+    assert cli.main(["calibrate", "--model", "cevae-brain-mr", "--data", str(tmp_path / "*.nii.gz")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "nope" in err[0] and "no scans found" in err[-1] and "Traceback" not in "".join(err)
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):

@@ -81,6 +81,8 @@ def test_score_threshold_tag_export(qtbot, widget, scan_path, tmp_path):
                if viewer.layers[f"phantom {m}"].visible]
     assert visible == [widget.map_selector.currentText()]
     labels = viewer.layers["phantom findings"]
+    # before the slider moves, the threshold is exactly the card's (as `napari-uad score` uses it)
+    assert widget.threshold == widget.scan.default_threshold(widget.map_selector.currentText())
 
     # moving the threshold changes the findings table and the labels layer
     slider = widget.threshold_slider
