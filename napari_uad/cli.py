@@ -83,6 +83,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--learning-rate", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
     p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the context-encoding loss (default 1)")
     p.add_argument("--patience", type=int, default=6, help="early stopping patience in epochs (default 6)")
+    p.add_argument("--lr-patience", type=int, default=4,
+                   help="halve the learning rate after this many epochs without improvement (default 4; 0 = never)")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the slices")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time, keep the best")
     p.add_argument("--input-size", type=int, choices=(64, 128), default=128, help="model slice size (default 128)")
@@ -335,7 +337,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                      contrast=args.contrast, architecture=arch, scoring=ScoringConfig(seed=args.seed),
                      description="ceVAE with Gaussian decoder trained with napari-uad train")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                         ce_weight=args.ce_weight, patience=args.patience, steps_per_epoch=args.steps_per_epoch,
+                         ce_weight=args.ce_weight, patience=args.patience, lr_patience=args.lr_patience,
+                         steps_per_epoch=args.steps_per_epoch,
                          max_minutes=args.max_minutes, foreground_loss=not args.whole_slice_loss, beta_nll=args.beta_nll,
                          seed=args.seed)
     try:

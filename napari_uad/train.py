@@ -47,6 +47,7 @@ class TrainConfig:
     learning_rate: float = 3e-4
     ce_weight: float = 1.0
     patience: int = 6
+    lr_patience: int = 4  # halve the learning rate after this many epochs without improvement (0 = never)
     steps_per_epoch: int | None = None  # None: one pass over the training slices
     max_minutes: float | None = None  # stop (and keep the best model) after this wall time
     min_foreground_fraction: float = 0.1
@@ -288,6 +289,7 @@ class Trainer:
             self.state["wall_seconds"] = wall_before + elapsed
             self.state["epoch"] = epoch + 1
             record = {"epoch": epoch + 1, "val_loss": val_loss, "seconds": time.perf_counter() - t_epoch,
+                      "learning_rate": self.optimizer.param_groups[0]["lr"],
                       **{f"train_{k}": float(v) / steps for k, v in sums.items()}}
             self.state["history"].append(record)
             improved = self.state["best_val"] is None or val_loss < self.state["best_val"]
@@ -296,6 +298,11 @@ class Trainer:
                 self._write_model()
             else:
                 self.state["bad_epochs"] += 1
+                if cfg.lr_patience > 0 and self.state["bad_epochs"] % cfg.lr_patience == 0:
+                    for group in self.optimizer.param_groups:  # saved with the optimizer state: survives --resume
+                        group["lr"] *= 0.5
+                    self.log(f"no improvement for {self.state['bad_epochs']} epochs: learning rate halved to "
+                             f"{self.optimizer.param_groups[0]['lr']:.3g}")
             self.save_checkpoint()
             per_epoch = elapsed / (epoch + 1 - start_epoch)
             eta = per_epoch * (cfg.epochs - epoch - 1)

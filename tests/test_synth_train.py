@@ -127,6 +127,22 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_card(tmp_path):
     assert len(card.training["history"]) == 6
 
 
+def test_learning_rate_halves_on_plateau_and_training_stops_early(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_card(), tmp_path / "m", TrainConfig(epochs=20, steps_per_epoch=1, batch_size=4,
+                                                               learning_rate=1e-3, patience=5, lr_patience=2),
+                      device="cpu", log=lambda m: None)
+    losses = iter([10.0, 9.0, 9.5, 9.6, 9.7, 9.8, 9.9, 8.0, 8.5])  # improves at epochs 1, 2 and 8 only
+    monkeypatch.setattr(trainer, "validation_loss", lambda val: next(losses))
+    x = torch.rand(8, 1, 32, 32, dtype=torch.float16)
+    state = trainer.fit(x, x)
+    assert [h["learning_rate"] for h in state["history"]] == [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    assert state["epoch"] == 7 and state["best_epoch"] == 2 and state["stop_reason"].startswith("early stopping")
+    assert trainer.optimizer.param_groups[0]["lr"] == 2.5e-4
+    # the halved rate is part of the checkpoint, so --resume continues with it
+    resumed = Trainer(tiny_card(), tmp_path / "m", trainer.config, device="cpu", log=lambda m: None)
+    assert resumed.load_checkpoint() and resumed.optimizer.param_groups[0]["lr"] == 2.5e-4
+
+
 def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     import napari_uad.synth as synth
 
