@@ -49,10 +49,15 @@ def foreground_mask(data: np.ndarray) -> np.ndarray:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         fg = labels == np.argmax(sizes)
-    fg = ndimage.binary_fill_holes(fg)
-    for k in range(fg.shape[2]):
-        if fg[:, :, k].any():
-            fg[:, :, k] = ndimage.binary_fill_holes(fg[:, :, k])
+    # hole filling inside the bounding box (+1 voxel) only: outside it all is background, so what touches
+    # the box's border touches the outside either way and the result is the same as on the whole volume
+    occupied = [np.flatnonzero(fg.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+    box = tuple(slice(max(int(i[0]) - 1, 0), int(i[-1]) + 2) for i in occupied)
+    inner = ndimage.binary_fill_holes(fg[box])
+    for k in range(inner.shape[2]):
+        if inner[:, :, k].any():
+            inner[:, :, k] = ndimage.binary_fill_holes(inner[:, :, k])
+    fg[box] = inner
     return fg
 
 

@@ -37,6 +37,29 @@ def test_mask_otsu_on_noisy_background_keeps_largest_component_and_fills_holes()
     assert dice > 0.97
 
 
+@pytest.mark.parametrize("shift", [0, 12])
+def test_hole_filling_matches_the_whole_volume_computation(shift):
+    """Hole filling works inside the foreground's bounding box; it must equal filling the whole volume,
+    also when the head touches the image border (shift 12 pushes it off the edge)."""
+    from scipy import ndimage
+
+    data = np.roll(head_phantom(shape=(48, 52, 30), lesion=False), shift, axis=0)
+    if shift:
+        data[:shift] = 0.0
+    data[20:26, 22:28, 12:18] = 0.0  # closed cavity: a 3D hole
+    data[30:34, 10:14, 5:25] = 0.0  # tunnel through the last axis: open in 3D, a hole in each axial slice
+    data[14:17, 24:27, :] = 0.0  # channel open at both ends of the last axis
+    top = int(np.flatnonzero((data != 0).any(axis=(0, 1)))[-1]) + 1
+    data[8:44, 8:44, top] = 100.0  # a slab on top of the head (the last occupied axial slice) ...
+    data[12:16, 12:16, top] = 0.0  # ... with a hole that only the slice-wise filling closes
+    mask = foreground_mask(data)
+    reference = ndimage.binary_fill_holes(data != 0)
+    for k in range(reference.shape[2]):
+        reference[:, :, k] = ndimage.binary_fill_holes(reference[:, :, k])
+    np.testing.assert_array_equal(mask, reference)
+    assert mask[22, 24, 14] and mask[32, 12, 10] and mask[13, 13, top]
+
+
 def test_zscore_normalisation_inside_mask():
     data = head_phantom(lesion=False)
     mask = data > 0
