@@ -63,6 +63,11 @@ def _add_score_parser(sub) -> None:
     p.set_defaults(func=_cmd_score)
 
 
+def _add_workers_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="--synthetic: processes generating volumes (default 0 = one per CPU core, at most 16)")
+
+
 def _add_train_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a ceVAE on normal scans (or on synthetic healthy brains) and calibrate it",
@@ -102,8 +107,7 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--calibration-volumes", type=int, default=6,
                    help="synthetic healthy + anomalous volumes each for calibration (default 6; 0 = skip)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="--synthetic: processes generating volumes (default 0 = one per CPU core, at most 16)")
+    _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     p.set_defaults(func=_cmd_train)
@@ -121,8 +125,7 @@ def _add_calibrate_parser(sub) -> None:
     src.add_argument("--synthetic", type=int, metavar="N", help="N healthy and N toy-anomaly synthetic brains")
     src.add_argument("--data", metavar="DIR_OR_GLOB", help="normal scans: a directory or a glob pattern")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="--synthetic: processes generating volumes (default 0 = one per CPU core, at most 16)")
+    _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
     p.set_defaults(func=_cmd_calibrate)
 
@@ -281,7 +284,7 @@ def _score_mood(args: argparse.Namespace, mood: list) -> int:
         for mode, (in_dir, out_dir) in mood:
             if not in_dir.is_dir():
                 raise CliError(f"{in_dir}: not a directory")
-            failures += score_mood(scorer, in_dir, out_dir, mode, log=lambda m: print(m, file=sys.stderr))
+            failures += score_mood(scorer, in_dir, out_dir, mode, log=_log)
     except (ModelError, ValueError) as err:
         raise CliError(str(err)) from err
     return 1 if failures else 0
@@ -346,10 +349,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     else 0, val_fraction=args.val_fraction, calibration_volumes=args.calibration_volumes,
                     device=args.device, resume=args.resume, command=args.command_line,
                     workers=_workers(args.workers),
-                    log=lambda m: print(m, file=sys.stderr, flush=True))
+                    log=_log)
     except (ModelError, VolumeError, ValueError) as err:
         raise CliError(str(err)) from err
     return 0
+
+
+def _log(message: str) -> None:
+    """Progress and skip messages of the commands: stderr, so stdout stays for results."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _workers(requested: int) -> int:
@@ -358,23 +366,22 @@ def _workers(requested: int) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .io import VolumeError
-    from .model_card import ModelError, load_model, resolve_model
-    from .train import calibrate_model, read_scans
+    from .model_card import CARD_FILE, ModelCard, ModelError, resolve_model
+    from .train import calibrate_model, read_scans, scan_files
 
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        directory = resolve_model(args.model)
-        _, card = load_model(directory)  # verifies the weights before anything is scored
+        directory = resolve_model(args.model)  # calibrate_model verifies the weights before scoring
         if args.synthetic is not None:
             if args.synthetic < 1:
                 raise CliError("--synthetic needs at least 1 volume")
             calibrate_model(directory, synthetic_volumes=args.synthetic, seed=args.seed, device=args.device,
-                            workers=_workers(args.workers), command=args.command_line, log=log)
+                            workers=_workers(args.workers), command=args.command_line, log=_log)
         else:
-            scans = read_scans(args.data, card.modality, log)
+            modality = ModelCard.read(directory / CARD_FILE).modality
+            scans = read_scans(scan_files(args.data), modality, _log)
             if not scans:
                 raise CliError(f"{args.data}: no usable scans")
-            calibrate_model(directory, held_out=scans, device=args.device, command=args.command_line, log=log)
+            calibrate_model(directory, held_out=scans, device=args.device, command=args.command_line, log=_log)
     except (ModelError, VolumeError, ValueError) as err:
         raise CliError(str(err)) from err
     return 0
@@ -386,7 +393,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     try:
         write_synth_dataset(args.out, n=args.n, anomalies=args.anomalies, contrast=args.contrast,
                             normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness,
-                            seed=args.seed, lesions=args.lesions, int16=args.int16, log=lambda m: print(m, file=sys.stderr))
+                            seed=args.seed, lesions=args.lesions, int16=args.int16, log=_log)
     except ValueError as err:
         raise CliError(str(err)) from err
     return 0
@@ -409,7 +416,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise CliError(f"{d}: not a directory")
     try:
         summary = evaluate(args.pred, args.gt, maps, args.masks, threshold, args.out,
-                           args.max_negatives_per_scan, log=lambda m: print(m, file=sys.stderr))
+                           args.max_negatives_per_scan, log=_log)
     except (VolumeError, ValueError) as err:
         raise CliError(str(err)) from err
     print(json.dumps({m: {k: v for k, v in e.items() if k in ("pixel_ap", "pixel_auroc", "object_recall")}

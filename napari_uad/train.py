@@ -34,7 +34,7 @@ from .model_card import ModelCard, save_model
 from .preprocessing import PreprocessingConfig, prepare_volume
 
 __all__ = ["TrainConfig", "Trainer", "augment_batch", "calibrate_model", "context_encoding_batch", "loss_region",
-           "map_in_workers", "model_slices", "read_scans", "slice_losses", "synthetic_anomaly_case",
+           "map_in_workers", "model_slices", "read_scans", "scan_files", "slice_losses", "synthetic_anomaly_case",
            "synthetic_slices", "synthetic_volume", "train_model"]
 
 
@@ -95,11 +95,11 @@ def context_encoding_batch(x: torch.Tensor, generator: torch.Generator, value_ra
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, background: float, clip: tuple[float, float],
-                  noise_generator: torch.Generator | None = None) -> torch.Tensor:
+                  noise_generator: torch.Generator) -> torch.Tensor:
     """Mirror (left-right), rotation +-10 deg, scale 0.9-1.1, brightness x0.9-1.1, noise sd <= 0.05.
 
-    Per-slice parameters come from ``generator`` (CPU); the per-pixel noise from ``noise_generator`` on
-    ``x``'s device (default: ``generator``, then moved)."""
+    Per-slice parameters come from ``generator`` (CPU); the per-pixel noise from ``noise_generator``, a
+    generator on ``x``'s device."""
     b = x.shape[0]
     flip = torch.rand(b, generator=generator) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1).to(x.device), x.flip(-2), x)
@@ -112,10 +112,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, background: float
     fg = x > background + 1e-3
     brightness = (0.9 + 0.2 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device)
     sd = (0.05 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device)
-    if noise_generator is None:
-        noise = torch.randn(x.shape, generator=generator).to(x.device) * sd
-    else:
-        noise = torch.randn(x.shape, generator=noise_generator, device=x.device) * sd
+    noise = torch.randn(x.shape, generator=noise_generator, device=x.device) * sd
     x = torch.where(fg, x * brightness + noise, x)
     return x.clamp(*clip)
 
@@ -401,13 +398,13 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     return card
 
 
-def read_scans(data: str, modality: str, log: Callable[[str], None] = print) -> list[Volume]:
-    """Every usable scan matching ``data`` (directory or glob), read through the scoring IO; unusable files are
+def read_scans(files: Iterable[Path], modality: str, log: Callable[[str], None] = print) -> list[Volume]:
+    """Every usable scan of ``files`` (see :func:`scan_files`), read through the scoring IO; unusable files are
     reported through ``log`` and skipped."""
     from .io import VolumeError, read_volume
 
     usable: list[Volume] = []
-    for f in _scan_files(data):
+    for f in files:
         try:
             usable.append(read_volume(f, modality=modality))
         except VolumeError as err:
@@ -415,7 +412,8 @@ def read_scans(data: str, modality: str, log: Callable[[str], None] = print) -> 
     return usable
 
 
-def _scan_files(data: str) -> list[Path]:
+def scan_files(data: str) -> list[Path]:
+    """Supported scan files of a directory or a glob pattern, sorted; ValueError if there are none."""
     from glob import glob
 
     from .io import ITK_SUFFIXES, NIFTI_SUFFIXES
@@ -463,8 +461,8 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
                      "train_seeds": [train_seeds[0], train_seeds[-1]], "val_seeds": [val_seeds[0], val_seeds[-1]]}
         held_out: list[Volume] = []
     else:
-        files = _scan_files(data)
-        usable = read_scans(data, card.modality, log)
+        files = scan_files(data)
+        usable = read_scans(files, card.modality, log)
         if len(usable) < 2:
             raise ValueError(f"{data}: need at least 2 usable scans (1 for validation), found {len(usable)}")
         order = np.random.default_rng(config.seed).permutation(len(usable))
