@@ -218,8 +218,13 @@ class Trainer:
                 opt_state.setdefault(int(idx), {})[name] = value.to(self.device) if name != "step" else value
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
         self.generator.set_state(tensors["rng.generator"])
-        if "rng.noise" in tensors:
-            self.noise_generator.set_state(tensors["rng.noise"])
+        noise = tensors.get("rng.noise")
+        if noise is not None and noise.numel() == self.noise_generator.get_state().numel():
+            self.noise_generator.set_state(noise)
+        else:  # saved on another kind of device (a CUDA generator's state cannot drive a CPU one, and back)
+            self.noise_generator.manual_seed(self.config.seed + int(meta["step"]))
+            self.log(f"checkpoint's per-pixel noise stream is from another device type: reseeded on "
+                     f"{self.device.type} (seed {self.config.seed} + step {meta['step']})")
         torch.set_rng_state(tensors["rng.torch"])
         self.state.update(meta)
         return True

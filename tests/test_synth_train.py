@@ -143,6 +143,27 @@ def test_learning_rate_halves_on_plateau_and_training_stops_early(tmp_path, monk
     assert resumed.load_checkpoint() and resumed.optimizer.param_groups[0]["lr"] == 2.5e-4
 
 
+def test_resume_continues_a_checkpoint_saved_on_another_device_type(tmp_path):
+    """A GPU run's checkpoint resumes on a CPU-only machine (the noise generator's state cannot be moved)."""
+    from safetensors.torch import load_file, save_file
+
+    config = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=4)
+    trainer = Trainer(tiny_card(), tmp_path / "m", config, device="cpu", log=lambda m: None)
+    x = torch.rand(8, 1, 32, 32, dtype=torch.float16)
+    trainer.fit(x, x)
+    path = tmp_path / "m" / "checkpoint" / "checkpoint.safetensors"
+    tensors = load_file(str(path))
+    tensors["rng.noise"] = torch.arange(16, dtype=torch.uint8)  # the size of a CUDA (Philox) generator state
+    save_file(tensors, str(path))
+    messages: list[str] = []
+    resumed = Trainer(tiny_card(), tmp_path / "m", TrainConfig(epochs=2, steps_per_epoch=1, batch_size=4),
+                      device="cpu", log=messages.append)
+    assert resumed.load_checkpoint()
+    assert any("reseeded on cpu" in m for m in messages)
+    assert torch.equal(resumed.model.state_dict()["to_latent.weight"], trainer.model.state_dict()["to_latent.weight"])
+    assert resumed.fit(x, x)["epoch"] == 2
+
+
 def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     import napari_uad.synth as synth
 
