@@ -290,7 +290,8 @@ class Trainer:
             elapsed = time.perf_counter() - t_start
             self.state["wall_seconds"] = wall_before + elapsed
             self.state["epoch"] = epoch + 1
-            record = {"epoch": epoch + 1, "val_loss": val_loss, "seconds": time.perf_counter() - t_epoch,
+            record = {"epoch": epoch + 1, "step": self.state["step"], "val_loss": val_loss,
+                      "seconds": time.perf_counter() - t_epoch,
                       "learning_rate": self.optimizer.param_groups[0]["lr"],
                       **{f"train_{k}": float(v) / steps for k, v in sums.items()}}
             self.state["history"].append(record)

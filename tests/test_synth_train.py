@@ -136,6 +136,7 @@ def test_learning_rate_halves_on_plateau_and_training_stops_early(tmp_path, monk
     x = torch.rand(8, 1, 32, 32, dtype=torch.float16)
     state = trainer.fit(x, x)
     assert [h["learning_rate"] for h in state["history"]] == [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    assert [h["step"] for h in state["history"]] == [1, 2, 3, 4, 5, 6, 7]  # optimizer steps after each epoch
     assert state["epoch"] == 7 and state["best_epoch"] == 2 and state["stop_reason"].startswith("early stopping")
     assert trainer.optimizer.param_groups[0]["lr"] == 2.5e-4
     # the halved rate is part of the checkpoint, so --resume continues with it
