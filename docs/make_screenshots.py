@@ -2,8 +2,9 @@
 
 Usage: python docs/make_screenshots.py [--model NAME|PATH] [--out docs]
 Opens the bundled sample scan through the plugin's sample-data entry, scores it with the model, shows the
-findings at the calibrated threshold, saves ``screenshot_scored.png``, tags the first two findings with the
-tag actions of the T and F shortcuts and saves ``screenshot_tagged.png``.
+findings at the calibrated threshold, saves ``screenshot_scored.png``, tags every finding as a reviewer with the
+sample's ground truth would (TP where it overlaps an inserted lesion, else FP: the actions of the T and F keys)
+and saves ``screenshot_tagged.png`` at the second finding.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_uad._sample_data import sample_brain
+    from napari_uad._sample_data import SAMPLE_MASK, sample_brain
     from napari_uad._widget import AnomalyReviewWidget
+    from napari_uad.io import read_volume
     from napari_uad.model_card import resolve_model
+    from napari_uad.resources import sample_data_dir
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1700, 1000)
@@ -47,8 +50,10 @@ def main() -> None:
         QApplication.processEvents()
     out = Path(args.out)
     viewer.screenshot(str(out / "screenshot_scored.png"), canvas_only=False)
-    widget.tag_current("TP")  # what the T key does (the keyboard path itself is covered by tests/test_widget.py)
-    widget.tag_current("FP")
+    truth = read_volume(sample_data_dir() / SAMPLE_MASK, allow_constant=True).data > 0  # the scan's voxel grid
+    widget.select_finding(0)
+    for finding in widget.view.findings:  # tag_current is what the T / F keys do (keys: tests/test_widget.py)
+        widget.tag_current("TP" if truth[widget.view.labels == finding.finding_id].any() else "FP")
     widget.select_finding(1)
     for _ in range(5):
         QApplication.processEvents()
