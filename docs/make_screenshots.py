@@ -51,8 +51,7 @@ def main() -> None:
     out = Path(args.out)
     viewer.screenshot(str(out / "screenshot_scored.png"), canvas_only=False)
     truth = read_volume(sample_data_dir() / SAMPLE_MASK, allow_constant=True).data > 0  # the scan's voxel grid
-    widget.select_finding(0)
-    for finding in widget.view.findings:  # tag_current is what the T / F keys do (keys: tests/test_widget.py)
+    for finding in widget.view.findings:  # finding 0 is current (selected above); each tag moves to the next
         widget.tag_current("TP" if truth[widget.view.labels == finding.finding_id].any() else "FP")
     widget.select_finding(1)
     for _ in range(5):
