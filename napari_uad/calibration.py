@@ -7,6 +7,8 @@
 - The default detection map is the one with the best validation Dice; its minimum finding volume is the
   candidate that maximises object-level F1 (thesis matching rule) over all validation volumes, so spurious
   small findings on healthy volumes count against it.
+- The out-of-distribution reference (``ood``): brain volumes, fields of view, volume scores and the largest
+  fraction of brain above each threshold over the healthy volumes (see ``napari_uad.ood``).
 """
 
 from __future__ import annotations
@@ -62,9 +64,14 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     kept: list[tuple[Volume, dict, np.ndarray | None]] = []  # (volume, maps, truth) for the object-level rule
     n_healthy = 0
+    reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [], "masks": []}
     for volume in healthy:
         result = scorer.score(volume, maps)
         kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, None))
+        reference["brain_volume_ml"].append(float(result.mask.sum() * volume.voxel_volume_mm3 / 1000.0))
+        reference["field_of_view_mm"].append(float((np.asarray(volume.shape) * volume.spacing).min()))
+        reference["volume_scores"].append(result.volume_score)
+        reference["masks"].append(result.mask)
         fg = np.flatnonzero(result.mask)
         pick = rng.choice(fg, size=min(voxels_per_volume, fg.size), replace=False)
         for m in maps:
@@ -107,7 +114,22 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     else:
         out["detection_map"] = "combi" if "combi" in maps else maps[0]
         out["min_volume_mm3"] = 0.0
+    out["ood"] = _ood_reference(kept[:n_healthy], reference, out["maps"], scorer.card.modality)
     return out
+
+
+def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:
+    """What the out-of-distribution guard (``ood``) compares a scan with, from the healthy calibration volumes."""
+    fractions = {m: max(float((maps[m][mask] >= entries[m]["threshold"]).mean())
+                        for (_, maps, _), mask in zip(kept, reference["masks"]))
+                 for m in entries}
+    return {"modality": modality,
+            "brain_volume_ml": [min(reference["brain_volume_ml"]), max(reference["brain_volume_ml"])],
+            "min_field_of_view_mm": min(reference["field_of_view_mm"]),
+            "volume_scores": sorted(float(v) for v in reference["volume_scores"]),
+            "max_fraction_above_threshold": fractions,
+            "rule": "healthy calibration volumes: brain volume range, smallest field-of-view side, volume "
+                    "scores, largest fraction of brain voxels at or above each map's threshold"}
 
 
 def _select_min_volume(kept, map_name: str, threshold: float) -> tuple[float, list[dict]]:

@@ -46,7 +46,11 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--detection-map", default=None, metavar="MAP",
                    help="map thresholded into findings (default: the model card's calibrated detection map)")
     p.add_argument("--mask", type=Path, default=None, metavar="FILE",
-                   help="foreground mask in the scan's grid (default: automatic Otsu/background mask)")
+                   help="brain mask in the scan's grid (default: automatic brain extraction / background mask)")
+    _add_preprocessing_options(p)
+    p.add_argument("--force", action="store_true",
+                   help="score a scan whose modality is not the model's (e.g. CT with an MR model) instead of "
+                        "refusing it; the results carry a warning")
     p.add_argument("--modality", choices=("MR", "CT"), default=None,
                    help="override the modality (default: DICOM tag, else guessed from the intensity range)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
@@ -61,6 +65,28 @@ def _add_score_parser(sub) -> None:
                    help="voxel connectivity of findings: 1 faces, 2 edges, 3 corners (default: 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
+
+
+def _add_preprocessing_options(p: argparse.ArgumentParser) -> None:
+    from .preprocessing import SKULL_STRIP_MODES
+
+    g = p.add_argument_group("preprocessing (the steps the model card asks for; switch off what you did yourself)")
+    g.add_argument("--skull-strip", choices=SKULL_STRIP_MODES, default="auto",
+                   help="brain extraction (deepbet): auto = only for scans that still have skull and scalp, "
+                        "on = always, off = never (default: auto)")
+    g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="skip N4 bias-field correction")
+    g.add_argument("--no-alignment", dest="alignment", action="store_false",
+                   help="skip alignment to the model's template space (score the scan's own axial slices)")
+    g.add_argument("--no-normalisation", dest="normalisation", action="store_false",
+                   help="skip intensity standardisation (the scan is already in the model's range)")
+
+
+def _pipeline_options(args: argparse.Namespace):
+    from .preprocessing import PipelineOptions
+
+    return PipelineOptions(skull_strip=args.skull_strip, bias_correction=args.bias_correction,
+                           alignment=args.alignment, normalisation=args.normalisation)
 
 
 def _add_workers_option(p: argparse.ArgumentParser) -> None:
@@ -240,7 +266,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise CliError(f"several inputs share the output stem {', '.join(dupes)}; score them into separate --out dirs")
     try:
         model, card = load_model(args.model)
-        scorer = Scorer(model, card, device=args.device, batch_size=args.batch_size)
+        scorer = Scorer(model, card, device=args.device, batch_size=args.batch_size, options=_pipeline_options(args))
     except (ModelError, ValueError) as err:
         raise CliError(str(err)) from err
     detection_map = args.detection_map or card.detection_map
@@ -258,7 +284,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise CliError(f"{args.out}: cannot create output directory ({err.strerror})") from err
 
     job = ScoreJob(scorer=scorer, maps=maps, detection_map=detection_map, threshold=threshold,
-                   min_volume_mm3=min_volume, connectivity=args.connectivity)
+                   min_volume_mm3=min_volume, connectivity=args.connectivity, force=args.force, log=_log)
     failures = 0
     for path, stem in zip(inputs, stems):
         try:
@@ -303,6 +329,9 @@ def _score_one(job, path: Path, stem: str, args: argparse.Namespace) -> None:
             nonlocal bar
             if args.quiet:
                 return
+            if step.stage != "model":
+                _log(f"{stem}: {step.stage.replace('_', ' ')}")
+                return
             if bar is None:
                 bar = tqdm(desc=stem, total=step.total, unit="slice", file=sys.stderr)
             bar.n = step.done
@@ -336,8 +365,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                   log_var_clamp=(lo, hi))
     except ValueError as err:
         raise CliError(f"bad architecture: {err}") from err
+    from .preprocessing import PreprocessingConfig
+
+    # brain MR models expect brain-only, bias-corrected input aligned to the MNI152 template
+    pre = PreprocessingConfig(skull_strip=True, bias_correction=True, template="mni152-2009") \
+        if args.modality == "MR" else PreprocessingConfig()
     card = ModelCard(name=args.name or args.out.name, version="1.0.0", modality=args.modality,
                      contrast=args.contrast, architecture=arch, scoring=ScoringConfig(seed=args.seed),
+                     preprocessing=pre,
                      description="ceVAE with Gaussian decoder trained with napari-uad train")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          ce_weight=args.ce_weight, patience=args.patience, lr_patience=args.lr_patience,

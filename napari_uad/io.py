@@ -43,13 +43,15 @@ __all__ = [
     "file_sha256",
     "file_stem",
     "atomic_write",
+    "to_sitk_image",
+    "LPS_TO_RAS",
     "NIFTI_SUFFIXES",
     "ITK_SUFFIXES",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class VolumeError(ValueError):
@@ -285,7 +287,7 @@ def _sitk_to_array_affine(img, path: Path) -> tuple[np.ndarray, np.ndarray]:
     lps = np.eye(4)
     lps[:3, :3] = direction @ np.diag(img.GetSpacing())
     lps[:3, 3] = img.GetOrigin()
-    return data, _LPS_TO_RAS @ lps
+    return data, LPS_TO_RAS @ lps
 
 
 def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -366,14 +368,24 @@ def write_image_file(path: str | os.PathLike, data: np.ndarray, affine: np.ndarr
         else:
             import SimpleITK as sitk
 
-            lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
-            spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
-            img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
-            img.SetSpacing(spacing.tolist())
-            img.SetOrigin(lps[:3, 3].tolist())
-            img.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
-            sitk.WriteImage(img, str(tmp), True)
+            sitk.WriteImage(to_sitk_image(data, affine), str(tmp), True)
     return path
+
+
+def to_sitk_image(data: np.ndarray, affine: np.ndarray):
+    """SimpleITK image of ``data`` (array index order (i, j, k)) with voxel->world RAS mm ``affine``.
+
+    ITK's physical space is LPS: origin and direction are converted; the direction must be orthogonal.
+    """
+    import SimpleITK as sitk
+
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
+    img.SetSpacing(spacing.tolist())
+    img.SetOrigin(lps[:3, 3].tolist())
+    img.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
+    return img
 
 
 def write_like(volume: Volume, array: np.ndarray, path: str | os.PathLike, dtype=np.float32) -> Path:

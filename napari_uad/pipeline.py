@@ -1,4 +1,6 @@
-"""One scan from file to result files: read -> mask -> score -> findings -> write (Qt-free; used by the CLI)."""
+"""One scan from file to result files: read -> OOD check -> preprocess + score -> findings -> write (Qt-free).
+
+Used by the CLI (``score``) and reused per scan by every caller that writes result files."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from .export import findings_rows, write_findings_csv, write_json
 from .findings import find_findings
 from .io import read_volume, write_like
 from .mask import load_mask
+from .ood import UNRELIABLE, check_input, check_result
 from .scoring import Progress, Scorer, parse_maps
 
 __all__ = ["ScoreJob"]
@@ -31,19 +34,31 @@ class ScoreJob:
     threshold: float
     min_volume_mm3: float = 0.0
     connectivity: int = 3
+    force: bool = False
+    log: Callable[[str], None] | None = None  # receives one line per out-of-distribution warning
 
     def run(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None, modality: str | None = None,
             progress: Callable[[Progress], None] | None = None) -> list[Path]:
-        """Score ``path`` and write S.<map>.nii.gz, S.labels.nii.gz, S.findings.csv and S.json into ``out_dir``.
+        """Score ``path`` and write S.<map>.nii.gz, S.labels.nii.gz, S.brainmask.nii.gz, S.findings.csv and
+        S.json into ``out_dir``.
 
-        Returns the written files. Volumes are written in the input's original grid and affine.
+        Returns the written files. Volumes are written in the input's original grid and affine. A scan of
+        another modality than the model's raises ``ModalityMismatch`` unless ``force``.
         """
         t0 = time.perf_counter()
         volume = read_volume(path, modality=modality)
         mask = load_mask(mask_path, volume) if mask_path is not None else None
         t_read = time.perf_counter() - t0
         card = self.scorer.card
+        ood_warnings = check_input(volume, card, self.force)
         result = self.scorer.score(volume, parse_maps(set(self.maps) | {self.detection_map}), mask, progress)
+        found, ood_facts = check_result(result.mask, volume.voxel_volume_mm3, result.maps[self.detection_map],
+                                        result.volume_score, card, self.detection_map)
+        ood_warnings += found
+        if ood_warnings:
+            ood_warnings.append(UNRELIABLE)
+            for warning in ood_warnings:
+                (self.log or (lambda m: None))(f"napari-uad: warning: {path}: {warning}")
         t1 = time.perf_counter()
         labels, findings = find_findings(result.maps[self.detection_map], volume, self.threshold,
                                          self.min_volume_mm3, self.connectivity)
@@ -51,6 +66,7 @@ class ScoreJob:
         t2 = time.perf_counter()
         written = [write_like(volume, result.maps[name], out_dir / f"{stem}.{name}.nii.gz") for name in self.maps]
         written.append(write_like(volume, labels, out_dir / f"{stem}.labels.nii.gz", dtype=np.uint16))
+        written.append(write_like(volume, result.mask, out_dir / f"{stem}.brainmask.nii.gz", dtype=np.uint8))
         scan_sha = volume.sha256()
         rows = findings_rows(findings, scan_path=str(Path(path).resolve()), scan_sha256=scan_sha,
                              model_name=card.name, model_version=card.version, model_sha256=card.weights_sha256,
@@ -75,12 +91,14 @@ class ScoreJob:
             "sample_scores": {
                 "volume": result.volume_score,
                 "volume_rule": f"mean of the top {card.scoring.top_k_slices} slice scores",
-                "slice_axis": "canonical axial index k (inferior to superior); null = no foreground",
+                "slice_axis": "canonical axial index k (inferior to superior); null = no brain",
                 "slice": result.slice_scores,
                 "slice_kl": result.slice_kl,
                 "slice_rec": result.slice_rec,
             },
-            "warnings": result.warnings,
+            "preprocessing": result.preprocessing,
+            "out_of_distribution": {"warnings": ood_warnings, **ood_facts},
+            "warnings": result.warnings + ood_warnings,
             "seconds": seconds,
         }
         report["seconds"]["total"] = time.perf_counter() - t0

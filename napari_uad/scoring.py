@@ -1,7 +1,9 @@
 """Slice-by-slice anomaly scoring of a volume with a ceVAE (maps in the volume's canonical voxel grid).
 
-Pipeline per volume: foreground mask -> intensity normalisation -> axial slices resampled to the model grid
-(``SliceGeometry``) -> batched model passes -> maps resampled back to the native grid, zero outside the mask.
+Pipeline per volume: the preprocessing steps (``preprocessing``: brain extraction, bias correction,
+normalisation, alignment to the card's template space) -> axial slices of the model grid resampled to the
+model input (``SliceGeometry``) -> batched model passes -> maps resampled back to the scan's own canonical grid,
+zero outside the brain mask.
 
 Maps (``shared/METHODS.md``), per pixel, from one deterministic forward pass with z = mu_z:
     residual = |x - mu_x|          U = 0.5 log(2 pi sigma_x^2)        E = (x - mu_x)^2 / (2 sigma_x^2)
@@ -30,7 +32,7 @@ from .devices import free_memory_bytes, is_out_of_memory, resolve_device
 from .io import Volume
 from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard
-from .preprocessing import prepare_volume
+from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
 
 __all__ = ["MAP_NAMES", "Progress", "ScoreResult", "Scorer", "ScoringCancelled", "parse_maps"]
@@ -56,13 +58,17 @@ def parse_maps(text: str | Iterable[str] | None) -> tuple[str, ...]:
 
 @dataclass
 class Progress:
-    """Progress of one scoring run: ``done`` of ``total`` axial slices."""
+    """Progress of one scoring run: ``done`` of ``total`` axial slices, or a preprocessing step.
+
+    stage: "model" while slices are scored, else the name of the preprocessing step about to run.
+    """
 
     done: int
     total: int
     elapsed_s: float
     batch_size: int
     device: str
+    stage: str = "model"
 
     @property
     def fraction(self) -> float:
@@ -78,10 +84,12 @@ class ScoreResult:
     """Maps and scores of one volume.
 
     maps: name -> float32 array in the volume's canonical grid (i, j, k), zero outside ``mask``.
-    mask: foreground used (canonical grid).
-    slice_scores: per canonical axial slice k, KL + Rec in nats (NaN where the slice has no foreground);
-        ``slice_kl`` and ``slice_rec`` are its parts.
-    volume_score: mean of the top-k slice scores.
+    mask: brain mask used (canonical grid).
+    slice_scores: per canonical axial slice k, KL + Rec in nats (NaN where the slice has no brain);
+        ``slice_kl`` and ``slice_rec`` are its parts. When the scan was aligned to a template, slices are cut
+        in the template grid and each canonical k gets the highest-scoring template slice through it.
+    volume_score: mean of the top-k slice scores (of the model grid's slices).
+    preprocessing: the records of the preprocessing steps (``PreparedVolume.steps``).
     """
 
     maps: dict[str, np.ndarray]
@@ -94,6 +102,25 @@ class ScoreResult:
     batch_size: int
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    preprocessing: list[dict] = field(default_factory=list)
+
+
+def _native_slice_profile(prepared: PreparedVolume, slice_kl: np.ndarray, slice_rec: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice KL and Rec of the model grid -> per canonical axial slice k of the scan: each k gets the parts
+    of the highest-scoring model slice whose brain centre lies in it (NaN where none does)."""
+    nk_native = prepared.native_shape[2]
+    kl = np.full(nk_native, np.nan)
+    rec = np.full(nk_native, np.nan)
+    to_scan = np.linalg.inv(prepared.native_to_model)
+    total = slice_kl + slice_rec
+    for k in np.flatnonzero(np.isfinite(total)):
+        ii, jj = np.nonzero(prepared.mask[:, :, k])
+        centre = np.array([ii.mean(), jj.mean(), k, 1.0])
+        kn = int(round((to_scan @ centre)[2]))
+        if 0 <= kn < nk_native and not total[k] <= (kl[kn] + rec[kn]):
+            kl[kn], rec[kn] = slice_kl[k], slice_rec[k]
+    return kl, rec
 
 
 class Scorer:
@@ -104,12 +131,16 @@ class Scorer:
         device: "auto" (cuda -> mps -> cpu), or an explicit device.
         batch_size: slices per batch; None chooses from free memory.
         amp: mixed precision (bfloat16/float16 autocast) on GPUs; ignored on CPU.
+        options: per-run preprocessing switches (skull strip auto/on/off, steps off); brain extraction runs on
+            the scoring device.
     """
 
     def __init__(self, model: CeVAE, card: ModelCard, device: str | torch.device = "auto",
-                 batch_size: int | None = None, amp: bool = True):
+                 batch_size: int | None = None, amp: bool = True, options: PipelineOptions | None = None):
         self.card = card
         self.device = resolve_device(device)
+        base = options or PipelineOptions()
+        self.options = PipelineOptions(**{**base.to_dict(), "device": self.device.type})
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -145,13 +176,20 @@ class Scorer:
         maps = parse_maps(maps)
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        pre = self.card.preprocessing
-        prepared = prepare_volume(volume, pre, self.card.input_size, mask)
+        steps = iter_prepare_volume(volume, self.card.preprocessing, self.card.input_size, mask,
+                                    options=self.options)
+        while True:
+            try:
+                stage = next(steps)
+            except StopIteration as stop:
+                prepared: PreparedVolume = stop.value
+                break
+            yield Progress(0, 0, time.perf_counter() - t0, 0, self.device.type, stage=stage)
         normalised, mask, geometry = prepared.normalised, prepared.mask, prepared.geometry
         seconds["preprocess"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        ni, nj, nk = volume.shape
+        ni, nj, nk = normalised.shape
         out = {name: np.zeros((ni, nj, nk), dtype=np.float32) for name in maps}
         slice_kl = np.full(nk, np.nan)
         slice_rec = np.full(nk, np.nan)
@@ -184,16 +222,25 @@ class Scorer:
             slice_kl[ks], slice_rec[ks] = kl, rec
             done += len(ks)
             yield Progress(done, len(todo), time.perf_counter() - t1, batch_size, self.device.type)
-        for name in maps:
-            out[name][~mask] = 0.0
         seconds["model"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        if prepared.aligned:
+            native = prepared.to_native(np.stack([out[name] for name in maps]))
+            out = {name: native[c] for c, name in enumerate(maps)}
+        brain = prepared.brain
+        for name in maps:
+            out[name][~brain] = 0.0
         slice_scores = slice_kl + slice_rec
         valid = np.sort(slice_scores[np.isfinite(slice_scores)])[::-1]
         volume_score = float(valid[: self.card.scoring.top_k_slices].mean()) if valid.size else float("nan")
+        if prepared.aligned:
+            slice_kl, slice_rec = _native_slice_profile(prepared, slice_kl, slice_rec)
+            slice_scores = slice_kl + slice_rec
+        seconds["to_native"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
-        return ScoreResult(maps=out, mask=mask, slice_scores=slice_scores, slice_kl=slice_kl, slice_rec=slice_rec,
+        return ScoreResult(maps=out, mask=brain, slice_scores=slice_scores, slice_kl=slice_kl, slice_rec=slice_rec,
                            volume_score=volume_score, device=self.device.type, batch_size=batch_size,
-                           seconds=seconds, warnings=notes)
+                           seconds=seconds, warnings=notes, preprocessing=prepared.steps)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _autocast(self):

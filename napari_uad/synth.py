@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .preprocessing.template import load_atlas
+
 __all__ = ["CONTRASTS", "ANOMALY_KINDS", "SynthCase", "load_atlas", "healthy_volume", "insert_anomaly",
            "synth_case"]
 
@@ -30,28 +32,6 @@ ANOMALY_KINDS = ("sphere", "cube", "tumour", "blobs", "irregular")
 # mean intensity of (CSF, GM, WM) per contrast, before jitter
 _TISSUE_MEANS = {"t1": (0.25, 0.55, 0.8), "t2": (1.0, 0.6, 0.45), "flair": (0.15, 0.7, 0.55),
                  "pd": (0.8, 0.75, 0.6)}
-_ATLAS: dict | None = None
-
-
-def load_atlas() -> dict:
-    """MNI152 2009 (1 mm) T1 template, GM/WM probabilities and brain mask, cropped around the brain."""
-    global _ATLAS
-    if _ATLAS is None:
-        from nilearn import datasets
-
-        t1 = datasets.load_mni152_template(resolution=1)
-        gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, dtype=np.float32)
-        wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
-        brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
-        idx = np.argwhere(brain)
-        lo = np.maximum(idx.min(0) - 10, 0)
-        hi = np.minimum(idx.max(0) + 11, brain.shape)
-        crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-        affine = t1.affine.copy()
-        affine[:3, 3] = t1.affine[:3, :3] @ lo + t1.affine[:3, 3]
-        _ATLAS = {"t1": np.asarray(t1.dataobj, dtype=np.float32)[crop], "gm": gm[crop], "wm": wm[crop],
-                  "brain": brain[crop].astype(np.float32), "affine": affine}
-    return _ATLAS
 
 
 def _smooth_field(rng: np.random.Generator, shape, coarse: int, amplitude: float) -> np.ndarray:

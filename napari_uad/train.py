@@ -31,7 +31,7 @@ from .export import write_json
 from .io import Volume, atomic_write
 from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard, save_model
-from .preprocessing import PreprocessingConfig, prepare_volume
+from .preprocessing import PipelineOptions, PreprocessingConfig, prepare_volume
 
 __all__ = ["TrainConfig", "Trainer", "augment_batch", "calibrate_model", "context_encoding_batch", "loss_region",
            "map_in_workers", "model_slices", "read_scans", "scan_files", "slice_losses", "synthetic_anomaly_case",
@@ -57,9 +57,11 @@ class TrainConfig:
 
 
 def model_slices(volume: Volume, preprocessing: PreprocessingConfig, size: int,
-                 min_foreground_fraction: float = 0.1) -> torch.Tensor:
-    """Foreground axial slices of a volume on the model grid, [N, 1, S, S] float16 (empty slices skipped)."""
-    prepared = prepare_volume(volume, preprocessing, size, min_foreground_fraction=min_foreground_fraction)
+                 min_foreground_fraction: float = 0.1, options: PipelineOptions | None = None) -> torch.Tensor:
+    """Brain axial slices of a volume on the model grid, [N, 1, S, S] float16 (empty slices skipped), through
+    the same preprocessing steps as scoring."""
+    prepared = prepare_volume(volume, preprocessing, size, min_foreground_fraction=min_foreground_fraction,
+                              options=options)
     ks = prepared.slices
     native = torch.from_numpy(np.ascontiguousarray(prepared.normalised[:, :, ks].transpose(2, 0, 1))).unsqueeze(1)
     return prepared.geometry.to_model(native, fill=preprocessing.background).to(torch.float16)
@@ -351,6 +353,10 @@ def map_in_workers(fn: Callable, items: Iterable, workers: int = 1) -> Iterable:
         yield from pool.map(fn, items)
 
 
+SYNTHETIC_OPTIONS = PipelineOptions(skull_strip="off")
+"""Synthetic brains are brain-only by construction: the foreground is the brain (no deepbet run)."""
+
+
 def synthetic_volume(seed: int) -> Volume:
     """Synthetic healthy brain ``seed`` as a Volume (module level, so worker processes can run it)."""
     from .synth import case_volume, healthy_volume
@@ -360,8 +366,9 @@ def synthetic_volume(seed: int) -> Volume:
 
 def synthetic_slices(seed: int, preprocessing: PreprocessingConfig, size: int,
                      min_foreground_fraction: float = 0.1) -> torch.Tensor:
-    """Training slices ([N, 1, S, S] float16, model grid) of synthetic healthy brain ``seed``."""
-    return model_slices(synthetic_volume(seed), preprocessing, size, min_foreground_fraction)
+    """Training slices ([N, 1, S, S] float16, model grid) of synthetic healthy brain ``seed`` (brain-only by
+    construction, so brain extraction is off)."""
+    return model_slices(synthetic_volume(seed), preprocessing, size, min_foreground_fraction, SYNTHETIC_OPTIONS)
 
 
 def synthetic_anomaly_case(seed: int) -> tuple[Volume, np.ndarray]:
@@ -385,7 +392,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     from .scoring import Scorer
 
     model, card = load_model(model_dir, device="cpu")
-    scorer = Scorer(model, card, device=device)
+    scorer = Scorer(model, card, device=device, options=SYNTHETIC_OPTIONS if synthetic_volumes > 0 else None)
     if synthetic_volumes > 0:
         base = 100_000 + seed
         healthy = map_in_workers(synthetic_volume, range(base, base + synthetic_volumes), workers)

@@ -1,0 +1,84 @@
+"""Out-of-distribution guard: is this scan like the ones the model's card was calibrated on?
+
+The card's ``calibration.ood`` block (written by :func:`napari_uad.calibration.calibrate` from its healthy
+validation volumes) holds: modality, brain volume range (ml), smallest field-of-view side (mm), the healthy
+volume scores and the largest fraction of brain voxels above the detection threshold. Each check returns
+human-readable warnings; a CT scan given to an MR model (or the reverse) is refused unless forced.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .io import Volume
+from .model_card import ModelCard
+
+__all__ = ["ModalityMismatch", "check_input", "check_result", "ood_reference", "UNRELIABLE"]
+
+UNRELIABLE = "this scan differs from the model's training data; findings are unreliable"
+_BRAIN_VOLUME_SLACK = 0.25  # brains within +-25 % of the calibration range count as in range
+_FRACTION_FACTOR = 10.0  # flagged when 10x more of the brain is above threshold than in any healthy scan
+_MIN_FRACTION = 0.01  # ... and at least 1 % of it
+
+
+class ModalityMismatch(ValueError):
+    """The scan's modality is not the model's; the message is one line."""
+
+
+def ood_reference(card: ModelCard) -> dict:
+    return card.calibration.get("ood", {})
+
+
+def check_input(volume: Volume, card: ModelCard, force: bool = False) -> list[str]:
+    """Warnings about a scan before scoring (modality, field of view); raises ModalityMismatch unless ``force``."""
+    warnings: list[str] = []
+    if volume.modality != card.modality:
+        message = (f"{volume.modality} scan, but model {card.name!r} is made for {card.modality}; "
+                   "use --force to score it anyway")
+        if not force:
+            raise ModalityMismatch(message)
+        warnings.append(f"{volume.modality} scan scored by the {card.modality} model {card.name!r} (forced)")
+    ref = ood_reference(card)
+    extent = np.asarray(volume.shape) * np.asarray(volume.spacing)
+    min_side = ref.get("min_field_of_view_mm")
+    if min_side is not None and extent.min() < 0.5 * min_side:
+        warnings.append(f"field of view {' x '.join(f'{e:.0f}' for e in extent)} mm is much smaller than the "
+                        f"model's calibration scans (smallest side {min_side:.0f} mm)")
+    return warnings
+
+
+def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarray, volume_score: float,
+                 card: ModelCard, detection_map: str) -> tuple[list[str], dict]:
+    """Warnings after scoring and the numbers they rest on (for S.json).
+
+    brain: brain mask (canonical grid); detection: the detection map, same grid; the fraction above threshold
+    is taken at the card's calibrated threshold, so it is comparable to the card's healthy reference whatever
+    threshold the user chose.
+    """
+    ref = ood_reference(card)
+    warnings: list[str] = []
+    brain_ml = float(brain.sum() * voxel_volume_mm3 / 1000.0)
+    facts: dict = {"brain_volume_ml": round(brain_ml, 1)}
+    lo_hi = ref.get("brain_volume_ml")
+    if lo_hi is not None:
+        lo, hi = lo_hi
+        if not (1 - _BRAIN_VOLUME_SLACK) * lo <= brain_ml <= (1 + _BRAIN_VOLUME_SLACK) * hi:
+            warnings.append(f"brain volume {brain_ml:.0f} ml is outside the calibration scans' "
+                            f"{lo:.0f}-{hi:.0f} ml")
+    threshold = card.default_threshold(detection_map)
+    healthy_max = ref.get("max_fraction_above_threshold", {}).get(detection_map)
+    if threshold is not None and brain.any():
+        fraction = float((detection[brain] >= threshold).mean())
+        facts["fraction_above_card_threshold"] = round(fraction, 5)
+        if healthy_max is not None and fraction > max(_FRACTION_FACTOR * healthy_max, _MIN_FRACTION):
+            warnings.append(f"{100 * fraction:.1f} % of the brain is above the detection threshold "
+                            f"(healthy calibration scans: at most {100 * healthy_max:.2f} %)")
+    scores = ref.get("volume_scores")
+    if scores and np.isfinite(volume_score):
+        scores = np.sort(np.asarray(scores, dtype=np.float64))
+        facts["volume_score_healthy_quantile"] = round(float(np.searchsorted(scores, volume_score) / scores.size), 4)
+        median, top = float(np.median(scores)), float(scores[-1])
+        if volume_score > top + 2.0 * (top - median):
+            warnings.append(f"volume score {volume_score:.0f} is far above every healthy calibration scan "
+                            f"(max {top:.0f})")
+    return warnings, facts
