@@ -46,6 +46,8 @@ from .display import (
 )
 from .model_card import ModelError, list_models, load_model
 from .review import CATEGORIES, ReviewSession, load_settings, save_setting
+from .ood import UNRELIABLE, check_input, check_result
+from .preprocessing import SKULL_STRIP_MODES, PipelineOptions
 from .scoring import MAP_NAMES, Scorer
 from .session import SLIDER_STEPS, FindingsView, ScoredScan
 
@@ -149,6 +151,11 @@ class AnomalyReviewWidget(QWidget):
         self.device_selector = QComboBox(objectName="device_selector")
         self.device_selector.addItems(["auto"] + available_devices())
         form.addRow("Device", self.device_selector)
+        self.skull_strip_selector = QComboBox(objectName="skull_strip_selector")
+        self.skull_strip_selector.addItems(SKULL_STRIP_MODES)
+        self.skull_strip_selector.setToolTip("Brain extraction: auto = only scans that still have skull and scalp; "
+                                             "on = always; off = the scan's foreground is the brain")
+        form.addRow("Skull strip", self.skull_strip_selector)
         self.window_selector = QComboBox(objectName="window_selector")
         self.window_selector.addItems(["MR (percentiles)"] + [f"CT {name}" for name in CT_WINDOWS])
         self.window_selector.setToolTip("Display window of the image; CT presets as level/width in HU")
@@ -168,6 +175,11 @@ class AnomalyReviewWidget(QWidget):
         self.progress_label = QLabel("", objectName="progress_label")
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.progress_label)
+        self.ood_banner = QLabel("", objectName="ood_banner")
+        self.ood_banner.setWordWrap(True)
+        self.ood_banner.setStyleSheet("background-color: #b03a2e; color: white; padding: 6px; font-weight: bold;")
+        self.ood_banner.setVisible(False)
+        layout.addWidget(self.ood_banner)
 
         self.calibrated_toggle = QCheckBox("Show maps as healthy-voxel quantiles (0–1)",
                                            objectName="calibrated_toggle")
@@ -331,7 +343,9 @@ class AnomalyReviewWidget(QWidget):
         try:
             volume = volume_from_layer(layer.data, layer.metadata, layer.scale, layer.translate)
             model, card = load_model(ref)
-            scorer = Scorer(model, card, device=self.device_selector.currentText())
+            scorer = Scorer(model, card, device=self.device_selector.currentText(),
+                            options=PipelineOptions(skull_strip=self.skull_strip_selector.currentText()))
+            input_warnings = check_input(volume, card)  # refuses a scan of another modality
         except (ModelError, ValueError) as err:
             self._notify(str(err))
             return
@@ -340,7 +354,10 @@ class AnomalyReviewWidget(QWidget):
 
         def run():
             result = yield from scorer.iter_score(volume, MAP_NAMES)
-            return ScoredScan(volume, result, card)
+            found, _ = check_result(result.mask, volume.voxel_volume_mm3, result.maps[card.detection_map],
+                                    result.volume_score, card, card.detection_map)
+            warnings = input_warnings + found
+            return ScoredScan(volume, result, card, warnings + [UNRELIABLE] if warnings else [])
 
         worker = create_worker(run, _progress={"desc": f"Scoring {name}"})
         worker.yielded.connect(self._on_progress)
@@ -352,6 +369,7 @@ class AnomalyReviewWidget(QWidget):
         self.score_button.setObjectName("score_button")
         self.progress_bar.setValue(0)
         self.progress_label.setText("starting…")
+        self.ood_banner.setVisible(False)
         worker.start()
 
     def cancel_scoring(self) -> None:
@@ -361,6 +379,10 @@ class AnomalyReviewWidget(QWidget):
             self.progress_label.setText("cancelling…")
 
     def _on_progress(self, step) -> None:
+        if step.stage != "model":
+            self.progress_bar.setValue(0)
+            self.progress_label.setText(f"preprocessing: {step.stage.replace('_', ' ')}…")
+            return
         self.progress_bar.setMaximum(max(1, step.total))
         self.progress_bar.setValue(step.done)
         eta = "" if step.eta_s is None else f", about {math.ceil(step.eta_s)} s left"
@@ -387,6 +409,9 @@ class AnomalyReviewWidget(QWidget):
             return
         self.scan = scan
         self.progress_label.setText(f"scored in {scan.result.seconds['total']:.1f} s on {scan.result.device}")
+        self.ood_banner.setText("⚠ " + UNRELIABLE.capitalize() + ":\n• " +
+                                "\n• ".join(w for w in scan.warnings if w != UNRELIABLE))
+        self.ood_banner.setVisible(bool(scan.warnings))
         self._add_map_layers()
         map_name = scan.card.detection_map
         self.map_selector.blockSignals(True)
@@ -418,6 +443,12 @@ class AnomalyReviewWidget(QWidget):
             self.viewer.add_image(data, name=layer_name, colormap=MAP_COLORMAPS[name], blending="additive",
                                   visible=False, contrast_limits=self._raw_limits(name),
                                   metadata={"napari_uad_map": name, **self.image_layer.metadata}, **self._geometry())
+        mask_name = self._layer_name("brain mask")
+        if mask_name in self.viewer.layers:
+            self.viewer.layers.remove(mask_name)
+        mask_layer = self.viewer.add_labels(to_display(self.scan.result.mask.astype(np.uint8)), name=mask_name,
+                                            opacity=0.5, **self._geometry())
+        mask_layer.contour = 1  # outline only: the reviewer sees what the model looked at
         self._camera().orientation2d = RADIOLOGICAL_ORIENTATION
         self.viewer.layers.selection.active = self.image_layer
 

@@ -39,9 +39,12 @@ class FindingsView:
 
 @dataclass
 class ScoredScan:
+    """One scored scan in the widget; ``warnings``: the out-of-distribution guard's lines (empty: none)."""
+
     volume: Volume
     result: ScoreResult
     card: ModelCard
+    warnings: list[str] = field(default_factory=list)
     _calibrated: dict[str, np.ndarray] = field(default_factory=dict)
     _sha256: str | None = None
 

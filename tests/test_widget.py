@@ -242,3 +242,35 @@ def test_sample_data_opens_with_ground_truth(make_napari_viewer):
     scan, truth = viewer.layers
     assert scan.data.shape == truth.data.shape and truth.data.max() == 1
     np.testing.assert_allclose(scan.scale, [1, 1, 1])
+
+
+def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_path, tmp_path):
+    """The brain mask is shown as an outline layer on the scan's grid; the skull-strip choice reaches the
+    scorer; a scan outside the card's calibration reference gets a visible banner, a normal one none."""
+    from napari_uad.model_card import ModelCard
+
+    viewer = widget.viewer
+    image = open_scan(viewer, scan_path)
+    widget.skull_strip_selector.setCurrentText("off")
+    assert score(qtbot, widget) is True
+    mask_layer = viewer.layers["phantom brain mask"]
+    np.testing.assert_allclose(mask_layer.scale, image.scale)
+    assert mask_layer.data.shape == image.data.shape and mask_layer.contour == 1
+    assert widget.scan.result.preprocessing[0]["settings"]["mode"] == "off"
+    assert widget.ood_banner.isHidden() and widget.scan.warnings == []
+
+    # the same scan against a card whose healthy brains were ten times larger: the banner speaks
+    card_path = widget.model_selector.currentData()
+    card = ModelCard.read(card_path if str(card_path).endswith(".json") else f"{card_path}/card.json")
+    card.calibration["ood"] = {"brain_volume_ml": [1000.0, 1500.0]}
+    (tmp_path / "big-brains").mkdir()
+    card.write(tmp_path / "big-brains")
+    import shutil
+
+    shutil.copy(f"{card.path}/{card.weights_file}", tmp_path / "big-brains" / card.weights_file)
+    widget.add_model(str(tmp_path / "big-brains"))
+    assert score(qtbot, widget) is True
+    assert widget.scan.card.path == tmp_path / "big-brains" and not widget.ood_banner.isHidden()
+    assert "differs from the model's training data" in widget.ood_banner.text()
+    assert "brain volume" in widget.ood_banner.text()
+    viewer.window._qt_window.grab().save(str(tmp_path / "banner.png"))

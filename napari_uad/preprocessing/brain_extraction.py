@@ -68,7 +68,10 @@ def deepbet_mask(data: np.ndarray, affine: np.ndarray, device: str = "cpu") -> n
 
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64))
     with _LOCK:  # the extractor keeps per-call state
-        _, mask_img, _ = _extractor(device).run(img)
+        try:
+            _, mask_img, _ = _extractor(device).run(img)
+        except (ValueError, AssertionError) as err:  # deepbet fails this way when it sees no brain at all
+            raise BrainExtractionError(f"brain mask (deepbet) is empty: no brain found ({err})") from err
     return np.asarray(mask_img.dataobj) > 0
 
 

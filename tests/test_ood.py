@@ -1,0 +1,98 @@
+"""The out-of-distribution guard: fires on a CT scan, a tiny volume and a brain a third of which is 'lesion';
+stays quiet on the bundled sample scored by the bundled model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_uad.cli import main as cli_main
+from napari_uad.io import Volume
+from napari_uad.model_card import ModelCard
+from napari_uad.ood import UNRELIABLE, ModalityMismatch, check_input, check_result
+from napari_uad.resources import sample_data_dir
+
+
+def card_with_reference() -> ModelCard:
+    """A card whose calibration knows healthy scans: 1100-1500 ml brains, >= 150 mm fields of view, at most
+    0.05 % of the brain above the nll threshold 5.0, volume scores 100-140."""
+    return ModelCard(name="m", version="1", modality="MR", calibration={
+        "detection_map": "nll", "maps": {"nll": {"threshold": 5.0}},
+        "ood": {"brain_volume_ml": [1100.0, 1500.0], "min_field_of_view_mm": 150.0,
+                "volume_scores": [100.0, 110.0, 120.0, 140.0], "max_fraction_above_threshold": {"nll": 0.0005}}})
+
+
+def brain_ball(shape=(60, 60, 60), spacing=3.0) -> tuple[Volume, np.ndarray]:
+    i, j, k = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    brain = ((i - 30) ** 2 + (j - 30) ** 2 + (k - 30) ** 2) < madius2(spacing)
+    data = np.where(brain, 100.0, 0.0).astype(np.float32)
+    return Volume.from_array(data, np.diag([spacing, spacing, spacing, 1.0])), brain
+
+
+def madius2(spacing: float) -> float:
+    radius_mm = (3 * 1300e3 / (4 * np.pi)) ** (1 / 3)  # a 1300 ml ball
+    return (radius_mm / spacing) ** 2
+
+
+def test_ct_scan_is_refused_unless_forced():
+    ct = Volume.from_array(np.full((64, 64, 64), -1000.0, np.float32) + np.pad(np.full((32, 32, 32), 1040.0),
+                                                                              16).astype(np.float32), np.eye(4))
+    assert ct.modality == "CT"
+    with pytest.raises(ModalityMismatch, match="CT scan, but model 'm' is made for MR"):
+        check_input(ct, card_with_reference())
+    warnings = check_input(ct, card_with_reference(), force=True)
+    assert any("forced" in w for w in warnings)
+
+
+def test_tiny_volume_fires():
+    tiny = Volume.from_array(np.random.default_rng(0).normal(100, 10, (8, 8, 8)).astype(np.float32), np.eye(4))
+    warnings = check_input(tiny, card_with_reference())
+    assert len(warnings) == 1 and "field of view 8 x 8 x 8 mm" in warnings[0]
+    found, facts = check_result(np.ones((8, 8, 8), bool), 1.0, np.zeros((8, 8, 8), np.float32), 0.0,
+                                card_with_reference(), "nll")
+    assert any("brain volume 1 ml" in w for w in found) and facts["brain_volume_ml"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_lesion_covering_a_third_of_the_brain_fires_and_a_normal_brain_does_not():
+    volume, brain = brain_ball()
+    assert check_input(volume, card_with_reference()) == []
+    score = np.zeros(brain.shape, np.float32)
+    voxels = np.flatnonzero(brain)
+    score.ravel()[voxels[: voxels.size // 2000]] = 9.0  # 0.05 %: like a healthy scan
+    quiet, facts = check_result(brain, volume.voxel_volume_mm3, score, 120.0, card_with_reference(), "nll")
+    assert quiet == [] and facts["volume_score_healthy_quantile"] == pytest.approx(0.5)
+    score.ravel()[voxels[: int(0.3 * voxels.size)]] = 9.0  # 30 % of the brain
+    loud, facts = check_result(brain, volume.voxel_volume_mm3, score, 400.0, card_with_reference(), "nll")
+    assert any("30.0 % of the brain is above the detection threshold" in w for w in loud)
+    assert any("volume score 400 is far above every healthy calibration scan" in w for w in loud)
+    assert facts["fraction_above_card_threshold"] == pytest.approx(0.3, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_bundled_sample_is_quiet_and_a_lesion_scan_speaks(tmp_path, capsys):
+    """End to end with the bundled model: the sample brain raises no OOD warning; the same brain with a third of
+    it replaced by a bright 'lesion' gets warnings in S.json and on stderr."""
+    import nibabel as nib
+
+    out = tmp_path / "out"
+    assert cli_main(["score", str(sample_data_dir() / 'sample_brain.nii.gz'), "--out", str(out), "--maps", "nll", "--quiet"]) == 0
+    report = json.loads((out / "sample_brain.json").read_text())
+    assert report["out_of_distribution"]["warnings"] == [] and report["warnings"] == []
+    assert (out / "sample_brain.brainmask.nii.gz").is_file()
+    assert [s["step"] for s in report["preprocessing"]] == ["brain_extraction", "bias_correction", "normalisation",
+                                                             "alignment", "slicing"]
+    img = nib.load(str(sample_data_dir() / 'sample_brain.nii.gz'))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    brain = data > 0
+    k = np.flatnonzero(brain.any(axis=(0, 1)))
+    cut = k[0] + int(0.45 * (k[-1] - k[0]))
+    data[:, :, cut:][brain[:, :, cut:]] = 3.0 * data[brain].max()
+    bad = tmp_path / "lesion.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), str(bad))
+    capsys.readouterr()
+    assert cli_main(["score", str(bad), "--out", str(out), "--maps", "nll", "--quiet"]) == 0
+    report = json.loads((out / "lesion.json").read_text())
+    assert UNRELIABLE in report["out_of_distribution"]["warnings"]
+    assert UNRELIABLE in capsys.readouterr().err

@@ -1,0 +1,197 @@
+"""The preprocessing pipeline on brains: skull-stripped detection, brain extraction, geometry round trips,
+switching steps off, one code path for training and scoring, and the out-of-distribution guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_uad.io import Volume, read_volume
+from napari_uad.preprocessing import (
+    BrainExtractionError,
+    PipelineOptions,
+    PreprocessingConfig,
+    brain_mask,
+    check_brain_mask,
+    prepare_volume,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BRAIN_MODEL = PreprocessingConfig(skull_strip=True, bias_correction=True, template="mni152-2009")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def brain() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A synthetic T1-like brain at 2 mm (skull-stripped: zero background), its mask and affine (RAS)."""
+    from napari_uad.synth import case_volume, healthy_volume
+
+    v = case_volume(healthy_volume(3, contrast="t1"))
+    data = v.data[::2, ::2, ::2].copy()
+    affine = v.affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+    return data, data > 0, affine
+
+
+def make_head(data: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The brain wrapped in CSF, a dark skull and bright scalp (voxel shells of 2 mm), noise around."""
+    rng = np.random.default_rng(seed)
+    pad = 12
+    d = np.pad(data, pad)
+    m = np.pad(mask, pad)
+    dist = ndimage.distance_transform_edt(~m)
+    level = float(np.median(data[mask]))
+    head = d.copy()
+    head[(dist > 0) & (dist <= 1.5)] = 0.3 * level  # CSF
+    head[(dist > 1.5) & (dist <= 4)] = 0.05 * level  # skull
+    head[(dist > 4) & (dist <= 7)] = 1.3 * level  # scalp (fat)
+    noise = np.abs(rng.normal(0, 0.03 * level, head.shape))
+    return (head + noise).astype(np.float32)
+
+
+def test_stripped_brain_is_recognised_and_kept(brain):
+    data, mask, affine = brain
+    found = brain_mask(data, affine, mode="auto")
+    assert found.skull_stripped is True and found.method == "foreground"
+    assert found.coverage >= 0.85
+    np.testing.assert_array_equal(found.mask, ndimage.binary_fill_holes(mask) | found.mask)
+    off = brain_mask(data, affine, mode="off")
+    assert off.method == "foreground" and off.skull_stripped is None
+
+
+def test_synthetic_head_is_brain_extracted(brain):
+    data, mask, affine = brain
+    head = make_head(data, mask)
+    shifted = affine.copy()
+    shifted[:3, 3] -= affine[:3, :3] @ [12, 12, 12]
+    found = brain_mask(head, shifted, mode="auto")
+    assert found.skull_stripped is False and found.method == "deepbet"
+    truth = np.pad(mask, 12)
+    assert dice(found.mask, truth) > 0.85
+    assert not (found.mask & (ndimage.distance_transform_edt(~truth) > 4)).any()  # no scalp kept
+
+
+def test_mask_is_never_silently_empty_or_everything():
+    with pytest.raises(BrainExtractionError, match="empty"):
+        check_brain_mask(np.zeros((8, 8, 8), bool))
+    with pytest.raises(BrainExtractionError, match="whole image"):
+        check_brain_mask(np.ones((8, 8, 8), bool))
+    blank = np.zeros((70, 70, 70), np.float32)
+    blank[30:33, 30:33, 30:33] = 1.0  # a few voxels, no head: deepbet finds no brain
+    with pytest.raises(BrainExtractionError, match="empty"):
+        brain_mask(blank, np.eye(4), mode="on")
+
+
+GEOMETRIES = {
+    "RAS": np.eye(3),
+    "LPS": np.diag([-1.0, -1.0, 1.0]),
+    "permuted": np.array([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]),
+}
+
+
+def _oblique(degrees: float) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    return np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+
+
+@pytest.mark.parametrize("name", ["RAS", "LPS", "permuted", "oblique", "anisotropic"])
+def test_alignment_round_trips_onto_the_scans_own_grid(brain, name):
+    """Brain and intensities go to the template grid and come back onto the scan's voxels unchanged (up to
+    interpolation), whatever the file's orientation, voxel size or obliquity."""
+    data, mask, affine = brain
+    if name == "anisotropic":  # 2 x 2 x 6 mm: thick slices
+        data, mask = data[:, :, ::3], mask[:, :, ::3]
+        affine = affine @ np.diag([1.0, 1.0, 3.0, 1.0])
+    ras = affine.copy()
+    rot = _oblique(12.0) if name == "oblique" else GEOMETRIES.get(name, np.eye(3))
+    if name in ("LPS", "permuted"):  # store the same voxels in another array order
+        order = {"LPS": (0, 1, 2), "permuted": (2, 0, 1)}[name]
+        stored = np.transpose(data, np.argsort(order)) if name == "permuted" else data[::-1, ::-1, :]
+        vol = Volume.from_array(stored, _reorder_affine(ras, data.shape, name))
+    else:
+        a = ras.copy()
+        a[:3, :3] = rot @ ras[:3, :3]
+        vol = Volume.from_array(data, a)
+    config = PreprocessingConfig(template="mni152-2009")
+    prepared = prepare_volume(vol, config, 64, options=PipelineOptions(skull_strip="off"))
+    assert prepared.aligned and prepared.normalised.shape == prepared.mask.shape
+    back = prepared.to_native(np.stack([prepared.mask.astype(np.float32), prepared.normalised]))
+    native_brain = prepared.brain
+    assert dice(back[0] > 0.5, native_brain) > 0.95
+    inner = ndimage.binary_erosion(native_brain, iterations=2)
+    direct = prepare_volume(vol, PreprocessingConfig(), 64, options=PipelineOptions(skull_strip="off")).normalised
+    r = np.corrcoef(back[1][inner], direct[inner])[0, 1]
+    assert r > (0.8 if name == "anisotropic" else 0.9)
+
+
+def _reorder_affine(ras: np.ndarray, shape, name: str) -> np.ndarray:
+    """Affine of the re-stored array (see the test) so that it shows the same anatomy in world RAS."""
+    if name == "LPS":
+        flip = np.eye(4)
+        flip[0, 0] = flip[1, 1] = -1
+        flip[0, 3], flip[1, 3] = shape[0] - 1, shape[1] - 1
+        return ras @ flip
+    perm = np.zeros((4, 4))
+    perm[3, 3] = 1
+    # stored index (a, b, c) = original (j?, ...): stored = transpose(data, argsort((2, 0, 1))) -> axes (1, 2, 0)
+    axes = np.argsort((2, 0, 1))
+    for stored_axis, original_axis in enumerate(axes):
+        perm[original_axis, stored_axis] = 1
+    return ras @ perm
+
+
+def test_every_step_can_be_switched_off(brain):
+    data, mask, affine = brain
+    vol = Volume.from_array(data, affine)
+    off = PipelineOptions(skull_strip="off", bias_correction=False, alignment=False, normalisation=False)
+    prepared = prepare_volume(vol, BRAIN_MODEL, 64, options=off)
+    steps = {s["step"]: s for s in prepared.steps}
+    assert list(steps) == ["brain_extraction", "bias_correction", "normalisation", "alignment", "slicing"]
+    assert steps["brain_extraction"]["settings"]["method"] == "foreground"
+    assert steps["bias_correction"]["skipped"] == "switched off"
+    assert steps["alignment"]["skipped"] == "switched off"
+    assert steps["normalisation"]["settings"]["method"] == "none (clip only)"
+    assert not prepared.aligned
+    np.testing.assert_array_equal(prepared.normalised[mask], np.clip(data[mask], -3, 3))
+    on = prepare_volume(vol, BRAIN_MODEL, 64, options=PipelineOptions(skull_strip="off"))
+    assert on.aligned and all("skipped" not in s for s in on.steps)
+    assert all(s["seconds"] >= 0 for s in on.steps)
+
+
+def test_training_and_scoring_run_the_same_steps(brain, tiny_model_dir, monkeypatch):
+    """train.model_slices and Scorer.score both go through preprocessing.steps (one code path)."""
+    import napari_uad.preprocessing.steps as steps
+    from napari_uad.model_card import load_model
+    from napari_uad.scoring import Scorer
+    from napari_uad.train import model_slices
+
+    calls = []
+    real = steps.n4_correct
+    monkeypatch.setattr(steps, "n4_correct", lambda *a, **k: calls.append("n4") or real(*a, **k))
+    data, mask, affine = brain
+    vol = Volume.from_array(data, affine)
+    config = PreprocessingConfig(bias_correction=True, template="mni152-2009")
+    x = model_slices(vol, config, 32, options=PipelineOptions(skull_strip="off"))
+    model, card = load_model(tiny_model_dir)
+    card.preprocessing = config
+    result = Scorer(model, card, device="cpu", options=PipelineOptions(skull_strip="off")).score(vol, ("residual",))
+    assert calls == ["n4", "n4"]
+    assert x.shape[1:] == (1, 32, 32) and result.maps["residual"].shape == vol.shape
+    assert [s["step"] for s in result.preprocessing][3] == "alignment" and "skipped" not in result.preprocessing[3]
+
+
+# -- real scans (skip where ../shared is absent) -------------------------------------------------------------
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
+@pytest.mark.parametrize("name, stripped", [("real_heads/t1_head_with_skull.nii.gz", False),
+                                            ("real_heads/flair_brain.nii.gz", True)])
+def test_real_scans_skull_stripped_detection(name, stripped):
+    vol = read_volume(SHARED / name)
+    found = brain_mask(vol.data, vol.affine, mode="auto")
+    assert found.skull_stripped is stripped
+    brain_ml = found.mask.sum() * vol.voxel_volume_mm3 / 1000
+    assert 800 < brain_ml < 1900
