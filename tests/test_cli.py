@@ -37,7 +37,7 @@ def test_score_end_to_end(tmp_path, tiny_model_dir, scan, capsys):
                    "--min-volume-mm3", "6", "--quiet")
     assert code == 0, capsys.readouterr().err
     expected = {f"patient01.{m}.nii.gz" for m in MAP_NAMES} | {
-        "patient01.labels.nii.gz", "patient01.findings.csv", "patient01.json"}
+        "patient01.labels.nii.gz", "patient01.brainmask.nii.gz", "patient01.findings.csv", "patient01.json"}
     assert {p.name for p in out.iterdir()} == expected
     assert scan.read_bytes() == before
 
@@ -103,8 +103,8 @@ def test_bad_inputs_each_get_one_line_and_others_are_still_scored(tmp_path, tiny
     assert "Traceback" not in err
     # only the good scan produced files; no partial or hidden staging files are left
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"patient01.{m}.nii.gz" for m in MAP_NAMES] + ["patient01.labels.nii.gz", "patient01.findings.csv",
-                                                         "patient01.json"])
+        [f"patient01.{m}.nii.gz" for m in MAP_NAMES] + ["patient01.labels.nii.gz", "patient01.brainmask.nii.gz",
+                                                         "patient01.findings.csv", "patient01.json"])
     for path, content in originals.items():
         assert path.read_bytes() == content
 

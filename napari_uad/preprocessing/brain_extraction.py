@@ -41,7 +41,8 @@ class BrainMask:
 
     mask: bool array in the input grid. method: "deepbet", "foreground" (the scan's own non-background voxels)
     or "user". skull_stripped: whether the input was judged already skull-stripped (None: not tested).
-    coverage: fraction of the foreground that deepbet kept (None when deepbet did not run).
+    coverage: fraction of the foreground that deepbet kept (None unless the scan has a constant background and
+        deepbet ran: only then can it be skull-stripped).
     """
 
     mask: np.ndarray
@@ -93,14 +94,16 @@ def brain_mask(data: np.ndarray, affine: np.ndarray, mode: str = "auto", device:
     foreground), in which case the foreground is the brain. Volumes smaller than a head (any side < 60 mm)
     keep their foreground in every mode.
     """
-    fg = foreground_mask(data)
     spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     small = bool(np.any(np.asarray(data.shape) * spacing < _MIN_HEAD_EXTENT_MM))
     if mode == "off" or small:
-        return BrainMask(check_brain_mask(fg, "foreground mask"), "foreground", None)
+        return BrainMask(check_brain_mask(foreground_mask(data), "foreground mask"), "foreground", None)
     brain = deepbet_mask(data, affine, device)
-    coverage = float((brain & fg).sum() / max(int(fg.sum()), 1))
-    if mode == "auto" and constant_background_value(data) is not None and coverage >= STRIPPED_COVERAGE:
-        return BrainMask(check_brain_mask(fg, "foreground mask"), "foreground", True, coverage)
+    coverage = None
+    if mode == "auto" and constant_background_value(data) is not None:  # a head has no constant background
+        fg = foreground_mask(data)
+        coverage = float((brain & fg).sum() / max(int(fg.sum()), 1))
+        if coverage >= STRIPPED_COVERAGE:
+            return BrainMask(check_brain_mask(fg, "foreground mask"), "foreground", True, coverage)
     return BrainMask(check_brain_mask(brain, "brain mask (deepbet)"), "deepbet",
                      False if mode == "auto" else None, coverage)
