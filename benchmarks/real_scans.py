@@ -72,7 +72,7 @@ def registered_provider_mask(path: Path, volume) -> np.ndarray | None:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(50)
     reg.SetMetricSamplingStrategy(reg.REGULAR)
-    reg.SetMetricSamplingPercentage(0.2)
+    reg.SetMetricSamplingPercentage(0.2, 1)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 300)
     reg.SetOptimizerScalesFromPhysicalShift()
@@ -108,7 +108,8 @@ def pixel_ap_auroc(score: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return float(average_precision_score(truth, score)), float(roc_auc_score(truth, score))
 
 
-def picture(path: Path, volume, det: np.ndarray, labels: np.ndarray, brain: np.ndarray, tumour, png: Path) -> None:
+def picture(path: Path, volume, det: np.ndarray, labels: np.ndarray, brain: np.ndarray, tumour, reference,
+            png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,12 +129,15 @@ def picture(path: Path, volume, det: np.ndarray, labels: np.ndarray, brain: np.n
         axes[1, c].imshow(np.rot90(np.ma.masked_where(det[:, :, k] <= 0, det[:, :, k])), cmap="inferno",
                           alpha=0.6, vmin=0, vmax=vmax)
         axes[0, c].contour(np.rot90(brain[:, :, k]), [0.5], colors="deepskyblue", linewidths=0.6)
+        if reference is not None:
+            axes[0, c].contour(np.rot90(reference[:, :, k]), [0.5], colors="yellow", linewidths=0.5,
+                               linestyles="dashed")
         axes[0, c].contour(np.rot90(labels[:, :, k] > 0), [0.5], colors="red", linewidths=0.8)
         if tumour is not None:
             axes[0, c].contour(np.rot90(tumour[:, :, k]), [0.5], colors="lime", linewidths=0.6)
         axes[0, c].set_title(f"k={k}", fontsize=8)
-    fig.suptitle(f"{path.parent.name}/{path.name}: brain (blue), findings (red), tumour (green); detection map",
-                 fontsize=9)
+    fig.suptitle(f"{path.parent.name}/{path.name}: brain mask (blue), reference brain (yellow, dashed), "
+                 "findings (red), tumour (green); below: detection map", fontsize=9)
     plt.tight_layout()
     plt.savefig(png, dpi=70)
     plt.close(fig)
@@ -171,7 +175,8 @@ def main() -> int:
         warnings = check_input(volume, card, force=True)
         result = scorer.score(volume, maps)
         det = result.maps[det_name]
-        warnings += check_result(result.mask, volume.voxel_volume_mm3, det, result.volume_score, card, det_name)[0]
+        found, facts = check_result(result.mask, volume.voxel_volume_mm3, det, result.volume_score, card, det_name)
+        warnings += found
         labels, findings = find_findings(det, volume, threshold, min_volume)
         ref, ref_name = reference_mask(path, volume, result.mask, args.out, args.robex_reference)
         inside = [float(ref[labels == f.finding_id].mean()) >= 0.5 for f in findings]
@@ -186,7 +191,8 @@ def main() -> int:
                "reference_mask": ref_name,
                "brain_mask_dice": round(2 * float((ref & result.mask).sum()) / float(ref.sum() + result.mask.sum()), 4),
                "preprocess_s": round(result.seconds["preprocess"], 2), "total_s": round(time.perf_counter() - t0, 1),
-               "ood_warnings": len(warnings)}
+               "ood_warnings": "; ".join(warnings),
+               "brain_above_threshold": facts.get("fraction_above_card_threshold")}
         if tumour_path.exists():
             tv = read_volume(tumour_path, allow_constant=True)
             if tv.shape == volume.shape and np.allclose(tv.affine, volume.affine, atol=1e-3):
@@ -196,7 +202,8 @@ def main() -> int:
                 row["ap"], row["auroc"] = pixel_ap_auroc(det[brain], tumour[brain])
                 row["raw_ap"], row["raw_auroc"] = pixel_ap_auroc(volume.data[brain], tumour[brain])
                 row["findings_outside_tumour"] = len(findings) - row["tumour_findings"]
-        picture(path, volume, det, labels, result.mask, tumour, args.out / f"{row['scan'].replace('/', '__')}.png")
+        picture(path, volume, det, labels, result.mask, tumour, None if ref_name == "pipeline" else ref,
+                args.out / f"{row['scan'].replace('/', '__')}.png")
         rows.append(row)
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, file=sys.stderr, flush=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))

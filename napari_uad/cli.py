@@ -105,6 +105,12 @@ def _add_train_parser(sub) -> None:
                      help="normal scans: a directory (all supported files in it) or a glob pattern")
     src.add_argument("--synthetic", action="store_true",
                      help="train on synthetic healthy brains made from the MNI152 template (napari_uad.synth)")
+    src.add_argument("--label-maps", metavar="DIR",
+                     help="train on synthetic heads made from the whole-head label maps in DIR (SynthSeg-style, "
+                          "napari_uad.synth_labels); the last --val-maps maps are kept for validation and "
+                          "calibration")
+    p.add_argument("--val-maps", type=int, default=4,
+                   help="--label-maps: label maps held out for validation and calibration (default 4)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
     p.add_argument("--name", default=None, help="model name (default: the --out directory name)")
     p.add_argument("--modality", choices=("MR", "CT"), default="MR", help="modality of the training scans")
@@ -150,6 +156,10 @@ def _add_calibrate_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", type=int, metavar="N", help="N healthy and N toy-anomaly synthetic brains")
     src.add_argument("--data", metavar="DIR_OR_GLOB", help="normal scans: a directory or a glob pattern")
+    p.add_argument("--label-maps", metavar="DIR", default=None,
+                   help="--synthetic: make the volumes as synthetic heads from the last --val-maps label maps in "
+                        "DIR (the validation maps of a model trained with train --label-maps DIR)")
+    p.add_argument("--val-maps", type=int, default=4, help="--label-maps: how many of the last maps (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
@@ -380,8 +390,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          max_minutes=args.max_minutes, foreground_loss=not args.whole_slice_loss, beta_nll=args.beta_nll,
                          seed=args.seed)
     try:
-        train_model(card, args.out, config, data=args.data, synthetic_volumes=args.n_volumes if args.synthetic
-                    else 0, val_fraction=args.val_fraction, calibration_volumes=args.calibration_volumes,
+        train_model(card, args.out, config, data=args.data,
+                    synthetic_volumes=args.n_volumes if args.synthetic or args.label_maps else 0,
+                    label_maps=args.label_maps, val_maps=args.val_maps,
+                    val_fraction=args.val_fraction, calibration_volumes=args.calibration_volumes,
                     device=args.device, resume=args.resume, command=args.command_line,
                     workers=_workers(args.workers),
                     log=_log)
@@ -409,8 +421,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if args.synthetic is not None:
             if args.synthetic < 1:
                 raise CliError("--synthetic needs at least 1 volume")
+            maps = None
+            if args.label_maps:
+                from .synth_labels import label_map_files
+
+                maps = label_map_files(args.label_maps)[-args.val_maps:]
             calibrate_model(directory, synthetic_volumes=args.synthetic, seed=args.seed, device=args.device,
-                            workers=_workers(args.workers), command=args.command_line, log=_log)
+                            workers=_workers(args.workers), command=args.command_line, label_maps=maps, log=_log)
         else:
             modality = ModelCard.read(directory / CARD_FILE).modality
             scans = read_scans(scan_files(args.data), modality, _log)

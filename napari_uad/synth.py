@@ -122,14 +122,17 @@ def _ball(shape, centre, radii) -> np.ndarray:
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1.0
 
 
-def insert_anomaly(case: SynthCase, seed: int, kind: str | None = None) -> SynthCase:
-    """Insert one anomaly into a healthy case; returns a new case whose mask marks every changed voxel."""
+def insert_anomaly(case: SynthCase, seed: int, kind: str | None = None, brain: np.ndarray | None = None
+                   ) -> SynthCase:
+    """Insert one anomaly into a healthy case; returns a new case whose mask marks every changed voxel.
+
+    ``brain``: where the anomaly may go (default: the non-zero voxels of a skull-stripped case)."""
     rng = np.random.default_rng(seed)
     kind = kind or str(rng.choice(ANOMALY_KINDS))
     if kind not in ANOMALY_KINDS:
         raise ValueError(f"unknown anomaly {kind!r}; choose from {', '.join(ANOMALY_KINDS)}")
     data = case.data.copy()
-    brain = data > 0
+    brain = data > 0 if brain is None else brain
     spacing = np.sqrt((case.affine[:3, :3] ** 2).sum(0))
     values = data[brain]
     mean, std = float(values.mean()), float(values.std())
@@ -169,7 +172,7 @@ def insert_anomaly(case: SynthCase, seed: int, kind: str | None = None) -> Synth
         new[region] = level
     region = np.isfinite(new) & brain
     if not region.any():  # a dark/bright region entirely outside the brain cannot happen, but be safe
-        return insert_anomaly(case, seed + 1, kind)
+        return insert_anomaly(case, seed + 1, kind, brain)
     lesion = np.clip(new[region] + noise(int(region.sum())), 0.02 * mean, None).astype(np.float32)
     same = lesion == data[region]
     lesion[same] += np.float32(1e-3 * std)  # every masked voxel really changes

@@ -34,7 +34,7 @@ from .model_card import ModelCard, save_model
 from .preprocessing import PipelineOptions, PreprocessingConfig, prepare_volume
 
 __all__ = ["TrainConfig", "Trainer", "augment_batch", "calibrate_model", "context_encoding_batch", "loss_region",
-           "map_in_workers", "model_slices", "read_scans", "scan_files", "slice_losses", "synthetic_anomaly_case",
+           "label_head_slices", "label_head_volume", "map_in_workers", "model_slices", "read_scans", "scan_files", "slice_losses", "synthetic_anomaly_case",
            "synthetic_slices", "synthetic_volume", "train_model"]
 
 
@@ -57,10 +57,12 @@ class TrainConfig:
 
 
 def model_slices(volume: Volume, preprocessing: PreprocessingConfig, size: int,
-                 min_foreground_fraction: float = 0.1, options: PipelineOptions | None = None) -> torch.Tensor:
+                 min_foreground_fraction: float = 0.1, options: PipelineOptions | None = None,
+                 mask: np.ndarray | None = None) -> torch.Tensor:
     """Brain axial slices of a volume on the model grid, [N, 1, S, S] float16 (empty slices skipped), through
-    the same preprocessing steps as scoring."""
-    prepared = prepare_volume(volume, preprocessing, size, min_foreground_fraction=min_foreground_fraction,
+    the same preprocessing steps as scoring (``mask``: a known brain mask, canonical grid, instead of brain
+    extraction)."""
+    prepared = prepare_volume(volume, preprocessing, size, mask=mask, min_foreground_fraction=min_foreground_fraction,
                               options=options)
     ks = prepared.slices
     native = torch.from_numpy(np.ascontiguousarray(prepared.normalised[:, :, ks].transpose(2, 0, 1))).unsqueeze(1)
@@ -379,27 +381,73 @@ def synthetic_anomaly_case(seed: int) -> tuple[Volume, np.ndarray]:
     return case_volume(case), case_volume_mask(case)
 
 
+def label_head_volume(item: tuple[str, int]) -> tuple[Volume, np.ndarray]:
+    """Synthetic head (label map path, seed) as a Volume and its brain mask (canonical grid)."""
+    from .synth_labels import label_head
+
+    head = label_head(item[0], item[1])
+    return Volume.from_array(head.data, head.affine, modality="MR"), head.brain
+
+
+def label_head_slices(item: tuple[str, int], preprocessing: PreprocessingConfig, size: int,
+                      min_foreground_fraction: float = 0.1) -> torch.Tensor:
+    """Training slices of the synthetic head (label map path, seed): its known brain mask replaces brain
+    extraction (the other steps run as for a scan)."""
+    volume, brain = label_head_volume(item)
+    return model_slices(volume, preprocessing, size, min_foreground_fraction, mask=brain)
+
+
+def label_head_volume_only(item: tuple[str, int]) -> Volume:
+    return label_head_volume(item)[0]
+
+
+def label_head_anomaly_case(item: tuple[str, int]) -> tuple[Volume, np.ndarray]:
+    """Synthetic head with one toy anomaly inside its brain: the Volume and the anomaly mask (canonical grid)."""
+    from .synth import SynthCase, insert_anomaly
+
+    volume, brain = label_head_volume(item)
+    case = insert_anomaly(SynthCase(volume.data, np.zeros(volume.shape, np.uint8), volume.affine), item[1] + 7919,
+                          brain=brain)
+    return Volume.from_array(case.data, case.affine, modality="MR"), case.mask > 0
+
+
+def _label_items(files: list[Path], seeds: Iterable[int]) -> list[tuple[str, int]]:
+    files = list(files)
+    return [(str(files[s % len(files)]), s) for s in seeds]
+
+
 def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out: Iterable[Volume] = (),
                     seed: int = 0, device: str = "auto", workers: int = 1, command: str = "",
-                    log: Callable[[str], None] = print) -> ModelCard:
+                    label_maps: list[Path] | None = None, log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
     ``synthetic_volumes`` > 0: that many synthetic healthy and as many toy-anomaly brains (seeds from
-    100000 + ``seed`` and 100500 + ``seed``), giving best-Dice thresholds and the default detection map;
-    otherwise the ``held_out`` normal scans give the healthy-voxel quantiles and FPR thresholds only."""
+    100000 + ``seed`` and 100500 + ``seed``), giving best-Dice thresholds and the default detection map; with
+    ``label_maps`` (validation label maps, never trained on) these are synthetic heads made from them and go
+    through brain extraction like a scan. Otherwise the ``held_out`` normal scans give the healthy-voxel
+    quantiles and FPR thresholds only."""
     from .calibration import calibrate
     from .model_card import load_model
     from .scoring import Scorer
 
     model, card = load_model(model_dir, device="cpu")
-    scorer = Scorer(model, card, device=device, options=SYNTHETIC_OPTIONS if synthetic_volumes > 0 else None)
+    options = SYNTHETIC_OPTIONS if synthetic_volumes > 0 and not label_maps else None
+    scorer = Scorer(model, card, device=device, options=options)
     if synthetic_volumes > 0:
         base = 100_000 + seed
-        healthy = map_in_workers(synthetic_volume, range(base, base + synthetic_volumes), workers)
-        anomalous = map_in_workers(synthetic_anomaly_case, range(base + 500, base + 500 + synthetic_volumes), workers)
+        healthy_seeds, anomalous_seeds = range(base, base + synthetic_volumes), range(base + 500,
+                                                                                       base + 500 + synthetic_volumes)
+        if label_maps:
+            healthy = map_in_workers(label_head_volume_only, _label_items(label_maps, healthy_seeds), workers)
+            anomalous = map_in_workers(label_head_anomaly_case, _label_items(label_maps, anomalous_seeds), workers)
+            source = f"synthetic heads from validation label maps {', '.join(p.name for p in label_maps)}"
+        else:
+            healthy = map_in_workers(synthetic_volume, healthy_seeds, workers)
+            anomalous = map_in_workers(synthetic_anomaly_case, anomalous_seeds, workers)
+            source = "synthetic volumes"
         card.calibration = calibrate(scorer, healthy, anomalous, log=log)
         card.calibration["validation_set"] = (f"{synthetic_volumes} healthy + {synthetic_volumes} toy-anomaly "
-                                              f"synthetic volumes, seeds from {base}")
+                                              f"{source}, seeds from {base}")
     else:
         held_out = list(held_out)
         card.calibration = calibrate(scorer, held_out, log=log)
@@ -443,11 +491,14 @@ def scan_files(data: str) -> list[Path]:
 
 def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str | None = None,
                 synthetic_volumes: int = 0, val_fraction: float = 0.15, calibration_volumes: int = 6,
+                label_maps: str | None = None, val_maps: int = 4,
                 device: str = "auto", resume: bool = False, command: str = "", workers: int = 1,
                 log: Callable[[str], None] = print) -> ModelCard:
     """Gather volumes (user scans through the scoring IO, or synthetic healthy brains), split by volume,
     train, then calibrate on synthetic validation volumes (brain MR) or on the held-out scans.
 
+    ``label_maps``: a directory of whole-head label maps; with ``synthetic_volumes`` heads are made from all but
+    the last ``val_maps`` maps (training) and from those (validation, calibration), never mixed.
     ``workers`` > 1 generates synthetic volumes in that many processes (same volumes, faster)."""
     from .model_card import CARD_FILE
 
@@ -462,7 +513,27 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
         trainer.load_checkpoint()
         log(f"resuming after epoch {trainer.state['epoch']}")
     t0 = time.perf_counter()
-    if synthetic_volumes:
+    calibration_maps = None
+    if synthetic_volumes and label_maps:
+        from .synth_labels import label_map_files
+
+        files = label_map_files(label_maps)
+        if len(files) <= val_maps or val_maps < 1:
+            raise ValueError(f"{label_maps}: {len(files)} label maps; need more than --val-maps {val_maps}")
+        train_files, calibration_maps = files[:-val_maps], files[-val_maps:]
+        n_val = max(1, round(val_fraction * synthetic_volumes))
+        seeds = list(range(config.seed, config.seed + synthetic_volumes))
+        items = _label_items(train_files, seeds[:-n_val]) + _label_items(calibration_maps, seeds[-n_val:])
+        make = partial(label_head_slices, preprocessing=card.preprocessing, size=card.input_size,
+                       min_foreground_fraction=config.min_foreground_fraction)
+        per_volume = list(map_in_workers(make, items, workers))
+        train, val = torch.cat(per_volume[:-n_val]), torch.cat(per_volume[-n_val:])
+        described = {"source": f"synthetic heads from label maps in {label_maps} (napari_uad.synth_labels)",
+                     "train_label_maps": [p.name for p in train_files],
+                     "val_label_maps": [p.name for p in calibration_maps],
+                     "train_seeds": [seeds[0], seeds[-n_val - 1]], "val_seeds": [seeds[-n_val], seeds[-1]]}
+        held_out: list[Volume] = []
+    elif synthetic_volumes:
         n_val = max(1, round(val_fraction * synthetic_volumes))
         seeds = list(range(config.seed, config.seed + synthetic_volumes))
         train_seeds, val_seeds = seeds[:-n_val], seeds[-n_val:]
@@ -494,5 +565,6 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
     if calibration_volumes > 0:
         card = calibrate_model(out, synthetic_volumes=calibration_volumes if synthetic_volumes else 0,
                                held_out=held_out, seed=config.seed, device=device, workers=workers,
+                               label_maps=calibration_maps,
                                command=command, log=log)
     return card

@@ -155,3 +155,22 @@ def test_demo_headless_scores_the_bundled_sample(tmp_path, tiny_model_dir, capsy
     assert run_cli("demo", "--headless", "--model", tiny_model_dir, "--out", out) == 0
     assert (out / "sample_brain.findings.csv").is_file() and (out / "sample_brain.combi.nii.gz").is_file()
     assert "finding(s) in" in capsys.readouterr().out
+
+
+def test_ct_scan_refused_by_mr_model_unless_forced(tmp_path, tiny_model_dir, capsys):
+    """A CT volume (HU) given to the MR model: one line naming the file, exit 1, no files; --force scores it
+    with a warning on stderr and in S.json."""
+    ct = (head_phantom((40, 44, 14)) * 8.0 - 1024.0).astype(np.int16)
+    scan = write_image_file(tmp_path / "ct.nii.gz", ct, affine_for("RAS"))
+    before = scan.read_bytes()
+    out = tmp_path / "out"
+    assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet") == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and str(scan) in lines[0] and "CT scan, but model 'tiny-test' is made for MR" in lines[0]
+    assert "Traceback" not in err and list(out.iterdir()) == [] and scan.read_bytes() == before
+    assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet", "--force") == 0
+    err = capsys.readouterr().err
+    assert f"napari-uad: warning: {scan}: CT scan scored by the MR model 'tiny-test' (forced)" in err
+    report = json.loads((out / "ct.json").read_text())
+    assert any("forced" in w for w in report["warnings"]) and report["out_of_distribution"]["warnings"]

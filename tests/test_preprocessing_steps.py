@@ -195,3 +195,20 @@ def test_real_scans_skull_stripped_detection(name, stripped):
     assert found.skull_stripped is stripped
     brain_ml = found.mask.sum() * vol.voxel_volume_mm3 / 1000
     assert 800 < brain_ml < 1900
+
+
+def test_alignment_is_deterministic(brain):
+    """Same scan, same transform: registration sampling is seeded (results never depend on the run)."""
+    from napari_uad.preprocessing.alignment import register_to_template
+    from napari_uad.preprocessing.template import load_atlas
+
+    data, mask, affine = brain
+    atlas = load_atlas()
+    shifted = affine.copy()
+    shifted[:3, 3] += [4.0, -3.0, 2.0]
+    first = register_to_template(mask, shifted, atlas["brain"] > 0.5, atlas["affine"])
+    second = register_to_template(mask, shifted, atlas["brain"] > 0.5, atlas["affine"])
+    np.testing.assert_array_equal(first, second)
+    # the shift of the scan is found again (the brain was made in template space)
+    np.testing.assert_allclose(first[:3, 3] - [4.0, -3.0, 2.0], register_to_template(
+        mask, affine, atlas["brain"] > 0.5, atlas["affine"])[:3, 3], atol=1.0)

@@ -1,0 +1,159 @@
+"""Synthetic heads from whole-head label maps of real subjects (SynthSeg-style domain randomisation).
+
+The label maps (FreeSurfer numbering: brain structures 2-60, CSF 24, extra-cerebral tissues >= 500; e.g. the 20
+SynthSeg training maps in ``../shared/data/synthseg_label_maps``) give real anatomical variety; everything
+else is random per volume (Billot et al. 2023): a random affine + elastic deformation of the labels, one mean
+intensity per label drawn around a contrast family (T1, T2, FLAIR, PD: tissue classes keep their usual order)
+or fully at random, per-label texture, partial-volume blur, a smooth multiplicative bias field, resolution
+loss along one axis (thick slices), Rician noise and a global scale. The head keeps skull and scalp; the brain
+mask (every label < 500 but background) comes with it, so training feeds the model exactly what the
+preprocessing makes of a real head. Grid: the label map's own 1 mm grid in canonical RAS+ order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+__all__ = ["LabelHead", "label_head", "label_map_files", "load_label_map", "TISSUE_CLASSES", "CONTRAST_FAMILIES"]
+
+CONTRAST_FAMILIES = ("t1", "t2", "flair", "pd", "random")
+# FreeSurfer labels by tissue class; anything else below 500 counts as deep grey matter, >= 500 extra-cerebral
+TISSUE_CLASSES = {
+    "wm": (2, 7, 16, 28, 41, 46, 60, 85),
+    "gm": (3, 8, 17, 18, 42, 47, 53, 54),
+    "csf": (4, 5, 14, 15, 24, 43, 44, 72),
+}
+# mean intensity of (CSF, GM, WM, deep GM) per contrast family before per-label jitter
+_FAMILY_MEANS = {"t1": (0.2, 0.55, 0.8, 0.65), "t2": (1.0, 0.6, 0.45, 0.5), "flair": (0.1, 0.7, 0.55, 0.6),
+                 "pd": (0.85, 0.75, 0.6, 0.7)}
+
+
+@dataclass
+class LabelHead:
+    """One synthetic head: ``data`` (float32), ``brain`` (bool brain mask), ``labels`` (int16, deformed),
+    ``affine`` (voxel -> world RAS mm), all in one canonical RAS+ grid, and the parameters that made it."""
+
+    data: np.ndarray
+    brain: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    params: dict = field(default_factory=dict)
+
+
+def label_map_files(directory: str | Path) -> list[Path]:
+    """The label maps (``*.nii``/``*.nii.gz``) of a directory, sorted by name; ValueError if there are none."""
+    files = sorted(p for p in Path(directory).iterdir() if p.name.endswith((".nii", ".nii.gz")))
+    if not files:
+        raise ValueError(f"{directory}: no label maps (.nii, .nii.gz) found")
+    return files
+
+
+@lru_cache(maxsize=4)
+def load_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Label map (int16, canonical RAS+ order) cropped to the head + 4 voxels, and its voxel -> RAS affine."""
+    from .io import read_volume
+
+    vol = read_volume(path, allow_constant=True)
+    labels = np.rint(vol.data).astype(np.int16)
+    idx = np.argwhere(labels > 0)
+    lo = np.maximum(idx.min(0) - 4, 0)
+    hi = np.minimum(idx.max(0) + 5, labels.shape)
+    affine = vol.affine.copy()
+    affine[:3, 3] = vol.affine[:3, :3] @ lo + vol.affine[:3, 3]
+    return labels[tuple(slice(a, b) for a, b in zip(lo, hi))], affine
+
+
+def _smooth_field(rng: np.random.Generator, shape, coarse: int, amplitude: float) -> np.ndarray:
+    """Smooth random field: normal noise on a coarse grid, trilinearly upsampled to ``shape``."""
+    small = torch.from_numpy(rng.normal(0.0, amplitude, (1, 1, coarse, coarse, coarse)).astype(np.float32))
+    return F.interpolate(small, size=tuple(shape), mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def _deform_labels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random rotation (+-10 deg), scale (0.9-1.1), shift (+-5 mm) and elastic warp (<= ~3 mm), nearest label."""
+    shape = labels.shape
+    angles = np.deg2rad(rng.uniform(-10, 10, 3))
+    c, s = np.cos(angles), np.sin(angles)
+    rot = (np.array([[1, 0, 0], [0, c[0], -s[0]], [0, s[0], c[0]]])
+           @ np.array([[c[1], 0, s[1]], [0, 1, 0], [-s[1], 0, c[1]]])
+           @ np.array([[c[2], -s[2], 0], [s[2], c[2], 0], [0, 0, 1]]))
+    matrix = rot @ np.diag(rng.uniform(0.9, 1.1, 3))
+    centre = (np.array(shape) - 1) / 2.0
+    offset = centre - matrix @ centre + rng.uniform(-5, 5, 3)
+    coords = (matrix @ np.indices(shape, dtype=np.float32).reshape(3, -1)).astype(np.float32)
+    coords += offset[:, None].astype(np.float32)
+    for axis in range(3):
+        coords[axis] += _smooth_field(rng, shape, 5, 1.5).ravel()
+    norm = [2.0 * coords[a] / (shape[a] - 1) - 1.0 for a in range(3)]
+    grid = torch.from_numpy(np.stack(norm[::-1], axis=-1).reshape(1, *shape, 3))
+    x = torch.from_numpy(labels.astype(np.float32))[None, None]
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0].numpy().astype(
+        np.int16)
+
+
+def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> dict[int, float]:
+    """One mean intensity per label: around its tissue class' mean for a contrast family (x0.85-1.15, classes
+    keep their order), or uniform in [0.02, 1] for "random"; extra-cerebral labels are random in every family."""
+    means = {}
+    class_of = {lab: name for name, labs in TISSUE_CLASSES.items() for lab in labs}
+    if family != "random":
+        base = dict(zip(("csf", "gm", "wm", "deep"), _FAMILY_MEANS[family]))
+        jitter = {name: rng.uniform(0.9, 1.1) for name in base}
+    for lab in present:
+        lab = int(lab)
+        if lab == 0:
+            continue
+        if family == "random" or lab >= 500:
+            means[lab] = float(rng.uniform(0.02, 1.0))
+        else:
+            name = class_of.get(lab, "deep")
+            means[lab] = float(base[name] * jitter[name] * rng.uniform(0.95, 1.05))
+    return means
+
+
+def label_head(path: str | Path, seed: int, family: str | None = None, slice_thickness: float | None = None
+               ) -> LabelHead:
+    """A synthetic head from the label map at ``path`` (deterministic per seed).
+
+    family: contrast family (default: drawn); slice_thickness: mm of resolution loss along a random axis
+    (default: drawn, 1-6 mm, half of the heads keep 1 mm).
+    """
+    rng = np.random.default_rng(seed)
+    labels0, affine = load_label_map(str(path))
+    labels = _deform_labels(labels0, rng)
+    family = family or str(rng.choice(CONTRAST_FAMILIES))
+    if family not in CONTRAST_FAMILIES:
+        raise ValueError(f"unknown contrast family {family!r}; choose from {', '.join(CONTRAST_FAMILIES)}")
+    present = np.unique(labels)
+    means = _label_means(present, family, rng)
+    lut = np.zeros(int(present.max()) + 1, np.float32)
+    stds = np.zeros_like(lut)
+    for lab, m in means.items():
+        lut[lab] = m
+        stds[lab] = m * rng.uniform(0.01, 0.06)
+    image = lut[labels] + stds[labels] * rng.normal(0, 1, labels.shape).astype(np.float32)
+    blur = float(rng.uniform(0.3, 1.2))  # partial volume
+    image = ndimage.gaussian_filter(image, blur)
+    image *= np.exp(_smooth_field(rng, labels.shape, 4, 0.15))  # bias field, ~+-30 %
+    if slice_thickness is None:
+        slice_thickness = 1.0 if rng.random() < 0.5 else float(rng.uniform(2.0, 6.0))
+    axis = int(rng.integers(3))
+    if slice_thickness > 1.0:
+        image = ndimage.gaussian_filter1d(image, slice_thickness / 2.355, axis=axis)
+    head = labels > 0
+    sigma = float(rng.uniform(0.005, 0.04)) * float(image[head].mean())
+    image = np.sqrt((image + rng.normal(0, sigma, image.shape)) ** 2 + rng.normal(0, sigma, image.shape) ** 2)
+    image = (image * np.float32(10 ** rng.uniform(0, 3))).astype(np.float32)
+    brain = (labels > 0) & (labels < 500)
+    brain = ndimage.binary_fill_holes(brain)
+    params = {"label_map": Path(path).name, "seed": seed, "contrast_family": family, "blur_sigma_voxels": blur,
+              "slice_thickness_mm": slice_thickness, "thick_axis": axis if slice_thickness > 1.0 else None,
+              "noise_sigma": sigma}
+    return LabelHead(data=image, brain=brain, labels=labels, affine=affine, params=params)

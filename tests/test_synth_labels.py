@@ -1,0 +1,101 @@
+"""Synthetic heads from label maps: deterministic per seed, brain mask = the brain labels, contrast families
+keep their tissue order. Uses a small hand-made label map (no ../shared needed) and, where present, a real one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_uad.io import write_image_file
+from napari_uad.synth_labels import TISSUE_CLASSES, label_head, label_map_files
+
+SHARED_MAPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthseg_label_maps"
+
+
+@pytest.fixture(scope="module")
+def toy_label_map(tmp_path_factory) -> Path:
+    """Nested ellipsoids: scalp (511) > skull (507) > CSF (24) > cortex (3) > white matter (2) > ventricle (4)."""
+    shape = (64, 72, 60)
+    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(i**2 + j**2 + k**2)
+    labels = np.zeros(shape, np.float32)
+    for radius, lab in ((0.95, 511), (0.85, 507), (0.75, 24), (0.7, 3), (0.55, 2), (0.2, 4)):
+        labels[r < radius] = lab
+    directory = tmp_path_factory.mktemp("maps")
+    write_image_file(directory / "toy_seg.nii.gz", labels, np.diag([2.0, 2.0, 2.0, 1.0]))
+    return directory / "toy_seg.nii.gz"
+
+
+def test_deterministic_per_seed_and_different_across_seeds(toy_label_map):
+    a, b, c = (label_head(toy_label_map, s) for s in (5, 5, 6))
+    np.testing.assert_array_equal(a.data, b.data)
+    np.testing.assert_array_equal(a.brain, b.brain)
+    assert a.params == b.params and not np.array_equal(a.data, c.data)
+
+
+def test_brain_mask_is_the_brain_labels_and_the_head_keeps_skull(toy_label_map):
+    head = label_head(toy_label_map, 1, family="t1", slice_thickness=1.0)
+    labels = head.labels
+    np.testing.assert_array_equal(head.brain, (labels > 0) & (labels < 500))
+    assert (labels >= 500).sum() > 0.3 * head.brain.sum()  # skull and scalp are there
+    assert head.data.shape == labels.shape == head.brain.shape and head.data.dtype == np.float32
+
+
+@pytest.mark.parametrize("family, order", [("t1", ("csf", "gm", "wm")), ("t2", ("wm", "gm", "csf")),
+                                           ("flair", ("csf", "wm", "gm"))])
+def test_contrast_families_keep_tissue_order(toy_label_map, family, order):
+    head = label_head(toy_label_map, 2, family=family, slice_thickness=1.0)
+    means = {name: float(np.median(head.data[np.isin(head.labels, labs)])) for name, labs in TISSUE_CLASSES.items()
+             if np.isin(head.labels, labs).any()}
+    assert [means[n] for n in order] == sorted(means[n] for n in order)
+
+
+def test_unknown_family_is_refused(toy_label_map):
+    with pytest.raises(ValueError, match="unknown contrast family"):
+        label_head(toy_label_map, 0, family="dwi")
+
+
+@pytest.mark.skipif(not SHARED_MAPS.is_dir(), reason="../shared/data not present")
+def test_real_label_map_gives_an_adult_brain():
+    head = label_head(label_map_files(SHARED_MAPS)[0], 0)
+    assert 1000 < head.brain.sum() / 1000 < 2000  # 1 mm voxels: ml
+
+
+def test_training_slices_of_a_head_use_its_brain_mask_and_the_scoring_steps(toy_label_map):
+    """The head's known brain mask replaces brain extraction; bias correction, normalisation and alignment run
+    as for a scan (one code path)."""
+    from napari_uad.preprocessing import PreprocessingConfig
+    from napari_uad.train import label_head_slices
+
+    config = PreprocessingConfig(bias_correction=True)
+    x = label_head_slices((str(toy_label_map), 3), config, 32)
+    assert x.shape[1:] == (1, 32, 32) and x.dtype.is_floating_point and len(x) > 10
+    assert float(x.min()) == config.background  # background outside the brain, not the skull's intensity
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_MAPS.is_dir(), reason="../shared/data not present")
+def test_train_cli_on_label_maps_holds_out_validation_maps(tmp_path, monkeypatch):
+    """train --label-maps: training heads come from the first maps, validation and calibration heads (through
+    brain extraction, like a scan) from the held-out last maps only."""
+    import json
+
+    from napari_uad import cli
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for f in label_map_files(SHARED_MAPS)[:3]:
+        (maps / f.name).symlink_to(f)
+    out = tmp_path / "model"
+    args = ["train", "--label-maps", str(maps), "--val-maps", "1", "--out", str(out), "--n-volumes", "3",
+            "--val-fraction", "0.34", "--epochs", "1", "--steps-per-epoch", "2", "--input-size", "64",
+            "--channels", "8,16", "--latent", "8", "--calibration-volumes", "1", "--device", "cpu",
+            "--batch-size", "8", "--workers", "1"]
+    assert cli.main(args) == 0
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    names = sorted(f.name for f in maps.iterdir())
+    assert card["training"]["train_label_maps"] == names[:2] and card["training"]["val_label_maps"] == names[2:]
+    assert names[2] in card["calibration"]["validation_set"] and names[0] not in card["calibration"]["validation_set"]
+    assert card["preprocessing"]["template"] == "mni152-2009" and card["preprocessing"]["skull_strip"] is True
