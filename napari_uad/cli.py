@@ -142,6 +142,9 @@ def _add_train_parser(sub) -> None:
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
+    p.add_argument("--init-from", metavar="MODEL", default=None,
+                   help="fine-tune: start from this model's weights (bundled name, directory or card.json); its "
+                        "architecture and preprocessing are kept, the architecture options are ignored")
     p.set_defaults(func=_cmd_train)
 
 
@@ -380,6 +383,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # brain MR models expect brain-only, bias-corrected input aligned to the MNI152 template
     pre = PreprocessingConfig(skull_strip=True, bias_correction=True, template="mni152-2009") \
         if args.modality == "MR" else PreprocessingConfig()
+    init = None
+    if args.init_from and not args.resume:
+        from .model_card import load_model
+
+        try:
+            source, source_card = load_model(args.init_from)
+        except ModelError as err:
+            raise CliError(str(err)) from err
+        init = (source.state_dict(), {"name": source_card.name, "version": source_card.version,
+                                      "sha256": source_card.weights_sha256})
+        arch, pre = source_card.architecture, source_card.preprocessing  # fine-tuning keeps the model's design
     card = ModelCard(name=args.name or args.out.name, version="1.0.0", modality=args.modality,
                      contrast=args.contrast, architecture=arch, scoring=ScoringConfig(seed=args.seed),
                      preprocessing=pre,
@@ -395,7 +409,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     label_maps=args.label_maps, val_maps=args.val_maps,
                     val_fraction=args.val_fraction, calibration_volumes=args.calibration_volumes,
                     device=args.device, resume=args.resume, command=args.command_line,
-                    workers=_workers(args.workers),
+                    workers=_workers(args.workers), init=init,
                     log=_log)
     except (ModelError, VolumeError, ValueError) as err:
         raise CliError(str(err)) from err

@@ -491,7 +491,7 @@ def scan_files(data: str) -> list[Path]:
 
 def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str | None = None,
                 synthetic_volumes: int = 0, val_fraction: float = 0.15, calibration_volumes: int = 6,
-                label_maps: str | None = None, val_maps: int = 4,
+                label_maps: str | None = None, val_maps: int = 4, init: tuple[dict, dict] | None = None,
                 device: str = "auto", resume: bool = False, command: str = "", workers: int = 1,
                 log: Callable[[str], None] = print) -> ModelCard:
     """Gather volumes (user scans through the scoring IO, or synthetic healthy brains), split by volume,
@@ -499,7 +499,8 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
 
     ``label_maps``: a directory of whole-head label maps; with ``synthetic_volumes`` heads are made from all but
     the last ``val_maps`` maps (training) and from those (validation, calibration), never mixed.
-    ``workers`` > 1 generates synthetic volumes in that many processes (same volumes, faster)."""
+    ``workers`` > 1 generates synthetic volumes in that many processes (same volumes, faster).
+    ``init``: (state dict, description) of a model to fine-tune from (same architecture); ignored on resume."""
     from .model_card import CARD_FILE
 
     out = Path(out)
@@ -561,6 +562,11 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
                           "n_train_slices": len(train),
                           "n_val_slices": len(val), "data_seconds": round(time.perf_counter() - t0, 1)})
     log(f"{len(train)} training slices, {len(val)} validation slices on {trainer.device.type}")
+    if init is not None and not resume:
+        trainer.model.load_state_dict(init[0])
+        initial = trainer.validation_loss(val)
+        card.training.update({"init_from": init[1], "initial_val_loss_nats_per_slice": initial})
+        log(f"fine-tuning from {init[1]['name']} {init[1]['version']}: validation loss before training {initial:.1f}")
     trainer.fit(train, val)
     if calibration_volumes > 0:
         card = calibrate_model(out, synthetic_volumes=calibration_volumes if synthetic_volumes else 0,
