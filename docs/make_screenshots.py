@@ -1,10 +1,11 @@
 """Screenshots of the "Anomaly review" widget for the README (run under Xvfb: ``xvfb-run -a python ...``).
 
-Usage: python docs/make_screenshots.py [--model NAME|PATH] [--out docs]
+Usage: python docs/make_screenshots.py [--model NAME|PATH] [--out docs] [--scan FILE --name PNG]
 Opens the bundled sample scan through the plugin's sample-data entry, scores it with the model, shows the
 findings at the calibrated threshold, saves ``screenshot_scored.png``, tags every finding as a reviewer with the
 sample's ground truth would (TP where it overlaps an inserted lesion, else FP: the actions of the T and F keys)
-and saves ``screenshot_tagged.png`` at the second finding.
+and saves ``screenshot_tagged.png`` at the second finding. With ``--scan``, opens that file through the
+plugin's reader instead, scores it and saves only ``--name`` (the first finding selected).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    parser.add_argument("--scan", default=None, help="a scan file to show instead of the bundled sample")
+    parser.add_argument("--name", default="screenshot_scan.png", help="--scan: file name of the screenshot")
     args = parser.parse_args()
     os.environ.setdefault("NAPARI_UAD_HOME", tempfile.mkdtemp())  # do not touch the user's review sessions
 
@@ -33,7 +36,13 @@ def main() -> None:
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1700, 1000)
-    for data, kwargs, kind in sample_brain():
+    if args.scan:
+        from napari_uad._reader import get_reader
+
+        layers = get_reader(args.scan)(args.scan)
+    else:
+        layers = sample_brain()
+    for data, kwargs, kind in layers:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     widget = AnomalyReviewWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Anomaly review", area="right")
@@ -49,6 +58,11 @@ def main() -> None:
     for _ in range(5):
         QApplication.processEvents()
     out = Path(args.out)
+    if args.scan:
+        viewer.screenshot(str(out / args.name), canvas_only=False)
+        print(f"{len(widget.view.findings)} findings; warnings: {widget.scan.warnings}")
+        viewer.close()
+        return
     viewer.screenshot(str(out / "screenshot_scored.png"), canvas_only=False)
     truth = read_volume(sample_data_dir() / SAMPLE_MASK, allow_constant=True).data > 0  # the scan's voxel grid
     for finding in widget.view.findings:  # finding 0 is current (selected above); each tag moves to the next

@@ -48,7 +48,7 @@ from .model_card import ModelError, list_models, load_model
 from .review import CATEGORIES, ReviewSession, load_settings, save_setting
 from .ood import UNRELIABLE, check_input, check_result
 from .preprocessing import SKULL_STRIP_MODES, PipelineOptions
-from .scoring import MAP_NAMES, Scorer
+from .scoring import DEFAULT_MAPS, GRADIENT_MAPS, MAP_NAMES, Scorer
 from .session import SLIDER_STEPS, FindingsView, ScoredScan
 
 __all__ = ["AnomalyReviewWidget"]
@@ -181,6 +181,9 @@ class AnomalyReviewWidget(QWidget):
         self.ood_banner.setVisible(False)
         layout.addWidget(self.ood_banner)
 
+        self.gradient_toggle = QCheckBox("Also gradient maps (KL-grad, ELBO-grad, combi; slow)",
+                                         objectName="gradient_toggle")
+        layout.insertWidget(layout.indexOf(self.score_button), self.gradient_toggle)
         self.calibrated_toggle = QCheckBox("Show maps as healthy-voxel quantiles (0–1)",
                                            objectName="calibrated_toggle")
         self.calibrated_toggle.setEnabled(False)
@@ -351,9 +354,13 @@ class AnomalyReviewWidget(QWidget):
             return
         self.image_layer = layer
         self._cancelled = False
+        wanted = set(DEFAULT_MAPS) | {card.detection_map}
+        if self.gradient_toggle.isChecked():
+            wanted |= set(GRADIENT_MAPS)
+        maps = tuple(m for m in MAP_NAMES if m in wanted)
 
         def run():
-            result = yield from scorer.iter_score(volume, MAP_NAMES)
+            result = yield from scorer.iter_score(volume, maps)
             found, _ = check_result(result.mask, volume.voxel_volume_mm3, result.maps[card.detection_map],
                                     result.volume_score, card, card.detection_map)
             warnings = input_warnings + found
@@ -435,7 +442,14 @@ class AnomalyReviewWidget(QWidget):
         return {k: v for k, v in layer_geometry(self.scan.volume).items() if k != "axis_labels"}
 
     def _add_map_layers(self) -> None:
-        for name in MAP_NAMES:
+        for name in MAP_NAMES:  # layers of maps this scan was not scored for go (a previous scan's)
+            if name not in self.scan.result.maps and self._layer_name(name) in self.viewer.layers:
+                self.viewer.layers.remove(self._layer_name(name))
+        self.map_selector.blockSignals(True)
+        self.map_selector.clear()
+        self.map_selector.addItems(list(self.scan.result.maps))
+        self.map_selector.blockSignals(False)
+        for name in self.scan.result.maps:
             data = to_display(self.scan.result.maps[name])
             layer_name = self._layer_name(name)
             if layer_name in self.viewer.layers:
@@ -470,7 +484,7 @@ class AnomalyReviewWidget(QWidget):
         if self.scan is None:
             return
         calibrated = self.calibrated_toggle.isChecked() if calibrated is None else calibrated
-        for name in MAP_NAMES:
+        for name in self.scan.result.maps:
             layer = self.viewer.layers[self._layer_name(name)]
             if calibrated and self.scan.has_calibration:
                 layer.data = to_display(self.scan.calibrated(name))

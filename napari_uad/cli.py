@@ -20,7 +20,7 @@ __all__ = ["main", "build_parser"]
 
 
 def _add_score_parser(sub) -> None:
-    from .scoring import MAP_NAMES
+    from .scoring import DEFAULT_MAPS, GRADIENT_MAPS, MAP_NAMES
 
     p = sub.add_parser(
         "score",
@@ -41,8 +41,9 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled or user model name, model directory or card.json (default: the bundled "
                         "cevae-brain-mr)")
-    p.add_argument("--maps", default=",".join(MAP_NAMES), metavar="LIST",
-                   help=f"comma-separated maps to write (default: all = {','.join(MAP_NAMES)})")
+    p.add_argument("--maps", default=",".join(DEFAULT_MAPS), metavar="LIST",
+                   help=f"comma-separated maps to write, of {','.join(MAP_NAMES)} (default: {','.join(DEFAULT_MAPS)}; "
+                        f"the gradient maps {','.join(GRADIENT_MAPS)} take most of the time: ask for them)")
     p.add_argument("--detection-map", default=None, metavar="MAP",
                    help="map thresholded into findings (default: the model card's calibrated detection map)")
     p.add_argument("--mask", type=Path, default=None, metavar="FILE",

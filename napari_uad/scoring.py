@@ -35,9 +35,13 @@ from .model_card import ModelCard
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
 
-__all__ = ["MAP_NAMES", "Progress", "ScoreResult", "Scorer", "ScoringCancelled", "parse_maps"]
+__all__ = ["DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
+           "parse_maps"]
 
 MAP_NAMES: tuple[str, ...] = ("residual", "U", "E", "nll", "kl_grad", "elbo_grad", "combi")
+GRADIENT_MAPS: tuple[str, ...] = ("kl_grad", "elbo_grad", "combi")
+"""SmoothGrad maps: ~80 % of the CPU time and below chance on the held-out set (docs/RESULTS.md): only when asked."""
+DEFAULT_MAPS: tuple[str, ...] = tuple(m for m in MAP_NAMES if m not in GRADIENT_MAPS)
 _REFERENCE_SIZE = 128  # grad_smoothing_sigma is given in pixels at this input size
 
 

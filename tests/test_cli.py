@@ -14,7 +14,7 @@ import pytest
 from napari_uad import cli, model_card
 from napari_uad.export import FINDINGS_COLUMNS
 from napari_uad.io import write_image_file
-from napari_uad.scoring import MAP_NAMES
+from napari_uad.scoring import DEFAULT_MAPS
 
 from .conftest import head_phantom
 from .test_io import _bad_inputs, affine_for
@@ -36,7 +36,7 @@ def test_score_end_to_end(tmp_path, tiny_model_dir, scan, capsys):
     code = run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--threshold", "0.8",
                    "--min-volume-mm3", "6", "--quiet")
     assert code == 0, capsys.readouterr().err
-    expected = {f"patient01.{m}.nii.gz" for m in MAP_NAMES} | {
+    expected = {f"patient01.{m}.nii.gz" for m in DEFAULT_MAPS} | {
         "patient01.labels.nii.gz", "patient01.brainmask.nii.gz", "patient01.findings.csv", "patient01.json"}
     assert {p.name for p in out.iterdir()} == expected
     assert scan.read_bytes() == before
@@ -74,7 +74,7 @@ def test_score_end_to_end(tmp_path, tiny_model_dir, scan, capsys):
 
     report = json.loads((out / "patient01.json").read_text(encoding="utf-8"))
     assert report["model"]["name"] == "tiny-test" and len(report["model"]["sha256"]) == 64
-    assert report["threshold"] == 0.8 and report["device"] == "cpu" and report["maps"] == list(MAP_NAMES)
+    assert report["threshold"] == 0.8 and report["device"] == "cpu" and report["maps"] == list(DEFAULT_MAPS)
     assert len(report["sample_scores"]["slice"]) == 14 and report["sample_scores"]["volume"] > 0
     assert {"read", "preprocess", "model", "findings", "write", "total"} <= set(report["seconds"])
 
@@ -103,7 +103,7 @@ def test_bad_inputs_each_get_one_line_and_others_are_still_scored(tmp_path, tiny
     assert "Traceback" not in err
     # only the good scan produced files; no partial or hidden staging files are left
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"patient01.{m}.nii.gz" for m in MAP_NAMES] + ["patient01.labels.nii.gz", "patient01.brainmask.nii.gz",
+        [f"patient01.{m}.nii.gz" for m in DEFAULT_MAPS] + ["patient01.labels.nii.gz", "patient01.brainmask.nii.gz",
                                                          "patient01.findings.csv", "patient01.json"])
     for path, content in originals.items():
         assert path.read_bytes() == content
@@ -153,7 +153,8 @@ def test_help_explains_every_option():
 def test_demo_headless_scores_the_bundled_sample(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "demo"
     assert run_cli("demo", "--headless", "--model", tiny_model_dir, "--out", out) == 0
-    assert (out / "sample_brain.findings.csv").is_file() and (out / "sample_brain.combi.nii.gz").is_file()
+    assert (out / "sample_brain.findings.csv").is_file() and (out / "sample_brain.nll.nii.gz").is_file()
+    assert not (out / "sample_brain.combi.nii.gz").exists()  # gradient maps only when asked for
     assert "finding(s) in" in capsys.readouterr().out
 
 
@@ -174,3 +175,11 @@ def test_ct_scan_refused_by_mr_model_unless_forced(tmp_path, tiny_model_dir, cap
     assert f"napari-uad: warning: {scan}: CT scan scored by the MR model 'tiny-test' (forced)" in err
     report = json.loads((out / "ct.json").read_text())
     assert any("forced" in w for w in report["warnings"]) and report["out_of_distribution"]["warnings"]
+
+
+def test_gradient_maps_only_when_asked(tmp_path, tiny_model_dir, scan):
+    out = tmp_path / "out"
+    assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet") == 0
+    assert not any(m in p.name for p in out.iterdir() for m in ("kl_grad", "elbo_grad", "combi"))
+    assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet", "--maps", "nll,kl_grad") == 0
+    assert (out / "patient01.kl_grad.nii.gz").is_file()

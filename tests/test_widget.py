@@ -71,6 +71,7 @@ def test_widgets_have_stable_object_names(widget):
 def test_score_threshold_tag_export(qtbot, widget, scan_path, tmp_path):
     viewer = widget.viewer
     image = open_scan(viewer, scan_path)
+    widget.gradient_toggle.setChecked(True)  # the slow gradient maps only when asked
     assert score(qtbot, widget) is True
     names = [layer.name for layer in viewer.layers]
     for m in ("residual", "U", "E", "kl_grad", "combi", "nll"):
@@ -257,6 +258,10 @@ def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_
     np.testing.assert_allclose(mask_layer.scale, image.scale)
     assert mask_layer.data.shape == image.data.shape and mask_layer.contour == 1
     assert widget.scan.result.preprocessing[0]["settings"]["mode"] == "off"
+    # without the gradient toggle only the fast maps are computed, listed and shown
+    assert list(widget.scan.result.maps) == ["residual", "U", "E", "nll"]
+    assert [widget.map_selector.itemText(i) for i in range(widget.map_selector.count())] == list(widget.scan.result.maps)
+    assert "phantom kl_grad" not in viewer.layers
     assert widget.ood_banner.isHidden() and widget.scan.warnings == []
 
     # the same scan against a card whose healthy brains were ten times larger: the banner speaks
