@@ -27,7 +27,7 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 }
 # colormaps that start at black, so additive blending leaves low scores (and the background) invisible
 MAP_COLORMAPS = {"residual": "inferno", "U": "bone", "E": "magma", "nll": "afmhot", "kl_grad": "gist_heat",
-                 "elbo_grad": "copper", "combi": "hot"}
+                 "elbo_grad": "copper", "combi": "hot", "tissue": "viridis"}
 RADIOLOGICAL_ORIENTATION = ("up", "left")  # camera.orientation2d: anterior up, patient right on screen left
 AXIS_LABELS = ("S (mm)", "A (mm)", "R (mm)")
 _KEY = "napari_uad"

@@ -12,6 +12,7 @@ and from SmoothGrad (mean of |gradient| over n noisy copies of x, each slice wit
 then a Gaussian filter against checkerboard artefacts):
     kl_grad = |d KL / d x|         elbo_grad = |d (KL + Rec) / d x| (Rec: Gaussian NLL summed over pixels)
     combi = residual * kl_grad
+and, without the model, ``tissue``: each voxel against its own tissue class in the same scan (``tissue``).
 Slice scores: KL + Rec (nats; Rec summed over the slice's foreground pixels in model space). Volume score:
 mean of the top-k slice scores. No map is normalised over a batch, so results do not depend on batch size.
 """
@@ -34,11 +35,14 @@ from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
+from .tissue import tissue_outlier_map
 
-__all__ = ["DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
+__all__ = ["DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
            "parse_maps"]
 
-MAP_NAMES: tuple[str, ...] = ("residual", "U", "E", "nll", "kl_grad", "elbo_grad", "combi")
+MAP_NAMES: tuple[str, ...] = ("residual", "U", "E", "nll", "tissue", "kl_grad", "elbo_grad", "combi")
+MODEL_FREE_MAPS: tuple[str, ...] = ("tissue",)
+"""Computed from the scan and the aligned template alone (``napari_uad.tissue``), not by the model."""
 GRADIENT_MAPS: tuple[str, ...] = ("kl_grad", "elbo_grad", "combi")
 """SmoothGrad maps: ~80 % of the CPU time and below chance on the held-out set (docs/RESULTS.md): only when asked."""
 DEFAULT_MAPS: tuple[str, ...] = tuple(m for m in MAP_NAMES if m not in GRADIENT_MAPS)
@@ -194,7 +198,8 @@ class Scorer:
 
         t1 = time.perf_counter()
         ni, nj, nk = normalised.shape
-        out = {name: np.zeros((ni, nj, nk), dtype=np.float32) for name in maps}
+        model_maps = tuple(m for m in maps if m not in MODEL_FREE_MAPS)
+        out = {name: np.zeros((ni, nj, nk), dtype=np.float32) for name in model_maps}
         slice_kl = np.full(nk, np.nan)
         slice_rec = np.full(nk, np.nan)
         todo = prepared.slices
@@ -205,7 +210,7 @@ class Scorer:
         while done < len(todo):
             ks = todo[done:done + batch_size]
             try:
-                native, kl, rec = self._score_slices(normalised, mask, ks, geometry, maps)
+                native, kl, rec = self._score_slices(normalised, mask, ks, geometry, model_maps)
             except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
                 if self.device.type == "cpu" or not is_out_of_memory(err):
                     raise
@@ -221,17 +226,25 @@ class Scorer:
                 warnings.warn(note, RuntimeWarning, stacklevel=2)
                 notes.append(note)
                 continue
-            for c, name in enumerate(maps):
+            for c, name in enumerate(model_maps):
                 out[name][:, :, ks] = native[:, c].transpose(1, 2, 0)
             slice_kl[ks], slice_rec[ks] = kl, rec
             done += len(ks)
             yield Progress(done, len(todo), time.perf_counter() - t1, batch_size, self.device.type)
         seconds["model"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        if prepared.aligned:
-            native = prepared.to_native(np.stack([out[name] for name in maps]))
-            out = {name: native[c] for c, name in enumerate(maps)}
+        if prepared.aligned and model_maps:
+            native = prepared.to_native(np.stack([out[name] for name in model_maps]))
+            out = {name: native[c] for c, name in enumerate(model_maps)}
         brain = prepared.brain
+        if "tissue" in maps:
+            priors = prepared.tissue_priors()
+            if priors is None:
+                notes.append("tissue map not computed (all zero): it needs the template alignment of a brain model")
+                out["tissue"] = np.zeros(brain.shape, np.float32)
+            else:
+                out["tissue"] = tissue_outlier_map(prepared.standardised, brain, priors)
+        out = {name: out[name] for name in maps}
         for name in maps:
             out[name][~brain] = 0.0
         slice_scores = slice_kl + slice_rec
@@ -295,6 +308,8 @@ class Scorer:
         if {"kl_grad", "elbo_grad", "combi"} & set(maps):
             model_maps.update(self._smoothgrad(x, ks, need_elbo="elbo_grad" in maps))
             model_maps["combi"] = model_maps["residual"] * model_maps["kl_grad"]
+        if not maps:  # only model-free maps asked for: the pass still gives the slice scores
+            return np.zeros((len(ks), 0, *geometry.native_shape), np.float32), kl.cpu().numpy(), rec.cpu().numpy()
         stacked = torch.cat([model_maps[name] for name in maps], dim=1)
         back = geometry.to_native(stacked)
         return back.cpu().numpy(), kl.cpu().numpy(), rec.cpu().numpy()

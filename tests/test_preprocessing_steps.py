@@ -212,3 +212,24 @@ def test_alignment_is_deterministic(brain):
     # the shift of the scan is found again (the brain was made in template space)
     np.testing.assert_allclose(first[:3, 3] - [4.0, -3.0, 2.0], register_to_template(
         mask, affine, atlas["brain"] > 0.5, atlas["affine"])[:3, 3], atol=1.0)
+
+
+def test_tissue_map_flags_a_bright_lesion_in_an_aligned_brain(brain, tiny_model_dir):
+    """Through the scorer: the template's tissue priors come onto the scan's grid and a bright blob in white
+    matter stands out of its tissue's intensity distribution; the rest of the brain stays low."""
+    from napari_uad.model_card import load_model
+    from napari_uad.scoring import Scorer
+
+    data, mask, affine = brain
+    data = data.copy()
+    i, j, k = np.indices(data.shape)
+    centre = np.array(np.nonzero(mask)).mean(axis=1).astype(int) + [6, 0, 4]  # deep white matter
+    blob = ((i - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2 <= 9) & mask
+    data[blob] = 2.5 * np.percentile(data[mask], 99)
+    model, card = load_model(tiny_model_dir)
+    card.preprocessing = PreprocessingConfig(template="mni152-2009")
+    result = Scorer(model, card, device="cpu", options=PipelineOptions(skull_strip="off")).score(
+        Volume.from_array(data, affine), ("tissue",))
+    tissue = result.maps["tissue"]
+    assert np.median(tissue[blob]) > 10
+    assert np.quantile(np.abs(tissue[mask & ~blob]), 0.99) < np.median(tissue[blob]) / 2

@@ -37,6 +37,7 @@ class PreparedVolume:
     normalised, mask: model input intensities and brain mask in the model grid.
     geometry, slices: the square model field of view and the axial slices k (model grid) that hold brain.
     brain: the brain mask in the scan's canonical grid (written as S.brainmask.nii.gz).
+    standardised: the normalised intensities in the scan's canonical grid (before alignment).
     native_to_model: 4x4 canonical voxel -> model-grid voxel, or None when the model grid is the canonical one.
     model_affine: model-grid voxel -> world RAS mm.
     steps: one record per step: {"step", "settings", "seconds"} (+ "skipped": reason).
@@ -47,6 +48,7 @@ class PreparedVolume:
     geometry: SliceGeometry
     slices: np.ndarray
     brain: np.ndarray
+    standardised: np.ndarray
     native_shape: tuple[int, int, int]
     native_to_model: np.ndarray | None = None
     model_affine: np.ndarray | None = None
@@ -55,6 +57,15 @@ class PreparedVolume:
     @property
     def aligned(self) -> bool:
         return self.native_to_model is not None
+
+    def tissue_priors(self) -> np.ndarray | None:
+        """Template CSF, GM and WM probabilities [3, ni, nj, nk] in the scan's canonical grid, or None when the
+        scan was not aligned to a template."""
+        if not self.aligned:
+            return None
+        atlas = load_atlas()
+        csf = np.clip(atlas["brain"] - atlas["gm"] - atlas["wm"], 0.0, 1.0)
+        return np.clip(self.to_native(np.stack([csf, atlas["gm"], atlas["wm"]])), 0.0, 1.0)
 
     def to_native(self, arrays: np.ndarray) -> np.ndarray:
         """Model-grid arrays [C, ...] -> the scan's canonical grid [C, ni, nj, nk] (trilinear; identity if not
@@ -128,6 +139,7 @@ def iter_prepare_volume(volume: Volume, config: PreprocessingConfig, size: int, 
                             clip_only, data, brain, config)
 
     yield "alignment"
+    standardised = normalised
     model_mask, native_to_model, model_affine = brain, None, None
     if config.template and options.alignment:
         t = time.perf_counter()
@@ -159,5 +171,5 @@ def iter_prepare_volume(volume: Volume, config: PreprocessingConfig, size: int, 
                                                    "slices": int(len(slices))},
                   "seconds": round(time.perf_counter() - t, 4)})
     return PreparedVolume(normalised=normalised, mask=model_mask, geometry=geometry, slices=slices, brain=brain,
-                          native_shape=volume.shape, native_to_model=native_to_model, model_affine=model_affine,
+                          standardised=standardised, native_shape=volume.shape, native_to_model=native_to_model, model_affine=model_affine,
                           steps=steps)
