@@ -4,7 +4,7 @@ Usage: python benchmarks/real_scans.py [--model NAME|PATH] [--out DIR] [--shared
        [--robex-reference]
 
 Per scan it reports: findings (card threshold and minimum volume), findings inside / outside a reference brain
-mask, findings overlapping the tumour mask, pixel AP / AUROC of the detection map and of the raw intensity
+mask, findings overlapping the tumour mask, pixel AP / AUROC of the --report-maps and of the raw intensity
 (baseline) against the tumour mask, the pipeline's brain-mask Dice against the reference, and preprocessing
 seconds. Writes DIR/real_scans.csv, DIR/real_scans.md (the table) and one PNG per scan (scan, detection map,
 findings in red, tumour outline in green, pipeline brain mask in blue).
@@ -148,7 +148,9 @@ def main() -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "real_scans")
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
-    parser.add_argument("--maps", default="residual,E,nll")
+    parser.add_argument("--maps", default="residual,U,E,nll,tissue")
+    parser.add_argument("--report-maps", default="nll,E,tissue",
+                        help="maps whose pixel AP/AUROC against the tumour mask go in the table")
     parser.add_argument("--robex-reference", action="store_true")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -199,9 +201,10 @@ def main() -> int:
                 tumour = tv.data > 0
                 brain = result.mask
                 row["tumour_findings"] = sum(bool(tumour[labels == f.finding_id].any()) for f in findings)
-                row["ap"], row["auroc"] = pixel_ap_auroc(det[brain], tumour[brain])
-                row["raw_ap"], row["raw_auroc"] = pixel_ap_auroc(volume.data[brain], tumour[brain])
                 row["findings_outside_tumour"] = len(findings) - row["tumour_findings"]
+                for name in [m for m in args.report_maps.split(",") if m in result.maps]:
+                    row[f"ap_{name}"], row[f"auroc_{name}"] = pixel_ap_auroc(result.maps[name][brain], tumour[brain])
+                row["ap_raw"], row["auroc_raw"] = pixel_ap_auroc(volume.data[brain], tumour[brain])
         picture(path, volume, det, labels, result.mask, tumour, None if ref_name == "pipeline" else ref,
                 args.out / f"{row['scan'].replace('/', '__')}.png")
         rows.append(row)

@@ -37,14 +37,15 @@ _FAMILY_MEANS = {"t1": (0.2, 0.55, 0.8, 0.65), "t2": (1.0, 0.6, 0.45, 0.5), "fla
 
 @dataclass
 class LabelHead:
-    """One synthetic head: ``data`` (float32), ``brain`` (bool brain mask), ``labels`` (int16, deformed),
-    ``affine`` (voxel -> world RAS mm), all in one canonical RAS+ grid, and the parameters that made it."""
+    """One synthetic head: ``data`` (float32), ``brain`` (bool brain mask), ``labels`` (int16, deformed; lesion
+    labels >= 900), ``affine`` (voxel -> world RAS mm), all in one canonical RAS+ grid, and its parameters."""
 
     data: np.ndarray
     brain: np.ndarray
     labels: np.ndarray
     affine: np.ndarray
     params: dict = field(default_factory=dict)
+    lesion: np.ndarray | None = None  # ground truth of an inserted lesion (bool), None for a healthy head
 
 
 def label_map_files(directory: str | Path) -> list[Path]:
@@ -98,46 +99,58 @@ def _deform_labels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         np.int16)
 
 
-def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> dict[int, float]:
-    """One mean intensity per label: around its tissue class' mean for a contrast family (x0.85-1.15, classes
-    keep their order), or uniform in [0.02, 1] for "random"; extra-cerebral labels are random in every family."""
+def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> tuple[dict[int, float], dict]:
+    """One mean intensity per (anatomical) label: around its tissue class' mean for a contrast family
+    (x0.9-1.1 per class, x0.95-1.05 per label: classes keep their order), or uniform in [0.02, 1] for "random";
+    extra-cerebral labels are random in every family. Also returns the class means (csf, gm, wm, deep)."""
     means = {}
     class_of = {lab: name for name, labs in TISSUE_CLASSES.items() for lab in labs}
-    if family != "random":
-        base = dict(zip(("csf", "gm", "wm", "deep"), _FAMILY_MEANS[family]))
-        jitter = {name: rng.uniform(0.9, 1.1) for name in base}
+    base = dict(zip(("csf", "gm", "wm", "deep"), _FAMILY_MEANS.get(family, (0.5, 0.5, 0.5, 0.5))))
+    jitter = {name: rng.uniform(0.9, 1.1) for name in base}
     for lab in present:
         lab = int(lab)
-        if lab == 0:
+        if lab == 0 or lab >= 900:  # background; lesion labels get theirs from synth_lesions
             continue
         if family == "random" or lab >= 500:
             means[lab] = float(rng.uniform(0.02, 1.0))
         else:
             name = class_of.get(lab, "deep")
             means[lab] = float(base[name] * jitter[name] * rng.uniform(0.95, 1.05))
-    return means
+    return means, {name: base[name] * jitter[name] for name in base}
 
 
-def label_head(path: str | Path, seed: int, family: str | None = None, slice_thickness: float | None = None
-               ) -> LabelHead:
+def label_head(path: str | Path, seed: int, family: str | None = None, slice_thickness: float | None = None,
+               lesion: str | None = None) -> LabelHead:
     """A synthetic head from the label map at ``path`` (deterministic per seed).
 
     family: contrast family (default: drawn); slice_thickness: mm of resolution loss along a random axis
-    (default: drawn, 1-6 mm, half of the heads keep 1 mm).
+    (default: drawn, 1-6 mm, half of the heads keep 1 mm); lesion: a kind of ``synth_lesions.LESION_KINDS``
+    ("any": drawn) inserted before the intensities are drawn (``LabelHead.lesion`` is its mask).
     """
+    from .synth_lesions import LESION_KINDS, insert_lesion, lesion_means
+
     rng = np.random.default_rng(seed)
     labels0, affine = load_label_map(str(path))
     labels = _deform_labels(labels0, rng)
     family = family or str(rng.choice(CONTRAST_FAMILIES))
     if family not in CONTRAST_FAMILIES:
         raise ValueError(f"unknown contrast family {family!r}; choose from {', '.join(CONTRAST_FAMILIES)}")
+    means, tissue = _label_means(np.unique(labels), family, rng)  # of the healthy anatomy
+    lesion_params: dict = {}
+    if lesion is not None:
+        lesion_rng = np.random.default_rng([seed, 911])  # its own stream: the head's other draws stay as they were
+        kind = str(lesion_rng.choice(LESION_KINDS)) if lesion == "any" else lesion
+        labels, lesion_params = insert_lesion(labels, kind, lesion_rng)
     present = np.unique(labels)
-    means = _label_means(present, family, rng)
-    lut = np.zeros(int(present.max()) + 1, np.float32)
+    extra = lesion_means(family, tissue, lesion_rng, lesion_params.get("stage")) if lesion is not None else {}
+    lut = np.zeros(max(int(present.max()), *means, *extra) + 1, np.float32)
     stds = np.zeros_like(lut)
     for lab, m in means.items():
         lut[lab] = m
         stds[lab] = m * rng.uniform(0.01, 0.06)
+    for lab, m in extra.items():  # from the lesion's own stream
+        lut[lab] = m
+        stds[lab] = m * lesion_rng.uniform(0.02, 0.08)
     image = lut[labels] + stds[labels] * rng.normal(0, 1, labels.shape).astype(np.float32)
     blur = float(rng.uniform(0.3, 1.2))  # partial volume
     image = ndimage.gaussian_filter(image, blur)
@@ -147,13 +160,14 @@ def label_head(path: str | Path, seed: int, family: str | None = None, slice_thi
     axis = int(rng.integers(3))
     if slice_thickness > 1.0:
         image = ndimage.gaussian_filter1d(image, slice_thickness / 2.355, axis=axis)
-    head = labels > 0
-    sigma = float(rng.uniform(0.005, 0.04)) * float(image[head].mean())
+    level = float(np.mean(list(means.values())))  # anatomy's mean intensity: a lesion does not change the noise
+    sigma = float(rng.uniform(0.005, 0.04)) * level
     image = np.sqrt((image + rng.normal(0, sigma, image.shape)) ** 2 + rng.normal(0, sigma, image.shape) ** 2)
     image = (image * np.float32(10 ** rng.uniform(0, 3))).astype(np.float32)
-    brain = (labels > 0) & (labels < 500)
+    lesion_mask = labels >= 900
+    brain = ((labels > 0) & (labels < 500)) | lesion_mask
     brain = ndimage.binary_fill_holes(brain)
     params = {"label_map": Path(path).name, "seed": seed, "contrast_family": family, "blur_sigma_voxels": blur,
               "slice_thickness_mm": slice_thickness, "thick_axis": axis if slice_thickness > 1.0 else None,
-              "noise_sigma": sigma}
-    return LabelHead(data=image, brain=brain, labels=labels, affine=affine, params=params)
+              "noise_sigma": sigma, **lesion_params}
+    return LabelHead(data=image, brain=brain, labels=labels, affine=affine, params=params, lesion=lesion_mask)

@@ -402,11 +402,18 @@ def label_head_volume_only(item: tuple[str, int]) -> Volume:
 
 
 def label_head_anomaly_case(item: tuple[str, int]) -> tuple[Volume, np.ndarray]:
-    """Synthetic head with one toy anomaly inside its brain: the Volume and the anomaly mask (canonical grid)."""
+    """Synthetic head with one anomaly inside its brain: a disease-like lesion (tumour, MS, infarct,
+    haemorrhage; ``synth_lesions``) for even seeds, a toy shape (``synth.insert_anomaly``) for odd ones. Returns
+    the Volume and the anomaly mask (canonical grid)."""
     from .synth import SynthCase, insert_anomaly
+    from .synth_labels import label_head
 
+    path, seed = item
+    if seed % 2 == 0:
+        head = label_head(path, seed, lesion="any")
+        return Volume.from_array(head.data, head.affine, modality="MR"), head.lesion
     volume, brain = label_head_volume(item)
-    case = insert_anomaly(SynthCase(volume.data, np.zeros(volume.shape, np.uint8), volume.affine), item[1] + 7919,
+    case = insert_anomaly(SynthCase(volume.data, np.zeros(volume.shape, np.uint8), volume.affine), seed + 7919,
                           brain=brain)
     return Volume.from_array(case.data, case.affine, modality="MR"), case.mask > 0
 

@@ -99,3 +99,29 @@ def test_train_cli_on_label_maps_holds_out_validation_maps(tmp_path, monkeypatch
     assert card["training"]["train_label_maps"] == names[:2] and card["training"]["val_label_maps"] == names[2:]
     assert names[2] in card["calibration"]["validation_set"] and names[0] not in card["calibration"]["validation_set"]
     assert card["preprocessing"]["template"] == "mni152-2009" and card["preprocessing"]["skull_strip"] is True
+
+
+@pytest.mark.parametrize("kind", ["ms", "infarct", "haemorrhage", "tumour"])
+def test_lesions_are_deterministic_inside_the_brain_and_change_only_their_region(toy_label_map, kind):
+    """The ground truth is the lesion-labelled voxels, inside the brain; the head is the same as the healthy one
+    of the same seed except where the lesion (blurred by partial volume) is, or, for a tumour, its mass effect."""
+    from scipy import ndimage
+
+    healthy = label_head(toy_label_map, 4, family="flair", slice_thickness=1.0)
+    a = label_head(toy_label_map, 4, family="flair", slice_thickness=1.0, lesion=kind)
+    b = label_head(toy_label_map, 4, family="flair", slice_thickness=1.0, lesion=kind)
+    np.testing.assert_array_equal(a.data, b.data)
+    np.testing.assert_array_equal(a.lesion, b.lesion)
+    assert a.params["lesion"] == kind and a.lesion.any() and not (a.lesion & ~a.brain).any()
+    np.testing.assert_array_equal(a.lesion, a.labels >= 900)
+    reach = 6 if kind != "tumour" else int(2.5 * a.params["radius_mm"]) + 6  # mass effect up to 2.5 radii
+    region = ndimage.binary_dilation(a.lesion, iterations=reach)
+    np.testing.assert_array_equal(a.data[~region], healthy.data[~region])
+    assert np.abs(a.data[a.lesion] - healthy.data[a.lesion]).mean() > 0.05 * healthy.data[healthy.brain].mean()
+
+
+def test_flair_lesions_are_bright_and_t1_haemorrhage_is_bright(toy_label_map):
+    for kind, family in (("ms", "flair"), ("haemorrhage", "t1")):
+        head = label_head(toy_label_map, 8, family=family, slice_thickness=1.0, lesion=kind)
+        wm = head.labels == 2
+        assert np.median(head.data[head.lesion]) > np.median(head.data[wm]), (kind, family)
