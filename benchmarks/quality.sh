@@ -12,5 +12,5 @@ napari-uad synth --out "$WORK/heldout-3mm" --n 4 --normal-fraction 0.25 --lesion
 mkdir -p "$WORK/gt"
 cp "$WORK"/heldout-1mm/masks/*.nii.gz "$WORK"/heldout-3mm/masks/*.nii.gz "$WORK/gt/"
 napari-uad score "$WORK"/heldout-1mm/scans/*.nii.gz "$WORK"/heldout-3mm/scans/*.nii.gz --out "$WORK/pred" \
-  --model "$MODEL" --quiet
+  --model "$MODEL" --maps residual,U,E,nll,tissue,kl_grad,elbo_grad,combi --quiet
 napari-uad evaluate --pred "$WORK/pred" --gt "$WORK/gt" --out "$REPORT"

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .synth import _smooth_field
+
 __all__ = ["LabelHead", "label_head", "label_map_files", "load_label_map", "TISSUE_CLASSES", "CONTRAST_FAMILIES"]
 
 CONTRAST_FAMILIES = ("t1", "t2", "flair", "pd", "random")
@@ -69,12 +71,6 @@ def load_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     affine = vol.affine.copy()
     affine[:3, 3] = vol.affine[:3, :3] @ lo + vol.affine[:3, 3]
     return labels[tuple(slice(a, b) for a, b in zip(lo, hi))], affine
-
-
-def _smooth_field(rng: np.random.Generator, shape, coarse: int, amplitude: float) -> np.ndarray:
-    """Smooth random field: normal noise on a coarse grid, trilinearly upsampled to ``shape``."""
-    small = torch.from_numpy(rng.normal(0.0, amplitude, (1, 1, coarse, coarse, coarse)).astype(np.float32))
-    return F.interpolate(small, size=tuple(shape), mode="trilinear", align_corners=True)[0, 0].numpy()
 
 
 def _deform_labels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .synth import _smooth_field
+
 __all__ = ["LESION_KINDS", "LESION_LABELS", "insert_lesion", "lesion_means"]
 
 LESION_KINDS = ("tumour", "ms", "infarct", "haemorrhage")
@@ -60,9 +62,7 @@ def _wobbly_ball(shape, centre, radius: float, rng: np.random.Generator) -> np.n
     """Ball of ``radius`` voxels whose surface wobbles by up to ~20 %."""
     grids = np.ogrid[tuple(slice(0, s) for s in shape)]
     r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre)))
-    small = rng.normal(0, 1, (1, 1, 6, 6, 6)).astype(np.float32)
-    wobble = F.interpolate(torch.from_numpy(small), size=tuple(shape), mode="trilinear", align_corners=True)[0, 0]
-    return r <= radius * (1.0 + 0.2 * np.tanh(wobble.numpy()))
+    return r <= radius * (1.0 + 0.2 * np.tanh(_smooth_field(rng, shape, 6, 1.0)))
 
 
 def insert_lesion(labels: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
