@@ -157,7 +157,7 @@ def main() -> int:
     if not (args.shared / "data").is_dir():
         print(f"{args.shared / 'data'}: not found; nothing to benchmark")
         return 0
-    from napari_uad.findings import find_findings
+    from napari_uad.findings import find_findings, interior
     from napari_uad.io import read_volume
     from napari_uad.model_card import load_model
     from napari_uad.ood import check_input, check_result
@@ -179,7 +179,9 @@ def main() -> int:
         det = result.maps[det_name]
         found, facts = check_result(result.mask, volume.voxel_volume_mm3, det, result.volume_score, card, det_name)
         warnings += found
-        labels, findings = find_findings(det, volume, threshold, min_volume)
+        margin = float(card.calibration.get("edge_margin_mm", 0.0))
+        labels, findings = find_findings(det, volume, threshold, min_volume,
+                                         allowed=interior(result.mask, volume.spacing, margin))
         ref, ref_name = reference_mask(path, volume, result.mask, args.out, args.robex_reference)
         inside = [float(ref[labels == f.finding_id].mean()) >= 0.5 for f in findings]
         tumour_path = path.parent / TUMOUR_FILE
@@ -215,7 +217,7 @@ def main() -> int:
         w.writeheader()
         w.writerows(rows)
     lines = [f"model {card.name} {card.version}, detection map {det_name}, threshold {threshold:.4g}, "
-             f"min volume {min_volume:g} mm3", "",
+             f"min volume {min_volume:g} mm3, edge margin {card.calibration.get('edge_margin_mm', 0.0):g} mm", "",
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, ""))

@@ -62,6 +62,9 @@ def _add_score_parser(sub) -> None:
                         "calibrated threshold)")
     p.add_argument("--min-volume-mm3", type=float, default=None, metavar="V",
                    help="drop findings smaller than V mm^3 (default: the card's value, else 0)")
+    p.add_argument("--edge-margin-mm", type=float, default=None, metavar="M",
+                   help="findings keep M mm from the brain mask's surface, where reconstruction errors gather "
+                        "(default: the card's value, else 0)")
     p.add_argument("--connectivity", type=int, choices=(1, 2, 3), default=3,
                    help="voxel connectivity of findings: 1 faces, 2 edges, 3 corners (default: 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -297,8 +300,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
     except OSError as err:
         raise CliError(f"{args.out}: cannot create output directory ({err.strerror})") from err
 
+    margin = args.edge_margin_mm
+    if margin is None:
+        margin = float(card.calibration.get("edge_margin_mm", 0.0))
+    if not (0.0 <= margin < float("inf")):
+        raise CliError(f"--edge-margin-mm must be a finite number >= 0, not {margin}")
     job = ScoreJob(scorer=scorer, maps=maps, detection_map=detection_map, threshold=threshold,
-                   min_volume_mm3=min_volume, connectivity=args.connectivity, force=args.force, log=_log)
+                   min_volume_mm3=min_volume, connectivity=args.connectivity, force=args.force, log=_log,
+                   edge_margin_mm=margin)
     failures = 0
     for path, stem in zip(inputs, stems):
         try:

@@ -23,7 +23,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from .calibration import best_dice_threshold
 from .export import write_json
-from .findings import label_components
+from .findings import interior, label_components
 from .io import Volume, VolumeError, read_volume
 from .mask import foreground_mask, load_mask
 from .metrics import dice, object_counts, object_metrics, sample_metrics
@@ -105,6 +105,11 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
             fg = foreground_mask(scan.data)
         else:
             raise ValueError(f"{scan_path}: scan not found to derive the foreground; pass --masks DIR")
+        allowed = fg  # where findings may lie: as `score` found them (brain mask less its edge margin)
+        brainmask = pred_dir / f"{stem}.brainmask.nii.gz"
+        if report.get("edge_margin_mm", 0) > 0 and brainmask.is_file():
+            brain = _read_grid(brainmask, gt).data > 0
+            allowed = fg & interior(brain, gt.spacing, float(report["edge_margin_mm"]))
         t = truth[fg]
         neg = np.flatnonzero(~t)
         keep = np.flatnonzero(t)
@@ -144,7 +149,7 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
                 pred = (full >= thr) & fg
                 pool.inter += int((pred & truth).sum())
                 pool.pred_sum += int(pred.sum())
-                labels, _ = label_components(np.where(fg, full, -np.inf), thr, gt.voxel_volume_mm3,
+                labels, _ = label_components(np.where(allowed, full, -np.inf), thr, gt.voxel_volume_mm3,
                                              float(report.get("min_volume_mm3", 0.0)), report.get("connectivity", 3))
                 pool.counts.append(object_counts(labels, truth))
                 row[f"{m}_dice"] = dice(pred, truth)

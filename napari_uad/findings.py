@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from .io import Volume
 
-__all__ = ["Finding", "label_components", "describe_components", "find_findings"]
+__all__ = ["interior", "Finding", "label_components", "describe_components", "find_findings"]
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,20 @@ def describe_components(labels: np.ndarray, score_map: np.ndarray, volume: Volum
     return findings
 
 
+def interior(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
+    """Voxels of ``mask`` more than ``margin_mm`` (world mm, anisotropic spacing honoured) from its surface."""
+    if margin_mm <= 0:
+        return mask
+    return ndimage.distance_transform_edt(mask, sampling=[float(s) for s in spacing]) > margin_mm
+
+
 def find_findings(score_map: np.ndarray, volume: Volume, threshold: float, min_volume_mm3: float = 0.0,
-                  connectivity: int = 3) -> tuple[np.ndarray, list[Finding]]:
-    """Threshold, label and describe: (labels in the canonical grid, findings ordered by id)."""
+                  connectivity: int = 3, allowed: np.ndarray | None = None) -> tuple[np.ndarray, list[Finding]]:
+    """Threshold, label and describe: (labels in the canonical grid, findings ordered by id).
+
+    ``allowed``: where findings may lie (e.g. the brain mask less an edge margin, :func:`interior`); None = all.
+    """
+    if allowed is not None:
+        score_map = np.where(allowed, score_map, np.float32(-np.inf)).astype(score_map.dtype, copy=False)
     labels, _ = label_components(score_map, threshold, volume.voxel_volume_mm3, min_volume_mm3, connectivity)
     return labels, describe_components(labels, score_map, volume)

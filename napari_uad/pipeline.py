@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .export import findings_rows, write_findings_csv, write_json
-from .findings import find_findings
+from .findings import find_findings, interior
 from .io import read_volume, write_like
 from .mask import load_mask
 from .ood import UNRELIABLE, check_input, check_result
@@ -35,6 +35,7 @@ class ScoreJob:
     min_volume_mm3: float = 0.0
     connectivity: int = 3
     force: bool = False
+    edge_margin_mm: float = 0.0  # findings keep this distance (mm) from the brain mask's surface
     log: Callable[[str], None] | None = None  # receives one line per out-of-distribution warning
 
     def run(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None, modality: str | None = None,
@@ -61,7 +62,8 @@ class ScoreJob:
                 (self.log or (lambda m: None))(f"napari-uad: warning: {path}: {warning}")
         t1 = time.perf_counter()
         labels, findings = find_findings(result.maps[self.detection_map], volume, self.threshold,
-                                         self.min_volume_mm3, self.connectivity)
+                                         self.min_volume_mm3, self.connectivity,
+                                         interior(result.mask, volume.spacing, self.edge_margin_mm))
         t_findings = time.perf_counter() - t1
         t2 = time.perf_counter()
         written = [write_like(volume, result.maps[name], out_dir / f"{stem}.{name}.nii.gz") for name in self.maps]
@@ -86,6 +88,7 @@ class ScoreJob:
             "threshold": self.threshold,
             "card_thresholds": {m: card.default_threshold(m) for m in self.maps},
             "min_volume_mm3": self.min_volume_mm3,
+            "edge_margin_mm": self.edge_margin_mm,
             "connectivity": self.connectivity,
             "n_findings": len(findings),
             "sample_scores": {

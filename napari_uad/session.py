@@ -13,7 +13,7 @@ import numpy as np
 
 from .calibration import to_quantile
 from .export import findings_rows, write_findings_csv
-from .findings import Finding, find_findings
+from .findings import Finding, find_findings, interior
 from .io import Volume
 from .model_card import ModelCard
 from .review import ReviewKey, ReviewSession
@@ -47,6 +47,7 @@ class ScoredScan:
     warnings: list[str] = field(default_factory=list)
     _calibrated: dict[str, np.ndarray] = field(default_factory=dict)
     _sha256: str | None = None
+    _allowed: np.ndarray | None = None
 
     @property
     def scan_sha256(self) -> str:
@@ -102,9 +103,17 @@ class ScoredScan:
         return thr
 
     # -- findings -------------------------------------------------------------------------------------------
+    @property
+    def allowed(self) -> np.ndarray:
+        """Where findings may lie: the brain mask less the card's edge margin (as ``napari-uad score``)."""
+        if self._allowed is None:
+            margin = float(self.card.calibration.get("edge_margin_mm", 0.0))
+            self._allowed = interior(self.result.mask, self.volume.spacing, margin)
+        return self._allowed
+
     def findings(self, name: str, threshold: float, min_volume_mm3: float, connectivity: int = 3) -> FindingsView:
         labels, findings = find_findings(self.result.maps[name], self.volume, threshold, min_volume_mm3,
-                                         connectivity)
+                                         connectivity, self.allowed)
         world = np.array([f.centroid_xyz_mm for f in findings]).reshape(-1, 3)
         inv = np.linalg.inv(self.volume.affine)
         canonical = world @ inv[:3, :3].T + inv[:3, 3]

@@ -183,3 +183,20 @@ def test_gradient_maps_only_when_asked(tmp_path, tiny_model_dir, scan):
     assert not any(m in p.name for p in out.iterdir() for m in ("kl_grad", "elbo_grad", "combi"))
     assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet", "--maps", "nll,kl_grad") == 0
     assert (out / "patient01.kl_grad.nii.gz").is_file()
+
+
+def test_edge_margin_is_applied_recorded_and_checked(tmp_path, tiny_model_dir, scan, capsys):
+    out = tmp_path / "out"
+    assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet", "--threshold", "0.5",
+                   "--edge-margin-mm", "3") == 0
+    report = json.loads((out / "patient01.json").read_text())
+    assert report["edge_margin_mm"] == 3.0
+    labels = nib.load(str(out / "patient01.labels.nii.gz")).get_fdata() > 0
+    brain = nib.load(str(out / "patient01.brainmask.nii.gz")).get_fdata() > 0
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(brain, sampling=nib.load(str(out / "patient01.labels.nii.gz")).header.get_zooms())
+    assert labels.any() and depth[labels].min() > 3.0  # no labelled voxel within 3 mm of the brain's surface
+    capsys.readouterr()
+    assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--edge-margin-mm", "-1") == 2
+    assert "--edge-margin-mm must be a finite number >= 0" in capsys.readouterr().err

@@ -47,3 +47,27 @@ def test_finding_positions_in_original_grid_and_world():
     np.testing.assert_allclose(f.centroid_xyz_mm, affine[:3, :3] @ np.argwhere(stored).mean(0) + affine[:3, 3])
     ks = np.argwhere(stored)[:, 2]
     assert (f.first_slice, f.last_slice) == (ks.min(), ks.max())
+
+
+def test_edge_margin_keeps_findings_away_from_the_brain_surface():
+    """interior() measures the margin in world mm (anisotropic voxels honoured); find_findings only labels
+    voxels it allows, so a blob on the brain's surface goes and a deep one stays."""
+    import numpy as np
+
+    from napari_uad.findings import find_findings, interior
+    from napari_uad.io import Volume
+
+    brain = np.zeros((40, 40, 20), bool)
+    brain[5:35, 5:35, 2:18] = True
+    deep = interior(brain, (1.0, 1.0, 3.0), 4.0)
+    assert deep[20, 20, 10] and not deep[7, 20, 10]  # 2 mm in-plane from the surface
+    assert not deep[20, 20, 2] and deep[20, 20, 3]  # 3 mm and 6 mm (3 mm slices) from the outside
+    assert interior(brain, (1, 1, 3), 0.0) is brain
+    score = np.zeros(brain.shape, np.float32)
+    score[5:8, 18:22, 8:11] = 5.0  # on the surface
+    score[18:22, 18:22, 8:11] = 5.0  # deep
+    volume = Volume.from_array(score, np.diag([1.0, 1.0, 3.0, 1.0]))
+    labels, findings = find_findings(score, volume, 1.0)
+    assert len(findings) == 2
+    labels, findings = find_findings(score, volume, 1.0, allowed=deep)
+    assert len(findings) == 1 and labels[20, 20, 9] == 1 and labels[6, 20, 9] == 0
