@@ -457,8 +457,13 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                               f"{source}, seeds from {base}")
     else:
         held_out = list(held_out)
+        previous = card.calibration
         card.calibration = calibrate(scorer, held_out, log=log)
         card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
+        # normal scans alone cannot choose a detection map, minimum volume or edge margin: keep the card's
+        for key in ("detection_map", "min_volume_mm3", "edge_margin_mm", "edge_margin_selection"):
+            if key in previous:
+                card.calibration[key] = previous[key]
     card.calibration["command"] = command
     card.write(model_dir)
     log(f"calibrated: detection map {card.detection_map}, threshold {card.default_threshold():.4g}, "

@@ -204,9 +204,13 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert card["calibration"]["n_healthy_volumes"] == 2 and "seeds from 100007" in card["calibration"]["validation_set"]
     assert card["calibration"]["command"].startswith("napari-uad calibrate --model")
     assert card["weights"]["sha256"] == sha
+    before = card["calibration"]
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans")]) == 0
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert card["calibration"]["validation_set"] == "1 held-out user scans (no anomalies)"
+    # normal scans cannot choose the detection map or the minimum volume: the card's stay
+    assert card["calibration"]["detection_map"] == before["detection_map"]
+    assert card["calibration"]["min_volume_mm3"] == before["min_volume_mm3"]
     load_model(out)
 
 
