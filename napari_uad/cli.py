@@ -408,6 +408,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                      contrast=args.contrast, architecture=arch, scoring=ScoringConfig(seed=args.seed),
                      preprocessing=pre,
                      description="ceVAE with Gaussian decoder trained with napari-uad train")
+    if init is not None:  # choices that normal scans cannot make again come with the model being fine-tuned
+        card.calibration = {k: source_card.calibration[k] for k in
+                            ("detection_map", "min_volume_mm3", "edge_margin_mm", "edge_margin_selection")
+                            if k in source_card.calibration}
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          ce_weight=args.ce_weight, patience=args.patience, lr_patience=args.lr_patience,
                          steps_per_epoch=args.steps_per_epoch,

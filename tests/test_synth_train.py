@@ -285,6 +285,9 @@ def test_init_from_fine_tuning_lowers_the_validation_loss(tmp_path, monkeypatch)
               "--batch-size", "8", "--workers", "1", "--learning-rate", "2e-3"]
     assert cli.main(["train", "--synthetic", "--out", str(base), "--epochs", "2", "--input-size", "64",
                      "--channels", "8,16", "--latent", "8", *common]) == 0
+    base_card = json.loads((base / "card.json").read_text(encoding="utf-8"))
+    base_card["calibration"].update(detection_map="nll", min_volume_mm3=50.0, edge_margin_mm=3.0)
+    (base / "card.json").write_text(json.dumps(base_card), encoding="utf-8")
     tuned = tmp_path / "tuned"
     assert cli.main(["train", "--synthetic", "--out", str(tuned), "--epochs", "3", "--init-from", str(base),
                      "--seed", "5", *common]) == 0
@@ -293,3 +296,6 @@ def test_init_from_fine_tuning_lowers_the_validation_loss(tmp_path, monkeypatch)
     assert card["architecture"] == base_card["architecture"]  # kept although the defaults differ
     assert card["training"]["init_from"]["sha256"] == base_card["weights"]["sha256"]
     assert card["training"]["best_val_loss_nats_per_slice"] < card["training"]["initial_val_loss_nats_per_slice"]
+    # the source's detection map, minimum volume and edge margin come along (normal scans cannot choose them)
+    assert {k: card["calibration"][k] for k in ("detection_map", "min_volume_mm3", "edge_margin_mm")} == {
+        "detection_map": "nll", "min_volume_mm3": 50.0, "edge_margin_mm": 3.0}
