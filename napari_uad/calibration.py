@@ -4,6 +4,8 @@
   healthy validation volumes, so one slider position means the same false-positive rate for every map.
 - Detection thresholds per map: at 1 % and 0.1 % healthy-voxel false-positive rate, and the best pooled Dice
   on a validation set of synthetic toy anomalies (the thesis' method: never tuned on test data).
+- The combined map (``combined``): the pair or triple of the best single maps (non-gradient) whose mean
+  healthy-quantile surprise has the best validation Dice; its components go to ``calibration.combined``.
 - The default detection map is the one with the best validation Dice; its minimum finding volume is the
   candidate that maximises object-level F1 (thesis matching rule) over all validation volumes, so spurious
   small findings on healthy volumes count against it.
@@ -14,12 +16,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import combinations
 
 import numpy as np
 
+from .combined import COMBINED, combine
 from .findings import label_components
 from .io import Volume
-from .scoring import MAP_NAMES, Scorer
+from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 
 __all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "quantile_table", "to_quantile", "best_dice_threshold",
            "calibrate"]
@@ -58,8 +62,13 @@ def best_dice_threshold(scores: np.ndarray, truth: np.ndarray, weights: np.ndarr
 
 def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tuple[Volume, np.ndarray]] = (),
               maps: tuple[str, ...] = MAP_NAMES, voxels_per_volume: int = 400_000, seed: int = 0,
-              log=lambda m: None) -> dict:
-    """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid."""
+              combined_components: tuple[str, ...] = (), log=lambda m: None) -> dict:
+    """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
+
+    ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
+    which cannot choose them)."""
+    with_combined = COMBINED in maps
+    maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
     rng = np.random.default_rng(seed)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     kept: list[tuple[Volume, dict, np.ndarray | None]] = []  # (volume, maps, truth) for the object-level rule
@@ -107,6 +116,9 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         else:
             entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
         out["maps"][m] = entry
+    if with_combined and (truths or combined_components):
+        _add_combined(out, pools, scores, truths, kept, tuple(combined_components))
+        maps = (*maps, COMBINED)
     if truths:
         out["detection_map"] = max(maps, key=lambda m: out["maps"][m]["best_dice_validation"])
         out["min_volume_mm3"], out["min_volume_selection"] = _select_min_volume(
@@ -116,6 +128,42 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         out["min_volume_mm3"] = 0.0
     out["ood"] = _ood_reference(kept[:n_healthy], reference, out["maps"], scorer.card.modality)
     return out
+
+
+def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list, components: tuple[str, ...] = (),
+                  candidates: int = 4) -> None:
+    """Add the combined map's entry (in place), its components chosen on the validation anomalies unless given."""
+    trials = []
+    if components:
+        names = components
+    else:
+        singles = sorted((m for m in out["maps"] if m not in GRADIENT_MAPS),
+                         key=lambda m: -out["maps"][m]["best_dice_validation"])[:candidates]
+        truth = np.concatenate(truths)
+        for size in (2, 3):
+            for combo in combinations(singles, size):
+                values = combine({m: np.concatenate(scores[m]) for m in combo}, out, combo)
+                trials.append((best_dice_threshold(values, truth), combo))
+        _, names = max(trials, key=lambda t: t[0][1])
+    healthy = combine({m: np.concatenate(pools[m]) for m in names}, out, names)
+    entry = {"quantiles": quantile_table(healthy).tolist(),
+             "threshold_fpr_1pct": float(np.quantile(healthy, 0.99)),
+             "threshold_fpr_0.1pct": float(np.quantile(healthy, 0.999))}
+    if truths:
+        thr, dice = best_dice_threshold(combine({m: np.concatenate(scores[m]) for m in names}, out, names),
+                                        np.concatenate(truths))
+        entry.update(threshold=thr, best_dice_validation=dice)
+    else:
+        entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
+    out["maps"][COMBINED] = entry
+    out[COMBINED] = {"components": list(names),
+                     "rule": "kept from the card (normal scans cannot choose them)" if not trials else
+                     "mean healthy-quantile surprise (napari_uad.combined) of the pair or triple of the "
+                     f"{candidates} best single maps with the best validation Dice",
+                     "trials": [{"components": list(n), "best_dice_validation": d} for (_, d), n in trials]}
+    for _, kept_maps, _ in kept:
+        kept_maps[COMBINED] = combine({m: kept_maps[m].astype(np.float32) for m in names}, out,
+                                      names).astype(np.float16)
 
 
 def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:

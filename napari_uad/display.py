@@ -26,8 +26,9 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "soft tissue": (50.0, 400.0),
 }
 # colormaps that start at black, so additive blending leaves low scores (and the background) invisible
-MAP_COLORMAPS = {"residual": "inferno", "U": "bone", "E": "magma", "nll": "afmhot", "kl_grad": "gist_heat",
-                 "elbo_grad": "copper", "combi": "hot", "tissue": "viridis"}
+MAP_COLORMAPS = {"residual": "inferno", "signed_residual": "red", "U": "bone", "E": "magma", "z": "magenta",
+                 "nll": "afmhot", "tissue": "viridis", "combined": "yellow", "kl_grad": "gist_heat",
+                 "elbo_grad": "copper", "combi": "hot"}
 RADIOLOGICAL_ORIENTATION = ("up", "left")  # camera.orientation2d: anterior up, patient right on screen left
 AXIS_LABELS = ("S (mm)", "A (mm)", "R (mm)")
 _KEY = "napari_uad"

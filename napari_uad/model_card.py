@@ -43,6 +43,9 @@ class ModelError(RuntimeError):
     """A model cannot be found or loaded; the message is one line naming the model and the problem."""
 
 
+GRAD_REDUCTIONS = ("mean_abs", "abs_mean", "positive")
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     """Settings of the score maps; stored in the model card.
@@ -53,6 +56,11 @@ class ScoringConfig:
         the gradient maps against checkerboard artefacts (reference: 3 at 128 px, 7x7 window).
     top_k_slices: the volume score is the mean of the k highest slice scores.
     seed: seed of the SmoothGrad noise (per slice, so independent of batch size and device).
+    grad_reduction: how the n gradients g of a pixel become one value: "mean_abs" = mean |g| (the thesis'
+        KL-grad), "abs_mean" = |mean g| (SmoothGrad as published), "positive" = max(mean g, 0) (only where
+        brightening the pixel raises the loss, as at a hyperintense lesion).
+    grad_brain_only: zero the gradient outside the brain mask before smoothing, so the strong gradients at
+        the brain's edge do not bleed into it.
     """
 
     smoothgrad_samples: int = 4
@@ -60,6 +68,12 @@ class ScoringConfig:
     grad_smoothing_sigma: float = 3.0
     top_k_slices: int = 3
     seed: int = 0
+    grad_reduction: str = "mean_abs"
+    grad_brain_only: bool = False
+
+    def __post_init__(self):
+        if self.grad_reduction not in GRAD_REDUCTIONS:
+            raise ValueError(f"grad_reduction {self.grad_reduction!r}: choose from {', '.join(GRAD_REDUCTIONS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

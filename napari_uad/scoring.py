@@ -7,12 +7,14 @@ zero outside the brain mask.
 
 Maps (``shared/METHODS.md``), per pixel, from one deterministic forward pass with z = mu_z:
     residual = |x - mu_x|          U = 0.5 log(2 pi sigma_x^2)        E = (x - mu_x)^2 / (2 sigma_x^2)
-    nll = U + E
+    nll = U + E                    signed_residual = x - mu_x         z = (x - mu_x) / sigma_x  (E = z^2 / 2)
+(signed maps: positive where the scan is brighter than the model expects, as lesions on FLAIR/T2 are)
 and from SmoothGrad (mean of |gradient| over n noisy copies of x, each slice with its own seeded noise,
 then a Gaussian filter against checkerboard artefacts):
     kl_grad = |d KL / d x|         elbo_grad = |d (KL + Rec) / d x| (Rec: Gaussian NLL summed over pixels)
     combi = residual * kl_grad
-and, without the model, ``tissue``: each voxel against its own tissue class in the same scan (``tissue``).
+and, without the model, ``tissue``: each voxel against its own tissue class in the same scan (``tissue``);
+``combined``: the mean healthy-quantile surprise of the maps the card's calibration chose (``combined``).
 Slice scores: KL + Rec (nats; Rec summed over the slice's foreground pixels in model space). Volume score:
 mean of the top-k slice scores. No map is normalised over a batch, so results do not depend on batch size.
 """
@@ -35,14 +37,17 @@ from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
+from .combined import COMBINED, combine, combined_components
 from .tissue import tissue_outlier_map
 
 __all__ = ["DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
            "parse_maps"]
 
-MAP_NAMES: tuple[str, ...] = ("residual", "U", "E", "nll", "tissue", "kl_grad", "elbo_grad", "combi")
-MODEL_FREE_MAPS: tuple[str, ...] = ("tissue",)
-"""Computed from the scan and the aligned template alone (``napari_uad.tissue``), not by the model."""
+MAP_NAMES: tuple[str, ...] = ("residual", "signed_residual", "U", "E", "z", "nll", "tissue", COMBINED,
+                               "kl_grad", "elbo_grad", "combi")
+MODEL_FREE_MAPS: tuple[str, ...] = ("tissue", COMBINED)
+"""Not a model output: ``tissue`` from the scan and the aligned template alone (``napari_uad.tissue``),
+``combined`` from other maps and the card's calibration (``napari_uad.combined``)."""
 GRADIENT_MAPS: tuple[str, ...] = ("kl_grad", "elbo_grad", "combi")
 """SmoothGrad maps: ~80 % of the CPU time and below chance on the held-out set (docs/RESULTS.md): only when asked."""
 DEFAULT_MAPS: tuple[str, ...] = tuple(m for m in MAP_NAMES if m not in GRADIENT_MAPS)
@@ -182,6 +187,8 @@ class Scorer:
         Stopping the iteration early (``close()``) cancels the run; nothing is kept.
         """
         maps = parse_maps(maps)
+        components = combined_components(self.card.calibration) if COMBINED in maps else ()
+        computed = tuple(m for m in MAP_NAMES if m in maps or m in components)
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         steps = iter_prepare_volume(volume, self.card.preprocessing, self.card.input_size, mask,
@@ -198,7 +205,7 @@ class Scorer:
 
         t1 = time.perf_counter()
         ni, nj, nk = normalised.shape
-        model_maps = tuple(m for m in maps if m not in MODEL_FREE_MAPS)
+        model_maps = tuple(m for m in computed if m not in MODEL_FREE_MAPS)
         out = {name: np.zeros((ni, nj, nk), dtype=np.float32) for name in model_maps}
         slice_kl = np.full(nk, np.nan)
         slice_rec = np.full(nk, np.nan)
@@ -237,13 +244,19 @@ class Scorer:
             native = prepared.to_native(np.stack([out[name] for name in model_maps]))
             out = {name: native[c] for c, name in enumerate(model_maps)}
         brain = prepared.brain
-        if "tissue" in maps:
+        if "tissue" in computed:
             priors = prepared.tissue_priors()
             if priors is None:
                 notes.append("tissue map not computed (all zero): it needs the template alignment of a brain model")
                 out["tissue"] = np.zeros(brain.shape, np.float32)
             else:
                 out["tissue"] = tissue_outlier_map(prepared.standardised, brain, priors)
+        if COMBINED in maps:
+            if components:
+                out[COMBINED] = combine(out, self.card.calibration, components)
+            else:
+                notes.append("combined map not computed (all zero): the model card's calibration has none")
+                out[COMBINED] = np.zeros(brain.shape, np.float32)
         out = {name: out[name] for name in maps}
         for name in maps:
             out[name][~brain] = 0.0
@@ -304,9 +317,11 @@ class Scorer:
         u, e = gaussian_nll(x, mu_x, log_var_x)
         kl = kl_per_slice(mu_z.float(), log_var_z.float())
         rec = ((u + e) * fg).sum(dim=(1, 2, 3))
-        model_maps = {"residual": (x - mu_x).abs(), "U": u, "E": e, "nll": u + e}
+        signed = x - mu_x
+        model_maps = {"residual": signed.abs(), "signed_residual": signed, "U": u, "E": e,
+                      "z": signed * torch.exp(-0.5 * log_var_x), "nll": u + e}
         if {"kl_grad", "elbo_grad", "combi"} & set(maps):
-            model_maps.update(self._smoothgrad(x, ks, need_elbo="elbo_grad" in maps))
+            model_maps.update(self._smoothgrad(x, ks, fg, need_elbo="elbo_grad" in maps))
             model_maps["combi"] = model_maps["residual"] * model_maps["kl_grad"]
         if not maps:  # only model-free maps asked for: the pass still gives the slice scores
             return np.zeros((len(ks), 0, *geometry.native_shape), np.float32), kl.cpu().numpy(), rec.cpu().numpy()
@@ -314,9 +329,12 @@ class Scorer:
         back = geometry.to_native(stacked)
         return back.cpu().numpy(), kl.cpu().numpy(), rec.cpu().numpy()
 
-    def _smoothgrad(self, x: torch.Tensor, ks: np.ndarray, need_elbo: bool) -> dict[str, torch.Tensor]:
-        """SmoothGrad |dKL/dx| (and |d(KL+Rec)/dx|), smoothed; each [B, 1, S, S]."""
-        n, b = self.card.scoring.smoothgrad_samples, x.shape[0]
+    def _smoothgrad(self, x: torch.Tensor, ks: np.ndarray, fg: torch.Tensor, need_elbo: bool
+                    ) -> dict[str, torch.Tensor]:
+        """SmoothGrad dKL/dx (and d(KL+Rec)/dx) over the noisy copies, reduced per the card's
+        ``grad_reduction`` (default mean |g|), optionally brain only, smoothed; each [B, 1, S, S]."""
+        sc = self.card.scoring
+        n, b = sc.smoothgrad_samples, x.shape[0]
         noisy = (x.unsqueeze(0) + self._noise(ks).to(x.device)).reshape(n * b, *x.shape[1:])
         noisy.requires_grad_(True)
         with torch.enable_grad():
@@ -333,8 +351,16 @@ class Scorer:
         radius = max(1, int(round(sigma)))  # reference: 7x7 window for sigma 3 at 128 px
 
         def smooth(g: torch.Tensor) -> torch.Tensor:
-            mean_abs = g.float().abs().reshape(n, b, *x.shape[1:]).mean(dim=0)
-            return gaussian_blur2d(mean_abs, (sigma, sigma), (radius, radius)) if sigma > 0 else mean_abs
+            g = g.float().reshape(n, b, *x.shape[1:])
+            if sc.grad_reduction == "mean_abs":
+                reduced = g.abs().mean(dim=0)
+            elif sc.grad_reduction == "abs_mean":
+                reduced = g.mean(dim=0).abs()
+            else:
+                reduced = g.mean(dim=0).clamp_min(0.0)
+            if sc.grad_brain_only:
+                reduced = reduced * fg
+            return gaussian_blur2d(reduced, (sigma, sigma), (radius, radius)) if sigma > 0 else reduced
 
         result = {"kl_grad": smooth(g_kl)}
         if need_elbo:

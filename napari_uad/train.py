@@ -434,6 +434,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     through brain extraction like a scan. Otherwise the ``held_out`` normal scans give the healthy-voxel
     quantiles and FPR thresholds only."""
     from .calibration import calibrate
+    from .combined import combined_components
     from .model_card import load_model
     from .scoring import Scorer
 
@@ -452,18 +453,24 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
             healthy = map_in_workers(synthetic_volume, healthy_seeds, workers)
             anomalous = map_in_workers(synthetic_anomaly_case, anomalous_seeds, workers)
             source = "synthetic volumes"
+    previous = card.calibration
+    # the edge margin is chosen by its own validation experiment (benchmarks/edge_margin.py): kept
+    kept = ["edge_margin_mm", "edge_margin_selection"]
+    if synthetic_volumes > 0:
         card.calibration = calibrate(scorer, healthy, anomalous, log=log)
-        card.calibration["validation_set"] = (f"{synthetic_volumes} healthy + {synthetic_volumes} toy-anomaly "
+        kinds = "disease-like (even seeds) or toy (odd) anomaly" if label_maps else "toy-anomaly"
+        card.calibration["validation_set"] = (f"{synthetic_volumes} healthy + {synthetic_volumes} {kinds} "
                                               f"{source}, seeds from {base}")
     else:
         held_out = list(held_out)
-        previous = card.calibration
-        card.calibration = calibrate(scorer, held_out, log=log)
+        card.calibration = calibrate(scorer, held_out, log=log,
+                                     combined_components=combined_components(previous))
         card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
-        # normal scans alone cannot choose a detection map, minimum volume or edge margin: keep the card's
-        for key in ("detection_map", "min_volume_mm3", "edge_margin_mm", "edge_margin_selection"):
-            if key in previous:
-                card.calibration[key] = previous[key]
+        # normal scans alone cannot choose a detection map, its components or minimum volume: keep the card's
+        kept += ["detection_map", "min_volume_mm3", "combined"]
+    for key in kept:
+        if key in previous:
+            card.calibration[key] = previous[key]
     card.calibration["command"] = command
     card.write(model_dir)
     log(f"calibrated: detection map {card.detection_map}, threshold {card.default_threshold():.4g}, "

@@ -42,11 +42,57 @@ def test_gaussian_blur_matches_scipy():
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
+def _hand_gradients(ref_model, card, x, k):
+    """Per noisy copy (SmoothGrad, the scorer's seeded noise for slice k): dKL/dx and d(KL + Rec)/dx."""
+    std = card.scoring.smoothgrad_noise * card.preprocessing.value_range
+    gen = torch.Generator().manual_seed(card.scoring.seed * 1_000_003 + k)
+    noise = torch.randn((card.scoring.smoothgrad_samples, 1, *x.shape[2:]), generator=gen) * std
+    kl_grads, elbo_grads = [], []
+    for t in range(card.scoring.smoothgrad_samples):
+        xn = (x + noise[t]).requires_grad_(True)
+        m, lv = ref_model.encode(xn)
+        kl = 0.5 * (m**2 + lv.exp() - lv - 1).sum()
+        mx, lvx = ref_model.decode(m)
+        rec = (0.5 * (math.log(2 * math.pi) + lvx) + (xn - mx) ** 2 / (2 * lvx.exp())).sum()
+        kl_grads.append(torch.autograd.grad(kl, xn, retain_graph=True)[0])
+        elbo_grads.append(torch.autograd.grad(kl + rec, xn)[0])
+    return torch.stack(kl_grads), torch.stack(elbo_grads)
+
+
+@pytest.mark.parametrize("reduction", ["abs_mean", "positive"])
+def test_gradient_reductions_and_brain_only_match_hand_computation(tmp_path, reduction):
+    """The card's grad_reduction / grad_brain_only variants of KL-grad, by hand: identity geometry, gradient
+    zeroed outside the brain, then the Gaussian (sigma 3 px at 128 -> 0.75 px at 32, radius 1)."""
+    import dataclasses
+
+    make_tiny_model(tmp_path, margin=0.0, samples=3, sigma=3.0)
+    model, card = load_model(tmp_path)
+    card.scoring = dataclasses.replace(card.scoring, grad_reduction=reduction, grad_brain_only=True)
+    vol = Volume.from_array(head_phantom((32, 32, 3), lesion=True), np.eye(4))
+    mask = np.ones(vol.shape, bool)  # bounding box = the whole slice, so the slice geometry is the identity
+    mask[:10, :12, :] = False
+    result = Scorer(model, card, device="cpu").score(vol, ("kl_grad",), mask=mask)
+    x_all = normalise_intensity(vol.data, mask, card.preprocessing)
+    for k in range(vol.shape[2]):
+        kl_grads, _ = _hand_gradients(model, card, torch.tensor(x_all[:, :, k])[None, None], k)
+        mean = kl_grads.mean(dim=0)[0, 0].numpy().astype(np.float64)
+        reduced = (np.abs(mean) if reduction == "abs_mean" else np.maximum(mean, 0.0)) * mask[:, :, k]
+        expected = ndimage.gaussian_filter(reduced, 0.75, mode="mirror", truncate=1 / 0.75) * mask[:, :, k]
+        np.testing.assert_allclose(result.maps["kl_grad"][:, :, k], expected, rtol=2e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="grad_reduction 'median'"):
+        dataclasses.replace(card.scoring, grad_reduction="median")
+
+
 def test_maps_match_hand_computation_on_tiny_model(tmp_path):
     """With an identity slice geometry (32 x 32 slices, no margin, full mask) and no smoothing, every map is
     exactly the METHODS.md formula applied to the model's outputs."""
     make_tiny_model(tmp_path, margin=0.0, samples=3, sigma=0.0)
     model, card = load_model(tmp_path)
+    # a combined map of z and nll: quantile tables a calibration could have written
+    levels = [0.0, 0.5, 0.9, 0.99, 0.999, 1.0]
+    card.calibration = {"levels": levels, "maps": {"z": {"quantiles": [-4.0, 0.0, 1.0, 2.0, 3.0, 4.0]},
+                                                   "nll": {"quantiles": [-3.0, -1.0, 0.0, 1.0, 2.0, 8.0]}},
+                        "combined": {"components": ["z", "nll"]}}
     data = head_phantom((32, 32, 4), lesion=True)
     vol = Volume.from_array(data, np.diag([1.0, 1.0, 2.0, 1.0]))
     mask = np.ones(vol.shape, bool)
@@ -55,7 +101,6 @@ def test_maps_match_hand_computation_on_tiny_model(tmp_path):
     ref_model = CeVAE(card.architecture)
     ref_model.load_state_dict(model.state_dict())
     x_all = normalise_intensity(vol.data, mask, card.preprocessing)
-    std = card.scoring.smoothgrad_noise * card.preprocessing.value_range
     for k in range(vol.shape[2]):
         x = torch.tensor(x_all[:, :, k])[None, None]
         with torch.no_grad():
@@ -65,21 +110,18 @@ def test_maps_match_hand_computation_on_tiny_model(tmp_path):
         sigma2 = torch.exp(lv_x)
         u = 0.5 * torch.log(2 * math.pi * sigma2)
         e = (x - mu_x) ** 2 / (2 * sigma2)
-        gen = torch.Generator().manual_seed(card.scoring.seed * 1_000_003 + k)
-        noise = torch.randn((card.scoring.smoothgrad_samples, 1, 32, 32), generator=gen) * std
-        kl_g, elbo_g = torch.zeros_like(x), torch.zeros_like(x)
-        for t in range(card.scoring.smoothgrad_samples):
-            xn = (x + noise[t]).requires_grad_(True)
-            m, lv = ref_model.encode(xn)
-            kl = 0.5 * (m**2 + lv.exp() - lv - 1).sum()
-            mx, lvx = ref_model.decode(m)
-            rec = (0.5 * (math.log(2 * math.pi) + lvx) + (xn - mx) ** 2 / (2 * lvx.exp())).sum()
-            kl_g += torch.autograd.grad(kl, xn, retain_graph=True)[0].abs()
-            elbo_g += torch.autograd.grad(kl + rec, xn)[0].abs()
-        kl_g /= card.scoring.smoothgrad_samples
-        elbo_g /= card.scoring.smoothgrad_samples
-        expected = {"residual": residual, "U": u, "E": e, "nll": u + e, "kl_grad": kl_g, "elbo_grad": elbo_g,
-                    "combi": residual * kl_g}
+        kl_grads, elbo_grads = _hand_gradients(ref_model, card, x, k)
+        kl_g, elbo_g = kl_grads.abs().mean(dim=0), elbo_grads.abs().mean(dim=0)
+        z = (x - mu_x) / torch.sqrt(sigma2)
+
+        def surprise(values, quantiles):  # -log10(1 - healthy quantile), capped at 5
+            q = np.interp(values.numpy().astype(np.float64), quantiles, levels)
+            return torch.tensor(np.minimum(-np.log10(np.maximum(1 - q, 1e-5)), 5.0))
+
+        combined = (surprise(z, card.calibration["maps"]["z"]["quantiles"])
+                    + surprise(u + e, card.calibration["maps"]["nll"]["quantiles"])) / 2
+        expected = {"residual": residual, "signed_residual": x - mu_x, "U": u, "E": e, "z": z, "nll": u + e,
+                    "combined": combined, "kl_grad": kl_g, "elbo_grad": elbo_g, "combi": residual * kl_g}
         for name, ref in expected.items():
             np.testing.assert_allclose(result.maps[name][:, :, k], ref[0, 0].numpy(), rtol=2e-4, atol=1e-5,
                                        err_msg=f"{name} slice {k}")
@@ -103,10 +145,14 @@ def test_maps_are_zero_outside_foreground(tiny_model_dir, phantom_volume):
         assert m.shape == phantom_volume.shape and m.dtype == np.float32
         assert np.all(m[~result.mask] == 0), name
         assert np.all(np.isfinite(m)), name
-        if name != "tissue":
+        if name not in ("tissue", "combined", "signed_residual", "z"):
             assert m[result.mask].max() > 0, name
+        if name in ("signed_residual", "z"):  # signed: brighter and darker than expected
+            assert m[result.mask].max() > 0 > m[result.mask].min(), name
     # the tiny model has no template space: the tissue map cannot be made, and the result says so
     assert not result.maps["tissue"].any() and any("tissue map not computed" in w for w in result.warnings)
+    # nor a calibrated combined map
+    assert not result.maps["combined"].any() and any("combined map not computed" in w for w in result.warnings)
     empty = ~result.mask.any(axis=(0, 1))
     assert np.all(np.isnan(result.slice_scores[empty])) and np.all(np.isfinite(result.slice_scores[~empty]))
 

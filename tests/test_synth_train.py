@@ -211,6 +211,9 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     # normal scans cannot choose the detection map or the minimum volume: the card's stay
     assert card["calibration"]["detection_map"] == before["detection_map"]
     assert card["calibration"]["min_volume_mm3"] == before["min_volume_mm3"]
+    # nor the combined map's components; its healthy table is new (from these scans)
+    assert card["calibration"]["combined"]["components"] == before["combined"]["components"]
+    assert card["calibration"]["maps"]["combined"]["quantiles"] != before["maps"]["combined"]["quantiles"]
     load_model(out)
 
 
@@ -299,3 +302,56 @@ def test_init_from_fine_tuning_lowers_the_validation_loss(tmp_path, monkeypatch)
     # the source's detection map, minimum volume and edge margin come along (normal scans cannot choose them)
     assert {k: card["calibration"][k] for k in ("detection_map", "min_volume_mm3", "edge_margin_mm")} == {
         "detection_map": "nll", "min_volume_mm3": 50.0, "edge_margin_mm": 3.0}
+
+
+class _MapScorer:
+    """Stands in for a Scorer in calibration: maps are given, no model involved."""
+
+    def __init__(self, make):
+        self.card = ModelCard(name="m", version="1", modality="MR")
+        self.make = make
+
+    def score(self, volume, maps):
+        from napari_uad.scoring import ScoreResult
+
+        out = self.make(volume)
+        return ScoreResult(maps={m: out[m] for m in maps}, mask=np.ones(volume.shape, bool),
+                           slice_scores=np.zeros(volume.shape[2]), slice_kl=np.zeros(volume.shape[2]),
+                           slice_rec=np.zeros(volume.shape[2]), volume_score=1.0, device="cpu", batch_size=1)
+
+
+def test_calibration_chooses_the_combined_maps_components_on_validation():
+    """Two maps that each see a lesion through independent noise: their combination (mean healthy-quantile
+    surprise) separates lesion from healthy better than either, so calibration keeps it as the detection map;
+    a map that only adds noise is not among its components."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.combined import combine
+    from napari_uad.io import Volume
+
+    shape = (24, 24, 24)
+    lesion = np.zeros(shape, bool)
+    lesion[8:14, 8:14, 8:14] = True
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        truth = volume.data[1, 1, 1] > 0
+        signal = 1.5 * (lesion & truth)
+        return {"residual": (rng.normal(size=shape) + signal).astype(np.float32),
+                "nll": (rng.normal(size=shape) + signal).astype(np.float32),
+                "E": rng.normal(size=shape).astype(np.float32)}
+
+    def volume(seed, sick):
+        data = np.zeros(shape, np.float32)
+        data[0, 0, 0], data[1, 1, 1] = seed + 1, float(sick)
+        return Volume.from_array(data, np.eye(4))
+
+    healthy = [volume(s, False) for s in range(4)]
+    anomalous = [(volume(100 + s, True), lesion.astype(np.uint8)) for s in range(4)]
+    cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("residual", "E", "nll", "combined"))
+    assert set(cal["combined"]["components"]) >= {"residual", "nll"} and len(cal["combined"]["trials"]) == 4
+    dice = {m: cal["maps"][m]["best_dice_validation"] for m in cal["maps"]}
+    assert dice["combined"] > max(dice["residual"], dice["nll"]) and cal["detection_map"] == "combined"
+    # the combined map's own healthy table: about 1 % of healthy voxels above its 1 % threshold
+    healthy_maps = make(healthy[0])
+    values = combine(healthy_maps, cal, cal["combined"]["components"])
+    assert 0.003 < (values > cal["maps"]["combined"]["threshold_fpr_1pct"]).mean() < 0.03

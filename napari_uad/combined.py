@@ -1,0 +1,44 @@
+"""The combined detection map: several maps put on one scale by their healthy-calibration quantiles.
+
+Each component map m becomes its *surprise* s_m = -log10(1 - q_m), where q_m is the voxel's quantile among
+the healthy calibration voxels of that map (the card's ``calibration.maps[m]`` table, ``calibration.to_quantile``);
+s = 2 means "as high as the top 1 % of healthy voxels", 3 the top 0.1 %, capped at ``MAX_SURPRISE`` (the
+table's resolution). The combined map is the mean surprise of the components, so a voxel has to be unusual in
+every component to score high. Which components: chosen by ``calibration.calibrate`` on validation data only
+(card ``calibration.combined.components``). Unitless; same voxel grid as the component maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["COMBINED", "MAX_SURPRISE", "surprise", "combine", "combined_components"]
+
+COMBINED = "combined"
+MAX_SURPRISE = 5.0  # -log10 of the finest tail level of the quantile tables (1e-5)
+
+
+def surprise(scores: np.ndarray, table: Mapping) -> np.ndarray:
+    """Raw map values -> -log10(1 - healthy quantile), in [0, MAX_SURPRISE] (float32)."""
+    values, levels = np.asarray(table["quantiles"], np.float64), np.asarray(table["levels"], np.float64)
+    q = np.interp(np.asarray(scores, np.float64), values, levels)
+    return np.minimum(-np.log10(np.maximum(1.0 - q, 10.0 ** -MAX_SURPRISE)), MAX_SURPRISE).astype(np.float32)
+
+
+def combine(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Sequence[str]) -> np.ndarray:
+    """Mean surprise of ``components`` (each looked up in ``calibration["maps"]`` with its ``levels``)."""
+    levels = calibration["levels"]
+    total = None
+    for name in components:
+        s = surprise(maps[name], {"quantiles": calibration["maps"][name]["quantiles"], "levels": levels})
+        total = s if total is None else total + s
+    return total / np.float32(len(components))
+
+
+def combined_components(calibration: Mapping) -> tuple[str, ...]:
+    """Components recorded in a card's calibration; () when the card has no combined map."""
+    spec = calibration.get(COMBINED) or {}
+    names = tuple(spec.get("components", ()))
+    return names if names and all(n in calibration.get("maps", {}) for n in names) else ()
