@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from . import __version__
@@ -190,8 +188,15 @@ def _add_synth_parser(sub) -> None:
                    help="share of scans left normal when anomalies are requested (default 0)")
     p.add_argument("--lesions", type=int, default=1, help="anomalies per abnormal scan (default 1)")
     p.add_argument("--int16", action="store_true", help="store scans as int16 scaled to 0..4000 (smaller files)")
-    p.add_argument("--slice-thickness", type=float, default=1.0, help="axial slice thickness in mm (default 1)")
+    p.add_argument("--slice-thickness", type=float, default=None,
+                   help="axial slice thickness in mm (default 1; with --label-maps drawn per head: 1-6 mm)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first scan; scan i uses seed + i")
+    p.add_argument("--label-maps", default=None, metavar="DIR",
+                   help="make whole heads with skull from these label maps instead (napari_uad.synth_labels), "
+                        "with disease-like lesions: --anomalies none, any, or a comma list of "
+                        "tumour,ms,infarct,haemorrhage")
+    p.add_argument("--val-maps", type=int, default=None, metavar="K",
+                   help="with --label-maps: use only the last K maps (the ones train/calibrate hold out)")
     p.set_defaults(func=_cmd_synth)
 
 
@@ -340,39 +345,28 @@ def _score_mood(args: argparse.Namespace, mood: list) -> int:
 
 
 def _score_one(job, path: Path, stem: str, args: argparse.Namespace) -> None:
-    """Score one input into a private staging directory, then move the finished files into --out."""
+    """Score one input into --out (atomically: ``ScoreJob.run_into``), with a progress bar unless --quiet."""
     from tqdm import tqdm
 
-    outputs_in = {p.resolve() for p in [path] + ([args.mask] if args.mask else []) if p.exists()}
-    staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=args.out))
+    bar = None
+
+    def progress(step) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if step.stage != "model":
+            _log(f"{stem}: {step.stage.replace('_', ' ')}")
+            return
+        if bar is None:
+            bar = tqdm(desc=stem, total=step.total, unit="slice", file=sys.stderr)
+        bar.n = step.done
+        bar.refresh()
+
     try:
-        bar = None
-
-        def progress(step) -> None:
-            nonlocal bar
-            if args.quiet:
-                return
-            if step.stage != "model":
-                _log(f"{stem}: {step.stage.replace('_', ' ')}")
-                return
-            if bar is None:
-                bar = tqdm(desc=stem, total=step.total, unit="slice", file=sys.stderr)
-            bar.n = step.done
-            bar.refresh()
-
-        try:
-            written = job.run(path, staging, stem, mask_path=args.mask, modality=args.modality, progress=progress)
-        finally:
-            if bar is not None:
-                bar.close()
-        targets = [args.out / f.name for f in written]
-        clash = [t for t in targets if t.resolve() in outputs_in]
-        if clash:
-            raise ValueError(f"output {clash[0]} would overwrite an input; choose another --out")
-        for f, target in zip(written, targets):
-            f.replace(target)
+        job.run_into(path, args.out, stem, mask_path=args.mask, modality=args.modality, progress=progress)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if bar is not None:
+            bar.close()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -471,8 +465,20 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from .synth import write_synth_dataset
 
     try:
+        if args.label_maps:
+            from .synth_labels import label_map_files, write_label_head_dataset
+
+            files = label_map_files(args.label_maps)
+            if args.val_maps is not None:
+                if not 1 <= args.val_maps <= len(files):
+                    raise ValueError(f"--val-maps {args.val_maps}: {args.label_maps} has {len(files)} label maps")
+                files = files[-args.val_maps:]
+            write_label_head_dataset(args.out, files, n=args.n, anomalies=args.anomalies,
+                                     normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness,
+                                     seed=args.seed, int16=args.int16, log=_log)
+            return 0
         write_synth_dataset(args.out, n=args.n, anomalies=args.anomalies, contrast=args.contrast,
-                            normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness,
+                            normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness or 1.0,
                             seed=args.seed, lesions=args.lesions, int16=args.int16, log=_log)
     except ValueError as err:
         raise CliError(str(err)) from err

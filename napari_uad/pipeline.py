@@ -4,6 +4,8 @@ Used by the CLI (``score``) and reused per scan by every caller that writes resu
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,3 +109,21 @@ class ScoreJob:
         report["seconds"]["total"] = time.perf_counter() - t0
         written.append(write_json(out_dir / f"{stem}.json", report))
         return written
+
+    def run_into(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None,
+                 modality: str | None = None, progress: Callable[[Progress], None] | None = None) -> list[Path]:
+        """:meth:`run` into a private staging directory inside ``out_dir``, then move the finished files into
+        ``out_dir``: a crash or an error leaves no partial output, only complete ones (the JSON last)."""
+        protected = {Path(p).resolve() for p in (path, mask_path) if p is not None and Path(p).exists()}
+        staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=out_dir))
+        try:
+            written = self.run(path, staging, stem, mask_path=mask_path, modality=modality, progress=progress)
+            targets = [out_dir / f.name for f in written]
+            clash = [t for t in targets if t.resolve() in protected]
+            if clash:
+                raise ValueError(f"output {clash[0]} would overwrite an input; choose another --out")
+            for f, target in zip(written, targets):  # the JSON (written last) marks the scan complete
+                f.replace(target)
+            return targets
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

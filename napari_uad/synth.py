@@ -224,6 +224,19 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str] | None
     return names
 
 
+def write_synth_case(out: Path, stem: str, data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
+                     int16: bool = False) -> None:
+    """``out/scans/stem.nii.gz`` (float32, or int16 scaled to 0..4000) and ``out/masks/stem.nii.gz`` (uint8)."""
+    from .io import write_image_file
+
+    (out / "scans").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    if int16:
+        data = np.round(data * (4000.0 / data.max())).astype(np.int16)
+    write_image_file(out / "scans" / f"{stem}.nii.gz", data, affine)
+    write_image_file(out / "masks" / f"{stem}.nii.gz", np.asarray(mask, np.uint8), affine)
+
+
 def write_synth_dataset(out: Path | str, n: int, anomalies: str = "any", contrast: str = "any",
                         normal_fraction: float = 0.0, slice_thickness: float = 1.0, seed: int = 0,
                         lesions: int = 1, int16: bool = False, log=lambda m: None) -> list[dict]:
@@ -231,15 +244,12 @@ def write_synth_dataset(out: Path | str, n: int, anomalies: str = "any", contras
 
     ``int16`` stores scans as integers scaled to 0..4000 (as scanners do; smaller files)."""
     from .export import write_json
-    from .io import write_image_file
 
     if n < 1 or lesions < 1:
         raise ValueError("--n and --lesions must be at least 1")
     kinds = None if anomalies == "none" else _choices(anomalies, ANOMALY_KINDS, "anomaly")
     contrasts = _choices(contrast, CONTRASTS, "contrast")
     out = Path(out)
-    (out / "scans").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(n):
         s = seed + i
@@ -249,9 +259,7 @@ def write_synth_dataset(out: Path | str, n: int, anomalies: str = "any", contras
         kind = None if normal else ("any" if kinds is None else str(rng.choice(kinds)))
         case = synth_case(s, kind, c, slice_thickness, n_anomalies=lesions)
         stem = f"synth_{s:05d}"
-        data = np.round(case.data * (4000.0 / case.data.max())).astype(np.int16) if int16 else case.data
-        write_image_file(out / "scans" / f"{stem}.nii.gz", data, case.affine)
-        write_image_file(out / "masks" / f"{stem}.nii.gz", case.mask, case.affine)
+        write_synth_case(out, stem, case.data, case.mask, case.affine, int16)
         records.append({"stem": stem, "normal": normal, **case.params})
         log(f"{stem}: {case.params['contrast']}, {case.params.get('anomaly', 'normal')}")
     write_json(out / "synth.json", {"generator": "napari_uad.synth (MNI152 2009 template, nilearn)",

@@ -23,7 +23,8 @@ from scipy import ndimage
 
 from .synth import _smooth_field
 
-__all__ = ["LabelHead", "label_head", "label_map_files", "load_label_map", "TISSUE_CLASSES", "CONTRAST_FAMILIES"]
+__all__ = ["LabelHead", "label_head", "label_map_files", "load_label_map", "write_label_head_dataset", "TISSUE_CLASSES",
+           "CONTRAST_FAMILIES"]
 
 CONTRAST_FAMILIES = ("t1", "t2", "flair", "pd", "random")
 # FreeSurfer labels by tissue class; anything else below 500 counts as deep grey matter, >= 500 extra-cerebral
@@ -167,3 +168,37 @@ def label_head(path: str | Path, seed: int, family: str | None = None, slice_thi
               "slice_thickness_mm": slice_thickness, "thick_axis": axis if slice_thickness > 1.0 else None,
               "noise_sigma": sigma, **lesion_params}
     return LabelHead(data=image, brain=brain, labels=labels, affine=affine, params=params, lesion=lesion_mask)
+
+
+def write_label_head_dataset(out: Path | str, files: list[Path], n: int, anomalies: str = "any",
+                             normal_fraction: float = 0.0, slice_thickness: float | None = None, seed: int = 0,
+                             int16: bool = False, log=lambda m: None) -> list[dict]:
+    """``out/scans``, ``out/masks`` and ``out/synth.json`` of ``n`` whole heads (with skull) made from the label
+    maps ``files`` in turn (head i: ``files[i % len(files)]``, seed + i), each normal or with one disease-like
+    lesion (``anomalies``: none, any, or a comma list of ``synth_lesions.LESION_KINDS``; mask = the lesion)."""
+    from .export import write_json
+    from .synth import write_synth_case
+    from .synth_lesions import LESION_KINDS
+
+    if n < 1:
+        raise ValueError("--n must be at least 1")
+    kinds = list(LESION_KINDS) if anomalies == "any" else [k.strip() for k in anomalies.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(LESION_KINDS)) if anomalies != "none" else []
+    if unknown or not kinds:
+        raise ValueError(f"unknown lesion kind(s) {', '.join(unknown) or '(none given)'} for label-map heads; "
+                         f"choose from none, any, {', '.join(LESION_KINDS)}")
+    out = Path(out)
+    records = []
+    for i in range(n):
+        s = seed + i
+        rng = np.random.default_rng([s, 17])
+        normal = anomalies == "none" or rng.random() < normal_fraction
+        kind = None if normal else str(rng.choice(kinds))
+        head = label_head(files[i % len(files)], s, slice_thickness=slice_thickness, lesion=kind)
+        stem = f"head_{s:06d}"
+        write_synth_case(out, stem, head.data, head.lesion, head.affine, int16)
+        records.append({"stem": stem, "normal": normal, **head.params})
+        log(f"{stem}: {head.params['label_map']}, {head.params['contrast_family']}, {kind or 'normal'}")
+    write_json(out / "synth.json", {"generator": "napari_uad.synth_labels (whole heads from label maps)",
+                                    "label_maps": [p.name for p in files], "cases": records})
+    return records

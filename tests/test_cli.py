@@ -180,7 +180,7 @@ def test_ct_scan_refused_by_mr_model_unless_forced(tmp_path, tiny_model_dir, cap
 def test_gradient_maps_only_when_asked(tmp_path, tiny_model_dir, scan):
     out = tmp_path / "out"
     assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet") == 0
-    assert not any(m in p.name for p in out.iterdir() for m in ("kl_grad", "elbo_grad", "combi"))
+    assert not any(f".{m}." in p.name for p in out.iterdir() for m in ("kl_grad", "elbo_grad", "combi"))
     assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet", "--maps", "nll,kl_grad") == 0
     assert (out / "patient01.kl_grad.nii.gz").is_file()
 

@@ -125,3 +125,29 @@ def test_flair_lesions_are_bright_and_t1_haemorrhage_is_bright(toy_label_map):
         head = label_head(toy_label_map, 8, family=family, slice_thickness=1.0, lesion=kind)
         wm = head.labels == 2
         assert np.median(head.data[head.lesion]) > np.median(head.data[wm]), (kind, family)
+
+
+def test_synth_cli_writes_label_map_heads_with_lesion_masks(toy_label_map, tmp_path):
+    """synth --label-maps: whole heads from the (last --val-maps) label maps, masks = the inserted lesions,
+    normal heads with an empty mask, deterministic per seed; bad kinds are one clear error."""
+    import json
+
+    from napari_uad import cli
+    from napari_uad.io import read_volume
+
+    args = ["synth", "--label-maps", str(toy_label_map.parent), "--val-maps", "1", "--n", "3",
+            "--normal-fraction", "0.34", "--anomalies", "tumour,ms", "--seed", "40"]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
+    cases = json.loads((tmp_path / "a" / "synth.json").read_text())["cases"]
+    assert [c["stem"] for c in cases] == ["head_000040", "head_000041", "head_000042"]
+    for case in cases:
+        stem = case["stem"]
+        mask = read_volume(tmp_path / "a" / "masks" / f"{stem}.nii.gz", allow_constant=True).data
+        again = read_volume(tmp_path / "b" / "scans" / f"{stem}.nii.gz").data
+        np.testing.assert_array_equal(read_volume(tmp_path / "a" / "scans" / f"{stem}.nii.gz").data, again)
+        head = label_head(toy_label_map, case["seed"], lesion=None if case["normal"] else case["lesion"])
+        np.testing.assert_array_equal(mask > 0, head.lesion)
+        assert (mask.any() != case["normal"]) and case["label_map"] == toy_label_map.name
+    assert cli.main(["synth", "--label-maps", str(toy_label_map.parent), "--n", "1", "--anomalies", "sphere",
+                     "--out", str(tmp_path / "c")]) == 2
