@@ -18,8 +18,6 @@ __all__ = ["main", "build_parser"]
 
 
 def _add_score_parser(sub) -> None:
-    from .scoring import DEFAULT_MAPS, GRADIENT_MAPS, MAP_NAMES
-
     p = sub.add_parser(
         "score",
         help="score scans and write heatmaps, findings labels, findings CSV and a JSON report",
@@ -36,6 +34,22 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--mood-sample", nargs=2, type=Path, metavar=("IN_DIR", "OUT_DIR"),
                    help="MOOD challenge format: for every NIfTI in IN_DIR write OUT_DIR/<file>.txt with a sample "
                         "score in [0, 1]")
+    _add_job_options(p)
+    p.add_argument("--mask", type=Path, default=None, metavar="FILE",
+                   help="brain mask in the scan's grid (default: automatic brain extraction / background mask)")
+    p.add_argument("--modality", choices=("MR", "CT"), default=None,
+                   help="override the modality (default: DICOM tag, else guessed from the intensity range)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="slices per batch (default: chosen from free memory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_score)
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    """Options of the scoring job, shared by ``score`` and ``cohort``."""
+    from .scoring import DEFAULT_MAPS, GRADIENT_MAPS, MAP_NAMES
+
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled or user model name, model directory or card.json (default: the bundled "
                         "cevae-brain-mr)")
@@ -44,17 +58,6 @@ def _add_score_parser(sub) -> None:
                         f"the gradient maps {','.join(GRADIENT_MAPS)} take most of the time: ask for them)")
     p.add_argument("--detection-map", default=None, metavar="MAP",
                    help="map thresholded into findings (default: the model card's calibrated detection map)")
-    p.add_argument("--mask", type=Path, default=None, metavar="FILE",
-                   help="brain mask in the scan's grid (default: automatic brain extraction / background mask)")
-    _add_preprocessing_options(p)
-    p.add_argument("--force", action="store_true",
-                   help="score a scan whose modality is not the model's (e.g. CT with an MR model) instead of "
-                        "refusing it; the results carry a warning")
-    p.add_argument("--modality", choices=("MR", "CT"), default=None,
-                   help="override the modality (default: DICOM tag, else guessed from the intensity range)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="slices per batch (default: chosen from free memory)")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
                    help="detection threshold in raw score units of the detection map (default: the card's "
                         "calibrated threshold)")
@@ -65,8 +68,63 @@ def _add_score_parser(sub) -> None:
                         "(default: the card's value, else 0)")
     p.add_argument("--connectivity", type=int, choices=(1, 2, 3), default=3,
                    help="voxel connectivity of findings: 1 faces, 2 edges, 3 corners (default: 3)")
+    p.add_argument("--force", action="store_true",
+                   help="score a scan whose modality is not the model's (e.g. CT with an MR model) instead of "
+                        "refusing it; the results carry a warning")
+    _add_preprocessing_options(p)
+
+
+def _add_cohort_parser(sub) -> None:
+    p = sub.add_parser(
+        "cohort", help="score a whole cohort on Dask (resumable) and write a ranked worklist",
+        description="Score every scan of INPUTS on a Dask cluster, each exactly as `score` does, into DIR/scans/, "
+                    "then write DIR/cohort.csv (one row per scan, most anomalous first), DIR/cohort_findings.csv "
+                    "and DIR/cohort.json. Rerunning the same command skips scans whose outputs are complete.")
+    p.add_argument("inputs", metavar="INPUTS",
+                   help="a directory (searched recursively for scans and DICOM series), a glob pattern (quote "
+                        "it), or a CSV manifest with a 'path' column (optional id, subject, session)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (created if needed)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler (tcp://host:8786); default: a LocalCluster on this machine")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="LocalCluster workers (default: one per GPU, else one per 2 CPU cores)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (GPUs when there are any), cpu or cuda (default: auto)")
+    _add_job_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_score)
+    p.set_defaults(func=_cmd_cohort)
+
+
+def _cmd_cohort(args: argparse.Namespace) -> int:
+    from .model_card import ModelError, resolve_model
+    from .scoring import parse_maps
+
+    from .cohort import JobSpec, discover, run_cohort
+    from .cohort.cluster import plan_local_cluster
+
+    try:
+        maps = parse_maps(args.maps)
+        items = discover(args.inputs)
+        model_dir = str(resolve_model(args.model).resolve())
+        plan = None if args.scheduler else plan_local_cluster(args.workers, args.device)
+        device = plan.device if plan else ("cpu" if args.device == "auto" else args.device)
+        spec = JobSpec(model=model_dir, maps=maps, device=device, torch_threads=plan.torch_threads if plan else 1,
+                       detection_map=args.detection_map, threshold=args.threshold,
+                       min_volume_mm3=args.min_volume_mm3, edge_margin_mm=args.edge_margin_mm,
+                       connectivity=args.connectivity, force=args.force,
+                       options=_pipeline_options(args).to_dict())
+        args.out.mkdir(parents=True, exist_ok=True)
+        summary = run_cohort(items, args.out, spec, args.scheduler, plan, command=args.command_line, log=_log,
+                             show_progress=not args.quiet)
+    except (ModelError, ValueError) as err:
+        raise CliError(str(err)) from err
+    except OSError as err:
+        raise CliError(f"{args.out}: {err.strerror or err}") from err
+    t = summary["totals"]
+    print(f"cohort: {t['scored']} scored, {t['skipped_complete']} already complete, {t['failed']} failed of "
+          f"{t['scans']} scans into {args.out.resolve()} ({summary['throughput_scans_per_minute']} scans/min)",
+          file=sys.stderr)
+    return 1 if t["failed"] else 0
 
 
 def _add_preprocessing_options(p: argparse.ArgumentParser) -> None:
@@ -254,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-uad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_score_parser(sub)
+    _add_cohort_parser(sub)
     _add_train_parser(sub)
     _add_calibrate_parser(sub)
     _add_synth_parser(sub)
@@ -269,8 +328,8 @@ class CliError(Exception):
 def _cmd_score(args: argparse.Namespace) -> int:
     from .io import VolumeError, file_stem
     from .model_card import ModelError, load_model
-    from .scoring import MAP_NAMES, Scorer, parse_maps
     from .pipeline import ScoreJob
+    from .scoring import Scorer, parse_maps
 
     mood = [(mode, dirs) for mode, dirs in (("pixel", args.mood_pixel), ("sample", args.mood_sample)) if dirs]
     if mood:
@@ -291,28 +350,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
         scorer = Scorer(model, card, device=args.device, batch_size=args.batch_size, options=_pipeline_options(args))
     except (ModelError, ValueError) as err:
         raise CliError(str(err)) from err
-    detection_map = args.detection_map or card.detection_map
-    if detection_map not in MAP_NAMES:
-        raise CliError(f"unknown detection map {detection_map!r}; choose from {', '.join(MAP_NAMES)}")
-    threshold = args.threshold if args.threshold is not None else card.default_threshold(detection_map)
-    if threshold is None:
-        raise CliError(f"model {card.name!r} has no calibrated threshold for {detection_map}; pass --threshold")
-    min_volume = args.min_volume_mm3
-    if min_volume is None:
-        min_volume = float(card.calibration.get("min_volume_mm3", 0.0))
+    try:
+        job = ScoreJob.from_card(scorer, maps, args.detection_map, args.threshold, args.min_volume_mm3,
+                                 args.edge_margin_mm, args.connectivity, args.force, log=_log)
+    except ValueError as err:
+        raise CliError(str(err)) from err
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CliError(f"{args.out}: cannot create output directory ({err.strerror})") from err
-
-    margin = args.edge_margin_mm
-    if margin is None:
-        margin = float(card.calibration.get("edge_margin_mm", 0.0))
-    if not (0.0 <= margin < float("inf")):
-        raise CliError(f"--edge-margin-mm must be a finite number >= 0, not {margin}")
-    job = ScoreJob(scorer=scorer, maps=maps, detection_map=detection_map, threshold=threshold,
-                   min_volume_mm3=min_volume, connectivity=args.connectivity, force=args.force, log=_log,
-                   edge_margin_mm=margin)
     failures = 0
     for path, stem in zip(inputs, stems):
         try:

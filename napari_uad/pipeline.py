@@ -18,7 +18,7 @@ from .findings import find_findings, interior
 from .io import read_volume, write_like
 from .mask import load_mask
 from .ood import UNRELIABLE, check_input, check_result
-from .scoring import Progress, Scorer, parse_maps
+from .scoring import MAP_NAMES, Progress, Scorer, parse_maps
 
 __all__ = ["ScoreJob"]
 
@@ -39,6 +39,32 @@ class ScoreJob:
     force: bool = False
     edge_margin_mm: float = 0.0  # findings keep this distance (mm) from the brain mask's surface
     log: Callable[[str], None] | None = None  # receives one line per out-of-distribution warning
+
+    @classmethod
+    def from_card(cls, scorer: Scorer, maps: tuple[str, ...], detection_map: str | None = None,
+                  threshold: float | None = None, min_volume_mm3: float | None = None,
+                  edge_margin_mm: float | None = None, connectivity: int = 3, force: bool = False,
+                  log: Callable[[str], None] | None = None) -> "ScoreJob":
+        """A job whose unset settings come from the model card (detection map, its calibrated threshold, minimum
+        volume, edge margin); ValueError with a one-line reason when one is missing or invalid."""
+        card = scorer.card
+        detection_map = detection_map or card.detection_map
+        if detection_map not in MAP_NAMES:
+            raise ValueError(f"unknown detection map {detection_map!r}; choose from {', '.join(MAP_NAMES)}")
+        if threshold is None:
+            threshold = card.default_threshold(detection_map)
+            if threshold is None:
+                raise ValueError(f"model {card.name!r} has no calibrated threshold for {detection_map}; "
+                                 "pass --threshold")
+        if min_volume_mm3 is None:
+            min_volume_mm3 = float(card.calibration.get("min_volume_mm3", 0.0))
+        if edge_margin_mm is None:
+            edge_margin_mm = float(card.calibration.get("edge_margin_mm", 0.0))
+        if not 0.0 <= edge_margin_mm < float("inf"):
+            raise ValueError(f"--edge-margin-mm must be a finite number >= 0, not {edge_margin_mm}")
+        return cls(scorer=scorer, maps=maps, detection_map=detection_map, threshold=threshold,
+                   min_volume_mm3=min_volume_mm3, connectivity=connectivity, force=force,
+                   edge_margin_mm=edge_margin_mm, log=log)
 
     def run(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None, modality: str | None = None,
             progress: Callable[[Progress], None] | None = None) -> list[Path]:
