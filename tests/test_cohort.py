@@ -189,3 +189,70 @@ def test_killed_cohort_resumes_without_rescoring_finished_scans(tmp_path, traine
     assert all((out / "scans" / name).stat().st_mtime_ns == t for name, t in finished.items())
     totals = json.loads((out / "cohort.json").read_text())["totals"]
     assert totals["skipped_complete"] >= len(finished) and totals["scored"] == 4 - totals["skipped_complete"]
+
+
+@pytest.fixture(scope="module")
+def scored_cohort(tmp_path_factory, trained_model) -> Path:
+    """A cohort of two sick and two normal phantoms scored with --threshold low enough for several findings."""
+    root = tmp_path_factory.mktemp("worklist")
+    for i, (name, lesion) in enumerate((("normal_a", False), ("sick_a", True), ("sick_b", True), ("normal_b", False))):
+        _write(root / "scans_in" / f"{name}.nii.gz", head_phantom((40, 44, 14), seed=i, lesion=lesion), AFFINE)
+    assert cli.main(["cohort", str(root / "scans_in"), "--out", str(root / "out"), "--model", str(trained_model),
+                     "--workers", "1", "--device", "cpu", "--quiet", "--maps", "residual,nll",
+                     "--detection-map", "residual", "--threshold", "0.6"]) == 0
+    return root / "out"
+
+
+def test_worklist_opens_scans_from_their_files_in_rank_order(scored_cohort, monkeypatch, tmp_path):
+    from napari_uad.cohort.worklist import Worklist
+
+    monkeypatch.setenv("NAPARI_UAD_HOME", str(tmp_path / "home"))
+    worklist = Worklist(scored_cohort)
+    assert [e.id for e in worklist.entries][:2] in (["sick_a", "sick_b"], ["sick_b", "sick_a"])
+    assert worklist.current.rank == 1
+    scan = worklist.open()
+    r = worklist.report(worklist.current)
+    # the precomputed maps in the scan's canonical grid, and the same findings as the cohort wrote
+    from napari_uad.io import read_volume
+
+    stored = read_volume(scored_cohort / "scans" / f"{worklist.current.id}.residual.nii.gz", allow_constant=True)
+    np.testing.assert_array_equal(scan.result.maps["residual"], stored.data)
+    assert scan.card.detection_map == "residual" and scan.default_threshold("residual") == r["threshold"]
+    view = scan.findings("residual", scan.default_threshold("residual"),
+                         scan.card.calibration["min_volume_mm3"], 3)
+    assert len(view.findings) == r["n_findings"] > 0
+    assert scan.review_key(view) == worklist.review_key(worklist.current)
+    assert worklist.status(worklist.current) == "in review"  # opened
+    assert worklist.status(worklist.entries[2]) == "not reviewed"
+
+
+def test_worklist_status_position_and_export_survive_a_restart(scored_cohort, monkeypatch, tmp_path):
+    from napari_uad.cohort.worklist import Worklist
+    from napari_uad.review import ReviewSession
+
+    monkeypatch.setenv("NAPARI_UAD_HOME", str(tmp_path / "home"))
+    worklist = Worklist(scored_cohort)
+    worklist.go_to(0)
+    first = worklist.current
+    scan = worklist.open()
+    view = scan.findings("residual", scan.default_threshold("residual"), scan.card.calibration["min_volume_mm3"])
+    session = ReviewSession(key=scan.review_key(view), scan_path=str(first.path))
+    session.update(view.findings[0].finding_id, reviewer="dr x", tag="TP", category="reference finding")
+    assert worklist.status(first) == "in review"
+    for f in view.findings[1:]:
+        session.update(f.finding_id, reviewer="dr x", tag="FP")
+    assert worklist.status(first) == "done"  # every finding tagged
+    second = worklist.move(+1)
+    worklist.mark_done(second)
+    assert worklist.move(+10).rank == len(worklist.entries) and worklist.move(-10).rank == 1
+    worklist.move(+1)
+    # a new reviewer session (napari restarted) resumes at the same scan with the same statuses
+    again = Worklist(scored_cohort)
+    assert again.current.id == second.id
+    assert [again.status(e) for e in again.entries[:2]] == ["done", "done"]
+    exported = _rows(again.export_reviewed(tmp_path / "reviewed.csv"))
+    assert len(exported) == len(view.findings) and {r["scan_path"] for r in exported} == {str(first.path)}
+    assert exported[0]["tag"] == "TP" and exported[0]["category"] == "reference finding"
+    assert exported[0]["reviewer"] == "dr x"
+    with pytest.raises(ValueError, match="not a cohort"):
+        Worklist(tmp_path)
