@@ -32,12 +32,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._worklist_panel import WorklistPanel
 from .devices import available_devices
 from .display import (
     CT_WINDOWS,
     MAP_COLORMAPS,
     RADIOLOGICAL_ORIENTATION,
     contrast_limits,
+    image_layer_kwargs,
     layer_geometry,
     ras_to_display_world,
     to_display,
@@ -139,6 +141,8 @@ class AnomalyReviewWidget(QWidget):
     # -- UI ----------------------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
         layout = QVBoxLayout(self)
+        self.worklist_panel = WorklistPanel(self)
+        layout.addWidget(self.worklist_panel)
         form = QFormLayout()
         self.image_selector = QComboBox(objectName="image_selector")
         form.addRow("Image", self.image_selector)
@@ -411,6 +415,21 @@ class AnomalyReviewWidget(QWidget):
             self.progress_bar.setValue(0)
             self.scoring_finished.emit(False)
 
+    def show_scored(self, scan: ScoredScan, name: str) -> None:
+        """Show an already scored scan (a cohort's: nothing is rescored) as image layer ``name`` with its maps
+        and findings, replacing the layers of the scan shown before; its saved review is taken over."""
+        image_kwargs = image_layer_kwargs(scan.volume, name=name)
+        if self.image_layer is not None:
+            old = self.image_layer.name
+            for layer in [lyr for lyr in self.viewer.layers if lyr.name == old or lyr.name.startswith(old + " ")]:
+                self.viewer.layers.remove(layer)
+        self.image_layer = self.viewer.add_image(to_display(scan.volume.data), **image_kwargs)
+        self.image_selector.setCurrentText(self.image_layer.name)
+        self._cancelled = False
+        self._on_scored(scan)
+        self.progress_label.setText(f"precomputed by {scan.card.name} {scan.card.version} (cohort); not rescored")
+        self.restore_review()
+
     def _on_scored(self, scan: ScoredScan) -> None:
         if self._cancelled:
             return
@@ -665,6 +684,7 @@ class AnomalyReviewWidget(QWidget):
         self._edit_current(tag=tag)
         if advance and self.current_row < len(self.view.findings) - 1:
             self.select_finding(self.current_row + 1)
+        self.worklist_panel.refresh()  # the scan's review status in an open worklist
 
     # -- export ------------------------------------------------------------------------------------------------
     def _on_export_clicked(self) -> None:

@@ -279,3 +279,50 @@ def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_
     assert "differs from the model's training data" in widget.ood_banner.text()
     assert "brain volume" in widget.ood_banner.text()
     viewer.window._qt_window.grab().save(str(tmp_path / "banner.png"))
+
+
+def test_cohort_worklist_review_next_scan_resume_and_export(qtbot, make_napari_viewer, tiny_model_dir, tmp_path):
+    """A cohort.csv opens as a ranked worklist: each scan with its precomputed maps and findings (no rescoring),
+    tags saved as they happen, next scan replaces the previous one's layers, a new session resumes where the
+    reviewer stopped, and all reviewed findings export to one CSV."""
+    from napari_uad import cli
+    from napari_uad._widget import AnomalyReviewWidget
+
+    scans = tmp_path / "scans_in"
+    scans.mkdir()
+    for i in range(3):
+        write_image_file(scans / f"case{i}.nii.gz", head_phantom((40, 44, 14), seed=i), affine_for("aniso"))
+    out = tmp_path / "cohort"
+    assert cli.main(["cohort", str(scans), "--out", str(out), "--model", str(tiny_model_dir), "--workers", "1",
+                     "--device", "cpu", "--quiet", "--maps", "residual,nll", "--threshold", "0.8"]) == 0
+    with open(out / "cohort.csv", newline="") as fh:
+        ranked = list(csv.DictReader(fh))
+
+    viewer = make_napari_viewer()
+    w = AnomalyReviewWidget(viewer)
+    w.worklist_panel.open_worklist(out / "cohort.csv")
+    first = ranked[0]["id"]
+    assert w.image_layer.name == first and f"{first} residual" in viewer.layers
+    assert w.findings_table.rowCount() == int(ranked[0]["n_findings"]) > 0
+    assert w.worklist_panel.table.rowCount() == 3
+    assert w.worklist_panel.table.item(0, 2).text() == "in review"
+    for _ in range(w.findings_table.rowCount()):
+        w.tag_current("TP")
+    assert w.worklist_panel.table.item(0, 2).text() == "done"
+    w.worklist_panel.next_scan_button.click()
+    second = ranked[1]["id"]
+    assert w.image_layer.name == second and not [lyr for lyr in viewer.layers if lyr.name.startswith(first)]
+    viewer.close()
+
+    viewer2 = make_napari_viewer()  # napari restarted: the worklist resumes at the second scan
+    w2 = AnomalyReviewWidget(viewer2)
+    w2.worklist_panel.open_worklist(out)
+    assert w2.image_layer.name == second
+    assert [w2.worklist_panel.table.item(r, 2).text() for r in range(3)] == ["done", "in review", "not reviewed"]
+    exported = w2.worklist_panel.export_all(tmp_path / "all_reviewed.csv")
+    with open(exported, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == int(ranked[0]["n_findings"]) and all(r["tag"] == "TP" for r in rows)
+    if os.environ.get("NAPARI_UAD_SCREENSHOTS"):
+        viewer2.window.add_dock_widget(w2, name="Anomaly review")
+        viewer2.screenshot(os.path.join(os.environ["NAPARI_UAD_SCREENSHOTS"], "worklist.png"), canvas_only=False)
