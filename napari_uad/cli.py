@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from . import __version__
@@ -113,7 +116,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
                        min_volume_mm3=args.min_volume_mm3, edge_margin_mm=args.edge_margin_mm,
                        connectivity=args.connectivity, force=args.force,
                        options=_pipeline_options(args).to_dict())
-        args.out.mkdir(parents=True, exist_ok=True)
+        _writable_out_dir(args.out)
         summary = run_cohort(items, args.out, spec, args.scheduler, plan, command=args.command_line, log=_log,
                              show_progress=not args.quiet)
     except (ModelError, ValueError) as err:
@@ -214,7 +217,7 @@ def _add_calibrate_parser(sub) -> None:
         description="Score validation volumes with a model and rewrite the calibration in its card.json "
                     "(weights untouched): synthetic healthy + toy-anomaly brains (--synthetic N: best-Dice "
                     "thresholds, default detection map and minimum finding volume), or your own normal scans "
-                    "(--data: healthy-voxel quantiles and 1 %% / 0.1 %% FPR thresholds).")
+                    "(--data: healthy-voxel quantiles and 1 % / 0.1 % FPR thresholds).")
     p.add_argument("--model", required=True, metavar="NAME_OR_DIR", help="model to calibrate (its card is rewritten)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", type=int, metavar="N", help="N healthy and N toy-anomaly synthetic brains")
@@ -278,7 +281,7 @@ def _add_evaluate_parser(sub) -> None:
                     "ground-truth masks S.nii.gz (all zero for normal scans) from --gt, matched by stem, and "
                     "report per map: pixel AP (pooled, MOOD) and per-scan AP, AUROC, Dice at the threshold and best "
                     "Dice (upper bound), object recall/precision/false positives (centre of mass inside a "
-                    "ground-truth object, volumes within 2x), sample AP and FPR at 95%% TPR; plus raw-intensity and "
+                    "ground-truth object, volumes within 2x), sample AP and FPR at 95% TPR; plus raw-intensity and "
                     "histogram-equalised baselines. Writes report.md, metrics.csv, per_scan.csv, PR/ROC PNGs and "
                     "summary.json into --out.")
     p.add_argument("--pred", required=True, type=Path, metavar="DIR", help="napari-uad score output directory")
@@ -355,18 +358,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
                                  args.edge_margin_mm, args.connectivity, args.force, log=_log)
     except ValueError as err:
         raise CliError(str(err)) from err
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CliError(f"{args.out}: cannot create output directory ({err.strerror})") from err
+    created = _writable_out_dir(args.out)
     failures = 0
-    for path, stem in zip(inputs, stems):
-        try:
-            _score_one(job, path, stem, args)
-        except (VolumeError, ValueError) as err:
-            failures += 1
-            msg = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
-            print(f"napari-uad: error: {msg}", file=sys.stderr)
+    try:
+        for path, stem in zip(inputs, stems):
+            try:
+                _score_one(job, path, stem, args)
+            except (VolumeError, ValueError) as err:
+                failures += 1
+                msg = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+                print(f"napari-uad: error: {msg}", file=sys.stderr)
+            except OSError as err:
+                failures += 1
+                print(f"napari-uad: error: {path}: cannot write results to {args.out} ({err.strerror or err})",
+                      file=sys.stderr)
+    finally:  # interrupted, terminated or all failed: a directory this run made stays only if it holds results
+        if created and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()
     n_ok = len(inputs) - failures
     print(f"scored {n_ok} of {len(inputs)} input(s) into {args.out}", file=sys.stderr)
     return 1 if failures else 0
@@ -388,6 +396,21 @@ def _score_mood(args: argparse.Namespace, mood: list) -> int:
     except (ModelError, ValueError) as err:
         raise CliError(str(err)) from err
     return 1 if failures else 0
+
+
+def _writable_out_dir(out: Path) -> bool:
+    """Create ``out`` if needed and check that files can be written there (CliError otherwise); True when this
+    call created it (so a run that writes nothing can remove it again)."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise CliError(f"{out}: cannot write to the output directory ({err.strerror or err})") from err
+    return created
 
 
 def _score_one(job, path: Path, stem: str, args: argparse.Namespace) -> None:
@@ -614,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["napari-uad", *argv])  # as recorded in model cards
+    previous = _terminate_like_interrupt()
     try:
         code = args.func(args)
     except CliError as err:
@@ -622,7 +646,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-uad: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("napari-uad: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return code
+
+
+class _Terminated(BaseException):
+    """SIGTERM (timeout, Slurm, Kubernetes), raised where the program is so that cleanups run as on Ctrl-C."""
+
+
+def _terminate_like_interrupt():
+    """Route SIGTERM to :class:`_Terminated` (main thread only); returns the previous handler or None."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Used by the CLI (``score``) and reused per scan by every caller that writes resu
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -56,8 +57,12 @@ class ScoreJob:
             if threshold is None:
                 raise ValueError(f"model {card.name!r} has no calibrated threshold for {detection_map}; "
                                  "pass --threshold")
+        if not math.isfinite(threshold):
+            raise ValueError(f"--threshold must be a finite number, not {threshold}")
         if min_volume_mm3 is None:
             min_volume_mm3 = float(card.calibration.get("min_volume_mm3", 0.0))
+        if not 0.0 <= min_volume_mm3 < float("inf"):
+            raise ValueError(f"--min-volume-mm3 must be a finite number >= 0, not {min_volume_mm3}")
         if edge_margin_mm is None:
             edge_margin_mm = float(card.calibration.get("edge_margin_mm", 0.0))
         if not 0.0 <= edge_margin_mm < float("inf"):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import nibabel as nib
 import numpy as np
@@ -122,7 +126,7 @@ def test_mask_option(tmp_path, tiny_model_dir, scan):
     wrong = write_image_file(tmp_path / "wrong.nii.gz", mask[:, :, :10], affine_for("aniso"))
     assert run_cli("score", scan, "--out", tmp_path / "o2", "--model", tiny_model_dir, "--mask", wrong,
                    "--quiet") == 1
-    assert not any((tmp_path / "o2").iterdir())
+    assert not (tmp_path / "o2").exists()  # nothing written, and the directory this run made is gone
 
 
 def test_usage_errors_are_one_line(tmp_path, tiny_model_dir, scan, capsys, monkeypatch):
@@ -169,7 +173,7 @@ def test_ct_scan_refused_by_mr_model_unless_forced(tmp_path, tiny_model_dir, cap
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and str(scan) in lines[0] and "CT scan, but model 'tiny-test' is made for MR" in lines[0]
-    assert "Traceback" not in err and list(out.iterdir()) == [] and scan.read_bytes() == before
+    assert "Traceback" not in err and not out.exists() and scan.read_bytes() == before
     assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet", "--force") == 0
     err = capsys.readouterr().err
     assert f"napari-uad: warning: {scan}: CT scan scored by the MR model 'tiny-test' (forced)" in err
@@ -200,3 +204,54 @@ def test_edge_margin_is_applied_recorded_and_checked(tmp_path, tiny_model_dir, s
     capsys.readouterr()
     assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--edge-margin-mm", "-1") == 2
     assert "--edge-margin-mm must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_threshold_and_min_volume_must_be_finite(tmp_path, tiny_model_dir, scan, capsys):
+    for option, value in (("--threshold", "nan"), ("--threshold", "inf"), ("--min-volume-mm3", "nan"),
+                          ("--min-volume-mm3", "-1")):
+        assert run_cli("score", scan, "--out", tmp_path / "out", "--model", tiny_model_dir, option, value) == 2
+        err = capsys.readouterr().err
+        assert f"{option} must be a finite number" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_when_every_input_fails_no_output_directory_is_left(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "bad.nii.gz").write_bytes(b"junk")
+    assert run_cli("score", tmp_path / "bad.nii.gz", tmp_path / "missing.nii.gz", "--out", tmp_path / "out",
+                   "--model", tiny_model_dir, "--quiet") == 1
+    assert not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.count("napari-uad: error:") == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or (os.geteuid() == 0 and not shutil.which("setpriv")),
+                    reason="needs a non-root user or setpriv to drop root's file-permission override")
+def test_read_only_output_directory_is_one_line(tmp_path, tiny_model_dir, scan):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    cmd = [sys.executable, "-m", "napari_uad.cli", "score", str(scan), "--out", str(out), "--model",
+           str(tiny_model_dir), "--quiet"]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    out.chmod(0o755)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"napari-uad: error: {out}: cannot write to the output directory (Permission denied)"
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path, tiny_model_dir, scan):
+    """SIGTERM (timeout, Slurm, Kubernetes) in the middle of a scan: exit 143, no staging directory, no output."""
+    out = tmp_path / "out"
+    slow = ("import sys, time; import napari_uad.scoring as s; orig = s.Scorer.score; "
+            "s.Scorer.score = lambda *a, **k: (time.sleep(60), orig(*a, **k))[1]; "
+            "from napari_uad.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", slow, "score", str(scan), "--out", str(out), "--model",
+                             str(tiny_model_dir), "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.is_dir() and list(out.glob(".*.partial"))):
+        time.sleep(0.1)
+    assert list(out.glob(".*.partial")), "the scan never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "napari-uad: terminated" in err and "Traceback" not in err
+    assert not out.exists()  # made by this run and left empty: removed
