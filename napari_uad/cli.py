@@ -23,6 +23,8 @@ __all__ = ["main", "build_parser"]
 def _add_score_parser(sub) -> None:
     p = sub.add_parser(
         "score",
+        usage="napari-uad score INPUT... --out DIR [options]\n"
+              "       napari-uad score (--mood-pixel IN_DIR OUT_DIR | --mood-sample IN_DIR OUT_DIR) [options]",
         help="score scans and write heatmaps, findings labels, findings CSV and a JSON report",
         description="Score one or more scans slice by slice with a ceVAE and write, for each input with stem S, "
                     "into --out: S.<map>.nii.gz per map, S.labels.nii.gz (findings), S.findings.csv and S.json. "
@@ -115,7 +117,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
                        detection_map=args.detection_map, threshold=args.threshold,
                        min_volume_mm3=args.min_volume_mm3, edge_margin_mm=args.edge_margin_mm,
                        connectivity=args.connectivity, force=args.force,
-                       options=_pipeline_options(args).to_dict())
+                       options=_pipeline_options(args).to_dict(), command=args.command_line)
         _writable_out_dir(args.out)
         summary = run_cohort(items, args.out, spec, args.scheduler, plan, command=args.command_line, log=_log,
                              show_progress=not args.quiet)
@@ -229,6 +231,8 @@ def _add_calibrate_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
+    p.add_argument("--maps", default=None, metavar="LIST",
+                   help="calibrate only these maps (default: all; the gradient maps take most of the time)")
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -240,7 +244,8 @@ def _add_synth_parser(sub) -> None:
         description="Write DIR/scans/S.nii.gz and DIR/masks/S.nii.gz (all-zero for normal scans) made from the "
                     "MNI152 2009 template with random deformation, contrast, bias, noise and resolution, plus "
                     "DIR/synth.json with every case's parameters.")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="output directory (scans/, masks/, synth.json; created if needed)")
     p.add_argument("--n", type=int, required=True, help="number of scans")
     p.add_argument("--anomalies", default="any",
                    help=f"none, any, or a comma list of {','.join(ANOMALY_KINDS)} (default any)")
@@ -267,9 +272,10 @@ def _add_demo_parser(sub) -> None:
         description="With a display and napari installed: open the sample brain scan, dock the Anomaly review "
                     "widget and start scoring. Without a display (or with --headless): score the sample scan "
                     "like `napari-uad score` into --out and print the findings.")
-    p.add_argument("--out", type=Path, default=Path("napari-uad-demo"), help="output directory when headless")
+    p.add_argument("--out", type=Path, default=Path("napari-uad-demo"), metavar="DIR",
+                   help="output directory when headless (default: ./napari-uad-demo)")
     p.add_argument("--model", default=None, help="model name or path (default: the bundled model)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.set_defaults(func=_cmd_demo)
 
@@ -294,7 +300,8 @@ def _add_evaluate_parser(sub) -> None:
                         "(default) or one value for every map")
     p.add_argument("--out", type=Path, default=None, metavar="REPORT_DIR", help="report directory")
     p.add_argument("--max-negatives-per-scan", type=int, default=500_000,
-                   help="above this many healthy voxels a scan's negatives are subsampled (seeded, weighted)")
+                   help="above this many healthy voxels a scan's negatives are subsampled (seeded, weighted; "
+                        "default: 500000)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -355,7 +362,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from err
     try:
         job = ScoreJob.from_card(scorer, maps, args.detection_map, args.threshold, args.min_volume_mm3,
-                                 args.edge_margin_mm, args.connectivity, args.force, log=_log)
+                                 args.edge_margin_mm, args.connectivity, args.force, log=_log,
+                                 command=args.command_line)
     except ValueError as err:
         raise CliError(str(err)) from err
     created = _writable_out_dir(args.out)
@@ -507,24 +515,29 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .model_card import CARD_FILE, ModelCard, ModelError, resolve_model
     from .train import calibrate_model, read_scans, scan_files
 
+    from .scoring import parse_maps
+
     try:
+        maps = parse_maps(args.maps)
         directory = resolve_model(args.model)  # calibrate_model verifies the weights before scoring
         if args.synthetic is not None:
             if args.synthetic < 1:
                 raise CliError("--synthetic needs at least 1 volume")
-            maps = None
+            label_maps = None
             if args.label_maps:
                 from .synth_labels import label_map_files
 
-                maps = label_map_files(args.label_maps)[-args.val_maps:]
+                label_maps = label_map_files(args.label_maps)[-args.val_maps:]
             calibrate_model(directory, synthetic_volumes=args.synthetic, seed=args.seed, device=args.device,
-                            workers=_workers(args.workers), command=args.command_line, label_maps=maps, log=_log)
+                            workers=_workers(args.workers), command=args.command_line, label_maps=label_maps,
+                            maps=maps, log=_log)
         else:
             modality = ModelCard.read(directory / CARD_FILE).modality
             scans = read_scans(scan_files(args.data), modality, _log)
             if not scans:
                 raise CliError(f"{args.data}: no usable scans")
-            calibrate_model(directory, held_out=scans, device=args.device, command=args.command_line, log=_log)
+            calibrate_model(directory, held_out=scans, device=args.device, command=args.command_line, maps=maps,
+                            log=_log)
     except (ModelError, VolumeError, ValueError) as err:
         raise CliError(str(err)) from err
     return 0
@@ -579,8 +592,35 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_demo_result(out: Path, truth_path: Path) -> None:
+    """What the headless demo wrote, and its findings against the sample's ground truth."""
+    import csv
+
+    import numpy as np
+
+    from .io import read_volume
+    from .metrics import finding_overlaps
+
+    print(f"results in {out}:")
+    for f in sorted(out.iterdir()):
+        print(f"  {f.name}")
+    with open(out / "sample_brain.findings.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = read_volume(out / "sample_brain.labels.nii.gz", allow_constant=True).data.astype(np.int64)
+    overlaps, n_true = finding_overlaps(labels, read_volume(truth_path, allow_constant=True).data)
+    found = {v for v in overlaps.values() if v}
+    print(f"{len(rows)} finding(s); the sample has {n_true} inserted lesions (ground truth {truth_path.name}), "
+          f"{len(found)} of them found:")
+    by_id = {int(r["finding_id"]): r for r in rows}
+    for fid, r in by_id.items():
+        verdict = f"true positive (lesion {overlaps[fid]})" if overlaps.get(fid) else "false positive"
+        print(f"  #{fid}: {float(r['volume_mm3']):.0f} mm3 at RAS ({float(r['centroid_x_mm']):.1f}, "
+              f"{float(r['centroid_y_mm']):.1f}, {float(r['centroid_z_mm']):.1f}) mm, max {r['detection_map']} "
+              f"{float(r['max_score']):.3g}: {verdict}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._sample_data import SAMPLE_SCAN
+    from ._sample_data import SAMPLE_MASK, SAMPLE_SCAN
     from .resources import sample_data_dir
 
     directory = sample_data_dir()
@@ -595,20 +635,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print("napari is not installed (pip install 'napari-uad[napari,qt]'): running headless", file=sys.stderr)
             gui = False
     if not gui:
-        print(f"no display: scoring {scan} headless into {args.out}", file=sys.stderr)
-        code = main(["score", str(scan), "--out", str(args.out), "--device", args.device]
+        out = args.out.resolve()
+        print(f"no display: scoring {scan} headless into {out}", file=sys.stderr)
+        code = main(["score", str(scan), "--out", str(out), "--device", args.device]
                     + (["--model", args.model] if args.model else []))
-        csv_path = args.out / "sample_brain.findings.csv"
-        if code == 0 and csv_path.is_file():
-            import csv
-
-            with open(csv_path, newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
-            print(f"{len(rows)} finding(s) in {csv_path}:")
-            for r in rows[:10]:
-                print(f"  #{r['finding_id']}: {float(r['volume_mm3']):.0f} mm3 at RAS "
-                      f"({float(r['centroid_x_mm']):.1f}, {float(r['centroid_y_mm']):.1f}, "
-                      f"{float(r['centroid_z_mm']):.1f}) mm, max {r['detection_map']} {float(r['max_score']):.3g}")
+        if code == 0:
+            _print_demo_result(out, directory / SAMPLE_MASK)
         return code
     import napari
 

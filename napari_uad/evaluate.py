@@ -56,8 +56,8 @@ def _read_grid(path: Path, reference: Volume | None, allow_constant: bool = True
     vol = read_volume(path, modality="MR", allow_constant=allow_constant)
     if reference is not None and (vol.original_shape != reference.original_shape
                                   or not np.allclose(vol.original_affine, reference.original_affine, atol=1e-3)):
-        raise VolumeError(path, f"grid {vol.original_shape} does not match the ground truth's "
-                                f"{reference.original_shape} (shape and affine must be equal)")
+        raise VolumeError(path, f"grid {vol.original_shape} does not match the ground truth {reference.path} "
+                                f"(grid {reference.original_shape}; shape and affine must be equal)")
     return vol
 
 

@@ -348,11 +348,12 @@ def atomic_write(final: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_image_file(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> Path:
+def write_image_file(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, description: str = "") -> Path:
     """Write ``data`` (stored array order) with voxel->world RAS mm ``affine``, atomically.
 
-    NIfTI through nibabel (qform and sform both set, units mm); NRRD/MetaImage through SimpleITK
-    (converted to LPS; needs an orthogonal direction matrix).
+    NIfTI through nibabel (qform and sform both set, units mm; ``description`` in the header's ``descrip``, at
+    most 79 characters); NRRD/MetaImage through SimpleITK (converted to LPS; needs an orthogonal direction
+    matrix).
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -364,6 +365,8 @@ def write_image_file(path: str | os.PathLike, data: np.ndarray, affine: np.ndarr
             img.header.set_xyzt_units("mm")
             img.set_qform(affine, code=1)
             img.set_sform(affine, code=1)
+            if description:
+                img.header["descrip"] = description.encode("ascii", "replace")[:79]
             nib.save(img, str(tmp))
         else:
             import SimpleITK as sitk
@@ -388,7 +391,9 @@ def to_sitk_image(data: np.ndarray, affine: np.ndarray):
     return img
 
 
-def write_like(volume: Volume, array: np.ndarray, path: str | os.PathLike, dtype=np.float32) -> Path:
-    """Write a map or label array given in *canonical* (i, j, k) order in the volume's original grid and affine."""
+def write_like(volume: Volume, array: np.ndarray, path: str | os.PathLike, dtype=np.float32,
+               description: str = "") -> Path:
+    """Write a map or label array given in *canonical* (i, j, k) order in the volume's original grid and affine
+    (``description``: NIfTI ``descrip``, e.g. the map and model)."""
     original = volume.to_original(np.asarray(array)).astype(dtype, copy=False)
-    return write_image_file(path, original, volume.original_affine)
+    return write_image_file(path, original, volume.original_affine, description)

@@ -14,14 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import findings_rows, write_findings_csv, write_json
+from . import __version__
+from .export import findings_rows, utc_now, write_findings_csv, write_json
 from .findings import find_findings, interior
 from .io import read_volume, write_like
 from .mask import load_mask
 from .ood import UNRELIABLE, check_input, check_result
 from .scoring import MAP_NAMES, Progress, Scorer, parse_maps
 
-__all__ = ["ScoreJob"]
+__all__ = ["ScoreJob", "environment"]
+
+
+def environment() -> dict:
+    """Python, torch and CUDA versions and the platform, as recorded in S.json."""
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "platform": platform.platform()}
 
 
 @dataclass
@@ -40,12 +51,13 @@ class ScoreJob:
     force: bool = False
     edge_margin_mm: float = 0.0  # findings keep this distance (mm) from the brain mask's surface
     log: Callable[[str], None] | None = None  # receives one line per out-of-distribution warning
+    command: str = ""  # the command line, recorded in S.json
 
     @classmethod
     def from_card(cls, scorer: Scorer, maps: tuple[str, ...], detection_map: str | None = None,
                   threshold: float | None = None, min_volume_mm3: float | None = None,
                   edge_margin_mm: float | None = None, connectivity: int = 3, force: bool = False,
-                  log: Callable[[str], None] | None = None) -> "ScoreJob":
+                  log: Callable[[str], None] | None = None, command: str = "") -> "ScoreJob":
         """A job whose unset settings come from the model card (detection map, its calibrated threshold, minimum
         volume, edge margin); ValueError with a one-line reason when one is missing or invalid."""
         card = scorer.card
@@ -69,7 +81,7 @@ class ScoreJob:
             raise ValueError(f"--edge-margin-mm must be a finite number >= 0, not {edge_margin_mm}")
         return cls(scorer=scorer, maps=maps, detection_map=detection_map, threshold=threshold,
                    min_volume_mm3=min_volume_mm3, connectivity=connectivity, force=force,
-                   edge_margin_mm=edge_margin_mm, log=log)
+                   edge_margin_mm=edge_margin_mm, log=log, command=command)
 
     def run(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None, modality: str | None = None,
             progress: Callable[[Progress], None] | None = None) -> list[Path]:
@@ -99,9 +111,14 @@ class ScoreJob:
                                          interior(result.mask, volume.spacing, self.edge_margin_mm))
         t_findings = time.perf_counter() - t1
         t2 = time.perf_counter()
-        written = [write_like(volume, result.maps[name], out_dir / f"{stem}.{name}.nii.gz") for name in self.maps]
-        written.append(write_like(volume, labels, out_dir / f"{stem}.labels.nii.gz", dtype=np.uint16))
-        written.append(write_like(volume, result.mask, out_dir / f"{stem}.brainmask.nii.gz", dtype=np.uint8))
+        model = f"{card.name} {card.version}"
+        written = [write_like(volume, result.maps[name], out_dir / f"{stem}.{name}.nii.gz",
+                              description=f"napari-uad map {name}; {model}") for name in self.maps]
+        written.append(write_like(volume, labels, out_dir / f"{stem}.labels.nii.gz", dtype=np.uint16,
+                                  description=f"napari-uad findings ({self.detection_map} >= {self.threshold:.4g}); "
+                                              f"{model}"))
+        written.append(write_like(volume, result.mask, out_dir / f"{stem}.brainmask.nii.gz", dtype=np.uint8,
+                                  description=f"napari-uad brain mask; {model}"))
         scan_sha = volume.sha256()
         rows = findings_rows(findings, scan_path=str(Path(path).resolve()), scan_sha256=scan_sha,
                              model_name=card.name, model_version=card.version, model_sha256=card.weights_sha256,
@@ -110,6 +127,10 @@ class ScoreJob:
         written.append(write_findings_csv(out_dir / f"{stem}.findings.csv", rows))
         seconds = {"read": t_read, **result.seconds, "findings": t_findings, "write": time.perf_counter() - t2}
         report = {
+            "napari_uad_version": __version__,
+            "created_utc": utc_now(),
+            "command": self.command,
+            "environment": environment(),
             "scan": {"path": str(Path(path).resolve()), "sha256": scan_sha, "shape": list(volume.original_shape),
                      "spacing_mm": volume.spacing, "orientation": "".join(volume.original_axcodes),
                      "modality": volume.modality},

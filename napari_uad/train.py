@@ -425,14 +425,15 @@ def _label_items(files: list[Path], seeds: Iterable[int]) -> list[tuple[str, int
 
 def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out: Iterable[Volume] = (),
                     seed: int = 0, device: str = "auto", workers: int = 1, command: str = "",
-                    label_maps: list[Path] | None = None, log: Callable[[str], None] = print) -> ModelCard:
+                    label_maps: list[Path] | None = None, maps: tuple[str, ...] | None = None,
+                    log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
     ``synthetic_volumes`` > 0: that many synthetic healthy and as many toy-anomaly brains (seeds from
     100000 + ``seed`` and 100500 + ``seed``), giving best-Dice thresholds and the default detection map; with
     ``label_maps`` (validation label maps, never trained on) these are synthetic heads made from them and go
     through brain extraction like a scan. Otherwise the ``held_out`` normal scans give the healthy-voxel
-    quantiles and FPR thresholds only."""
+    quantiles and FPR thresholds only. ``maps``: the maps to calibrate (default: all)."""
     from .calibration import calibrate
     from .combined import combined_components
     from .model_card import load_model
@@ -457,14 +458,14 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     # the edge margin is chosen by its own validation experiment (benchmarks/edge_margin.py): kept
     kept = ["edge_margin_mm", "edge_margin_selection"]
     if synthetic_volumes > 0:
-        card.calibration = calibrate(scorer, healthy, anomalous, log=log)
+        card.calibration = calibrate(scorer, healthy, anomalous, log=log, **({"maps": maps} if maps else {}))
         kinds = "disease-like (even seeds) or toy (odd) anomaly" if label_maps else "toy-anomaly"
         card.calibration["validation_set"] = (f"{synthetic_volumes} healthy + {synthetic_volumes} {kinds} "
                                               f"{source}, seeds from {base}")
     else:
         held_out = list(held_out)
-        card.calibration = calibrate(scorer, held_out, log=log,
-                                     combined_components=combined_components(previous))
+        card.calibration = calibrate(scorer, held_out, log=log, combined_components=combined_components(previous),
+                                     **({"maps": maps} if maps else {}))
         card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
         # normal scans alone cannot choose a detection map, its components or minimum volume: keep the card's
         kept += ["detection_map", "min_volume_mm3", "combined"]

@@ -81,6 +81,14 @@ def test_score_end_to_end(tmp_path, tiny_model_dir, scan, capsys):
     assert report["threshold"] == 0.8 and report["device"] == "cpu" and report["maps"] == list(DEFAULT_MAPS)
     assert len(report["sample_scores"]["slice"]) == 14 and report["sample_scores"]["volume"] > 0
     assert {"read", "preprocess", "model", "findings", "write", "total"} <= set(report["seconds"])
+    # provenance: version, command line, UTC time, torch/CUDA; NIfTI headers say what each file is
+    from napari_uad import __version__
+
+    assert report["napari_uad_version"] == __version__ and report["command"].startswith("napari-uad score ")
+    assert report["created_utc"].endswith("Z") and report["environment"]["torch"]
+    assert "cuda" in report["environment"]
+    descrip = nib.load(str(out / "patient01.residual.nii.gz")).header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert descrip == "napari-uad map residual; tiny-test 0.0.1"
 
 
 def test_score_subset_of_maps_and_card_threshold(tmp_path, tiny_model_dir, scan):
@@ -159,7 +167,22 @@ def test_demo_headless_scores_the_bundled_sample(tmp_path, tiny_model_dir, capsy
     assert run_cli("demo", "--headless", "--model", tiny_model_dir, "--out", out) == 0
     assert (out / "sample_brain.findings.csv").is_file() and (out / "sample_brain.nll.nii.gz").is_file()
     assert not (out / "sample_brain.combi.nii.gz").exists()  # gradient maps only when asked for
-    assert "finding(s) in" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"results in {out.resolve()}:" in printed and "  sample_brain.findings.csv" in printed
+    assert "the sample has 3 inserted lesions" in printed  # compared with the ground truth it ships
+
+
+def test_help_texts_are_complete(capsys):
+    """Every option of every command explains itself; no unformatted '%%'."""
+    for command in ("score", "cohort", "train", "calibrate", "synth", "demo", "evaluate"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "%%" not in text, command
+        parser = cli.build_parser()
+        sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+        bare = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
+        assert not bare, (command, bare)
 
 
 def test_ct_scan_refused_by_mr_model_unless_forced(tmp_path, tiny_model_dir, capsys):

@@ -147,6 +147,7 @@ def test_evaluate_errors_are_clear(scored_set, tmp_path, capsys):
     assert cli.main(["evaluate", "--pred", str(scored_set / "pred"), "--gt", str(gt)]) == 2
     err = capsys.readouterr().err
     assert "does not match" in err and "Traceback" not in err
+    assert str(gt / "case0.nii.gz") in err  # the mismatched ground-truth file is named
 
 
 def test_mood_pixel_and_sample_outputs(tmp_path, tiny_model_dir):

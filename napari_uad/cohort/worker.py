@@ -48,6 +48,7 @@ class JobSpec:
     connectivity: int = 3
     force: bool = False
     options: dict = field(default_factory=dict)  # PipelineOptions fields
+    command: str = ""  # the cohort command line, recorded in each S.json
 
     def build(self, device: str):
         """The ScoreJob (model loaded, weights verified)."""
@@ -59,7 +60,7 @@ class JobSpec:
         model, card = load_model(self.model)
         scorer = Scorer(model, card, device=device, options=PipelineOptions(**self.options))
         return ScoreJob.from_card(scorer, self.maps, self.detection_map, self.threshold, self.min_volume_mm3,
-                                  self.edge_margin_mm, self.connectivity, self.force)
+                                  self.edge_margin_mm, self.connectivity, self.force, command=self.command)
 
 
 def _worker_device(spec: JobSpec, worker_name) -> str:
