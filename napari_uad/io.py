@@ -261,12 +261,35 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
                               if len(img.shape) > 3 else f"is {len(img.shape)}D (shape {img.shape}); a 3D volume is needed")
         if img.get_data_dtype().names is not None:
             raise VolumeError(path, "is an RGB/vector image; only scalar volumes are supported")
+        _check_nifti_size(path, img)
         data = np.asarray(img.get_fdata(dtype=np.float32))  # applies scl_slope / scl_inter
         return data, np.asarray(img.affine, dtype=np.float64)
     except VolumeError:
         raise
     except Exception as err:  # nibabel raises many types for corrupt files (EOFError, zlib.error, ...)
         raise VolumeError(path, f"cannot be read as NIfTI ({_short(err)})") from err
+
+
+MAX_VOXELS = 1024**3  # a sane maximum for one scan (4 GiB as float32)
+
+
+def _check_nifti_size(path: Path, img) -> None:
+    """Refuse a header that claims more voxels than the file holds (or than any scan has) before allocating."""
+    n = int(np.prod(img.shape, dtype=np.int64))
+    if n > MAX_VOXELS:
+        raise VolumeError(path, f"header claims {'x'.join(map(str, img.shape))} voxels, more than the {MAX_VOXELS} "
+                                "a scan may have")
+    needed = int(img.header.get_data_offset()) + n * img.get_data_dtype().itemsize
+    if str(path).lower().endswith(".gz"):
+        with open(path, "rb") as fh:  # gzip's trailer: uncompressed size mod 2^32 (scans are < 4 GiB)
+            fh.seek(-4, os.SEEK_END)
+            available = int.from_bytes(fh.read(4), "little")
+        needed %= 2**32
+    else:
+        available = path.stat().st_size
+    if available < needed:
+        raise VolumeError(path, f"header claims {'x'.join(map(str, img.shape))} voxels ({needed} bytes) but the "
+                                f"file holds {available} bytes (truncated or corrupt)")
 
 
 def _short(err: Exception) -> str:
@@ -300,6 +323,27 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return _sitk_to_array_affine(img, path)
 
 
+def _check_slice_positions(reader, img, path: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing or duplicated slice): averaging the
+    spacing would misplace everything below the gap. Positions (0020,0032) projected on the slice normal."""
+    positions = []
+    for i in range(img.GetDepth()):
+        if not reader.HasMetaDataKey(i, "0020|0032"):
+            return  # no positions to check (SimpleITK then used the spacing it was given)
+        positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
+    normal = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    steps = np.diff(np.sort(np.asarray(positions) @ normal))
+    if steps.size == 0:
+        return
+    typical = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - typical) > max(0.01 * typical, 1e-3))
+    if bad.size:
+        k = int(bad[0])
+        raise VolumeError(path, f"slice positions are not evenly spaced: {steps[k]:.3g} mm between slices {k + 1} "
+                                f"and {k + 2} where the others are {typical:.3g} mm apart (a slice is missing or "
+                                "duplicated); export the complete series")
+
+
 def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     import SimpleITK as sitk
 
@@ -321,6 +365,7 @@ def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
         img = reader.Execute()
     except Exception as err:
         raise VolumeError(path, f"DICOM series cannot be read ({_short(err)})") from err
+    _check_slice_positions(reader, img, path)
     modality = None
     if reader.HasMetaDataKey(0, "0008|0060"):
         tag = reader.GetMetaData(0, "0008|0060").strip().upper()

@@ -43,6 +43,11 @@ def check_input(volume: Volume, card: ModelCard, force: bool = False) -> list[st
         warnings.append(f"{volume.modality} scan scored by the {card.modality} model {card.name!r} (forced)")
     ref = ood_reference(card)
     extent = np.asarray(volume.shape) * np.asarray(volume.spacing)
+    in_plane = min(volume.shape[:2])
+    if in_plane < card.input_size / 4 or min(volume.shape) < 3:
+        warnings.append(f"the volume is tiny ({' x '.join(map(str, volume.shape))} voxels, "
+                        f"{' x '.join(f'{e:.0f}' for e in extent)} mm) for a model that reads "
+                        f"{card.input_size} x {card.input_size}-pixel slices")
     min_side = ref.get("min_field_of_view_mm")
     if min_side is not None and extent.min() < 0.5 * min_side:
         warnings.append(f"field of view {' x '.join(f'{e:.0f}' for e in extent)} mm is much smaller than the "

@@ -220,3 +220,35 @@ def test_truncated_gzip_is_not_modified(tmp_path):
     assert p.read_bytes() == full[:-100]
     with pytest.raises(EOFError):
         gzip.decompress(p.read_bytes())
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    """20 slices, slice 10 deleted: the spacing would average to 1.056 x 2.5 mm and misplace everything below the
+    gap; the reader refuses in one line naming the gap."""
+    data = np.random.default_rng(0).integers(0, 1000, (16, 16, 20)).astype(np.int16)
+    series = write_dicom_series(tmp_path / "dicom", data)
+    (series / "slice010.dcm").unlink()
+    with pytest.raises(VolumeError, match=r"not evenly spaced: 5 mm between slices 10 and 11 where the others are "
+                                          r"2.5 mm apart") as err:
+        read_volume(series)
+    assert str(series) in str(err.value) and "\n" not in str(err.value)
+    assert read_volume(write_dicom_series(tmp_path / "complete", data)).shape == (16, 16, 20)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_header_larger_than_the_file_is_refused_before_reading(tmp_path, suffix, monkeypatch):
+    """A header claiming 1000^3 voxels over 10^3 voxels of data: one line, and the data is never read (no
+    2 GB allocation first)."""
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.Nifti1Image(np.zeros((10, 10, 10), np.int16), np.eye(4)).header
+    header.set_data_shape((1000, 1000, 1000))
+    header.set_data_offset(352)  # single-file NIfTI-1: 348-byte header + 4-byte extension flag
+    body = header.binaryblock + bytes(352 - len(header.binaryblock)) + bytes(2000)
+    path = tmp_path / f"liar{suffix}"
+    path.write_bytes(gzip.compress(body) if suffix == ".nii.gz" else body)
+    monkeypatch.setattr(nib.Nifti1Image, "get_fdata", lambda *a, **k: pytest.fail("the data was read"))
+    with pytest.raises(VolumeError, match="header claims 1000x1000x1000 voxels .* but the file holds 2352 bytes"):
+        read_volume(path)

@@ -49,7 +49,12 @@ def test_ct_scan_is_refused_unless_forced():
 def test_tiny_volume_fires():
     tiny = Volume.from_array(np.random.default_rng(0).normal(100, 10, (8, 8, 8)).astype(np.float32), np.eye(4))
     warnings = check_input(tiny, card_with_reference())
-    assert len(warnings) == 1 and "field of view 8 x 8 x 8 mm" in warnings[0]
+    assert len(warnings) == 2 and "field of view 8 x 8 x 8 mm" in warnings[1]
+    # without any calibration reference the tiny volume still speaks
+    bare = ModelCard(name="m", version="1", modality="MR")
+    assert check_input(tiny, bare) == ["the volume is tiny (8 x 8 x 8 voxels, 8 x 8 x 8 mm) for a model that reads "
+                                       "128 x 128-pixel slices"]
+    assert check_input(brain_ball()[0], bare) == []
     found, facts = check_result(np.ones((8, 8, 8), bool), 1.0, np.zeros((8, 8, 8), np.float32), 0.0,
                                 card_with_reference(), "nll")
     assert any("brain volume 1 ml" in w for w in found) and facts["brain_volume_ml"] == pytest.approx(0.5, abs=0.1)
