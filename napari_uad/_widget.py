@@ -57,6 +57,7 @@ __all__ = ["AnomalyReviewWidget"]
 
 TAG_COLORS = {"unreviewed": "#bbbbbb", "TP": "#2ecc40", "FP": "#ff4136", "uncertain": "#ffdc00"}
 TAG_KEYS = {"t": "TP", "f": "FP", "u": "uncertain"}
+NAV_KEYS = {"next": "n", "previous": "p", "jump": "j"}  # next / previous finding, jump to the current one
 TABLE_COLUMNS = ("id", "i", "j", "k", "x mm", "y mm", "z mm", "volume mm³", "max", "mean", "slices", "tag",
                  "category", "note")
 BROWSE = "Browse for card.json…"
@@ -235,9 +236,9 @@ class AnomalyReviewWidget(QWidget):
         layout.addWidget(self.findings_table, stretch=1)
 
         nav = QHBoxLayout()
-        self.prev_button = QPushButton("◀ Previous", objectName="prev_button")
+        self.prev_button = QPushButton("◀ Previous (P)", objectName="prev_button")
         self.prev_button.clicked.connect(lambda: self.select_finding(self.current_row - 1))
-        self.next_button = QPushButton("Next ▶", objectName="next_button")
+        self.next_button = QPushButton("Next (N) ▶", objectName="next_button")
         self.next_button.clicked.connect(lambda: self.select_finding(self.current_row + 1))
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
@@ -277,8 +278,29 @@ class AnomalyReviewWidget(QWidget):
             w.setEnabled(enabled)
 
     def _bind_keys(self) -> None:
-        for key, tag in TAG_KEYS.items():
-            self.viewer.bind_key(key, lambda _viewer, t=tag: self.tag_current(t, advance=True), overwrite=True)
+        """Review keys wherever the reviewer's focus is: on the canvas (napari key bindings) and anywhere in this
+        widget, the findings table included (an event filter; text fields keep their letters)."""
+        actions = {key: (lambda t=tag: self.tag_current(t, advance=True)) for key, tag in TAG_KEYS.items()}
+        actions.update({NAV_KEYS["next"]: lambda: self.select_finding(self.current_row + 1),
+                        NAV_KEYS["previous"]: lambda: self.select_finding(max(self.current_row - 1, 0)),
+                        NAV_KEYS["jump"]: lambda: self.select_finding(max(self.current_row, 0))})
+        self._key_actions = actions
+        for key, action in actions.items():
+            self.viewer.bind_key(key, lambda _viewer, a=action: a(), overwrite=True)
+        for child in [self, *self.findChildren(QWidget)]:
+            if not isinstance(child, QLineEdit):
+                child.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        """Review keys pressed while a control of this widget (not a text field) has the focus."""
+        from qtpy.QtCore import QEvent
+
+        if event.type() == QEvent.Type.KeyPress and not (event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier):
+            action = self._key_actions.get(event.text().lower()) if event.text() else None
+            if action is not None and event.text().isalpha():
+                action()
+                return True
+        return super().eventFilter(obj, event)
 
     def _refresh_image_layers(self, event=None) -> None:
         from napari.layers import Image

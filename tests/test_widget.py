@@ -259,7 +259,9 @@ def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_
     assert mask_layer.data.shape == image.data.shape and mask_layer.contour == 1
     assert widget.scan.result.preprocessing[0]["settings"]["mode"] == "off"
     # without the gradient toggle only the fast maps are computed, listed and shown
-    assert list(widget.scan.result.maps) == ["residual", "U", "E", "nll", "tissue"]
+    from napari_uad.scoring import DEFAULT_MAPS
+
+    assert list(widget.scan.result.maps) == list(DEFAULT_MAPS)
     assert [widget.map_selector.itemText(i) for i in range(widget.map_selector.count())] == list(widget.scan.result.maps)
     assert "phantom kl_grad" not in viewer.layers
     assert widget.ood_banner.isHidden() and widget.scan.warnings == []
@@ -326,3 +328,43 @@ def test_cohort_worklist_review_next_scan_resume_and_export(qtbot, make_napari_v
     if os.environ.get("NAPARI_UAD_SCREENSHOTS"):
         viewer2.window.add_dock_widget(w2, name="Anomaly review")
         viewer2.screenshot(os.path.join(os.environ["NAPARI_UAD_SCREENSHOTS"], "worklist.png"), canvas_only=False)
+
+
+def test_review_keys_work_with_the_focus_in_the_table_the_widget_or_the_canvas(qtbot, widget, scan_path):
+    """Click a row, press T: tagged and on to the next; N / P / J move between findings; a text field keeps its
+    letters. Real key events, sent to whatever has the focus."""
+    from qtpy.QtCore import Qt
+
+    viewer = widget.viewer
+    viewer.window.add_dock_widget(widget, name="Anomaly review")
+    open_scan(viewer, scan_path)
+    assert score(qtbot, widget) is True
+    slider = widget.threshold_slider
+    counts = {}
+    for position in range(0, slider.maximum(), 25):  # the setting with most findings, to have some to move over
+        slider.setValue(position)
+        widget.update_findings()
+        counts[position] = widget.findings_table.rowCount()
+    slider.setValue(max(counts, key=counts.get))
+    widget.update_findings()
+    table = widget.findings_table
+    assert table.rowCount() >= 3
+    viewer.window._qt_window.show()
+    table.setFocus()
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton,
+                     pos=table.visualRect(table.model().index(0, 0)).center())
+    assert widget.current_row == 0
+    qtbot.keyClick(table, Qt.Key.Key_T)
+    first = widget.view.findings[0].finding_id
+    assert widget.review.reviews[first]["tag"] == "TP" and widget.current_row == 1
+    qtbot.keyClick(table, Qt.Key.Key_N)
+    assert widget.current_row == 2
+    qtbot.keyClick(table, Qt.Key.Key_P)
+    assert widget.current_row == 1
+    qtbot.keyClick(widget.threshold_slider, Qt.Key.Key_F)  # focus elsewhere in the widget
+    assert widget.review.reviews[widget.view.findings[1].finding_id]["tag"] == "FP" and widget.current_row == 2
+    qtbot.keyClick(widget.note_edit, Qt.Key.Key_U)  # typing a note: a letter, not a tag
+    assert widget.note_edit.text() == "u" and widget.view.findings[2].finding_id not in widget.review.reviews
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key.Key_U)  # on the canvas: napari's key binding
+    assert widget.review.reviews[widget.view.findings[2].finding_id]["tag"] == "uncertain"
