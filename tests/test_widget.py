@@ -368,3 +368,63 @@ def test_review_keys_work_with_the_focus_in_the_table_the_widget_or_the_canvas(q
     canvas = viewer.window._qt_viewer.canvas.native
     qtbot.keyClick(canvas, Qt.Key.Key_U)  # on the canvas: napari's key binding
     assert widget.review.reviews[widget.view.findings[2].finding_id]["tag"] == "uncertain"
+
+
+REVIEW_CHILD = r"""
+import sys, time
+import numpy as np
+from qtpy.QtWidgets import QApplication
+import napari
+from napari_uad._widget import AnomalyReviewWidget
+from napari_uad._reader import get_reader
+
+scan, model = sys.argv[1], sys.argv[2]
+viewer = napari.Viewer(show=False)
+for data, kwargs, kind in get_reader(scan)(scan):
+    getattr(viewer, f"add_{kind}")(data, **kwargs)
+w = AnomalyReviewWidget(viewer)
+w.add_model(model)
+w.device_selector.setCurrentText("cpu")
+done = []
+w.scoring_finished.connect(done.append)
+w.start_scoring()
+while not done:
+    QApplication.processEvents()
+    time.sleep(0.01)
+counts = {}
+for position in range(0, w.threshold_slider.maximum(), 25):
+    w.threshold_slider.setValue(position)
+    w.update_findings()
+    counts[position] = len(w.view.findings)
+w.threshold_slider.setValue(max(counts, key=counts.get))
+w.update_findings()
+w.tag_current("TP")
+w.tag_current("FP")
+print("TAGGED", w.review.path, [f.finding_id for f in w.view.findings[:2]], flush=True)
+while True:  # mid-review: the parent kills this process now
+    QApplication.processEvents()
+    time.sleep(0.05)
+"""
+
+
+def test_kill_9_mid_review_loses_no_tag(tmp_path, tiny_model_dir, scan_path):
+    """napari killed with SIGKILL right after two tags: both are on disk, in a session a restart restores."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NAPARI_UAD_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-c", REVIEW_CHILD, str(scan_path), str(tiny_model_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    line = ""
+    for line in proc.stdout:
+        if line.startswith("TAGGED"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert line.startswith("TAGGED"), "the child never got to review"
+    _, path, ids = line.split(" ", 2)
+    first, second = json.loads(ids)
+    saved = json.loads(open(path.strip()).read())["reviews"]
+    assert saved[str(first)]["tag"] == "TP" and saved[str(second)]["tag"] == "FP"
