@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from .cohort.worklist import Worklist
+from ..cohort.worklist import Worklist
 
 __all__ = ["WorklistPanel", "WORKLIST_COLUMNS"]
 

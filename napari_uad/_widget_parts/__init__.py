@@ -1,0 +1,1 @@
+"""Parts of the review widget, one job each (see ``napari_uad._widget``)."""
