@@ -30,6 +30,8 @@ from .session import FindingsView, ScoredScan
 __all__ = ["AnomalyReviewWidget", "NAV_KEYS", "TAG_KEYS"]
 
 NAV_KEYS = {"next": "n", "previous": "p", "jump": "j"}  # next / previous finding, jump to the current one
+CSV_FILTER = "Findings CSV (*.csv)"
+SLICER_FILTER = "3D Slicer segmentation + markups (*.seg.nrrd)"
 # controls of the parts, reachable as attributes of the widget (stable names for scripts and tests)
 _PART_CONTROLS = {
     "scoring_panel": ("image_selector", "model_selector", "device_selector", "skull_strip_selector",
@@ -291,12 +293,23 @@ class AnomalyReviewWidget(QWidget):
     # -- export ------------------------------------------------------------------------------------------------
     def _on_export_clicked(self) -> None:
         default = Path.home() / f"{self.image_layer.name if self.image_layer else 'scan'}.findings.csv"
-        path, _ = QFileDialog.getSaveFileName(self, "Export reviewed findings", str(default), "CSV (*.csv)")
+        path, chosen = QFileDialog.getSaveFileName(self, "Export reviewed findings", str(default),
+                                                   f"{CSV_FILTER};;{SLICER_FILTER}")
         if path:
             try:
-                self.export_csv(path)
+                if chosen == SLICER_FILTER or path.endswith(".seg.nrrd"):
+                    self.export_slicer(path if path.endswith(".seg.nrrd") else
+                                       str(Path(path).with_suffix("")) + ".seg.nrrd")
+                else:
+                    self.export_csv(path)
             except (OSError, ValueError) as err:
                 self._notify(f"Export failed: {err}")
+
+    def export_slicer(self, path: str | Path) -> list[Path]:
+        """The reviewed findings as a 3D Slicer segmentation (``path``, .seg.nrrd) and markups (.mrk.json)."""
+        if self.scan is None or self.view is None:
+            raise ValueError("nothing to export: score a scan first")
+        return self.scan.export_slicer(path, self.view, self.review)
 
     def export_csv(self, path: str | Path) -> Path:
         """Write the reviewed findings (one row per finding, the CLI's schema) atomically to ``path``."""

@@ -76,6 +76,9 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="score a scan whose modality is not the model's (e.g. CT with an MR model) instead of "
                         "refusing it; the results carry a warning")
+    p.add_argument("--export", action="append", default=[], choices=("slicer",),
+                   help="also write the findings for other tools: slicer = S.seg.nrrd (3D Slicer segmentation, one "
+                        "segment per finding) and S.mrk.json (markups point list at the centroids, LPS)")
     _add_preprocessing_options(p)
 
 
@@ -117,7 +120,8 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
                        detection_map=args.detection_map, threshold=args.threshold,
                        min_volume_mm3=args.min_volume_mm3, edge_margin_mm=args.edge_margin_mm,
                        connectivity=args.connectivity, force=args.force,
-                       options=_pipeline_options(args).to_dict(), command=args.command_line)
+                       options=_pipeline_options(args).to_dict(), command=args.command_line,
+                       exports=tuple(args.export))
         _writable_out_dir(args.out)
         summary = run_cohort(items, args.out, spec, args.scheduler, plan, command=args.command_line, log=_log,
                              show_progress=not args.quiet)
@@ -363,7 +367,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     try:
         job = ScoreJob.from_card(scorer, maps, args.detection_map, args.threshold, args.min_volume_mm3,
                                  args.edge_margin_mm, args.connectivity, args.force, log=_log,
-                                 command=args.command_line)
+                                 command=args.command_line, exports=tuple(args.export))
     except ValueError as err:
         raise CliError(str(err)) from err
     created = _writable_out_dir(args.out)

@@ -22,7 +22,9 @@ from .mask import load_mask
 from .ood import UNRELIABLE, check_input, check_result
 from .scoring import MAP_NAMES, Progress, Scorer, parse_maps
 
-__all__ = ["ScoreJob", "environment"]
+__all__ = ["EXPORT_FORMATS", "ScoreJob", "environment"]
+
+EXPORT_FORMATS = ("slicer",)
 
 
 def environment() -> dict:
@@ -52,12 +54,14 @@ class ScoreJob:
     edge_margin_mm: float = 0.0  # findings keep this distance (mm) from the brain mask's surface
     log: Callable[[str], None] | None = None  # receives one line per out-of-distribution warning
     command: str = ""  # the command line, recorded in S.json
+    exports: tuple[str, ...] = ()  # extra formats of the findings: "slicer" (S.seg.nrrd + S.mrk.json)
 
     @classmethod
     def from_card(cls, scorer: Scorer, maps: tuple[str, ...], detection_map: str | None = None,
                   threshold: float | None = None, min_volume_mm3: float | None = None,
                   edge_margin_mm: float | None = None, connectivity: int = 3, force: bool = False,
-                  log: Callable[[str], None] | None = None, command: str = "") -> "ScoreJob":
+                  log: Callable[[str], None] | None = None, command: str = "",
+                  exports: tuple[str, ...] = ()) -> "ScoreJob":
         """A job whose unset settings come from the model card (detection map, its calibrated threshold, minimum
         volume, edge margin); ValueError with a one-line reason when one is missing or invalid."""
         card = scorer.card
@@ -75,13 +79,16 @@ class ScoreJob:
             min_volume_mm3 = float(card.calibration.get("min_volume_mm3", 0.0))
         if not 0.0 <= min_volume_mm3 < float("inf"):
             raise ValueError(f"--min-volume-mm3 must be a finite number >= 0, not {min_volume_mm3}")
+        unknown = sorted(set(exports) - set(EXPORT_FORMATS))
+        if unknown:
+            raise ValueError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(EXPORT_FORMATS)}")
         if edge_margin_mm is None:
             edge_margin_mm = float(card.calibration.get("edge_margin_mm", 0.0))
         if not 0.0 <= edge_margin_mm < float("inf"):
             raise ValueError(f"--edge-margin-mm must be a finite number >= 0, not {edge_margin_mm}")
         return cls(scorer=scorer, maps=maps, detection_map=detection_map, threshold=threshold,
                    min_volume_mm3=min_volume_mm3, connectivity=connectivity, force=force,
-                   edge_margin_mm=edge_margin_mm, log=log, command=command)
+                   edge_margin_mm=edge_margin_mm, log=log, command=command, exports=tuple(exports))
 
     def run(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None, modality: str | None = None,
             progress: Callable[[Progress], None] | None = None) -> list[Path]:
@@ -125,6 +132,11 @@ class ScoreJob:
                              detection_map=self.detection_map, threshold=self.threshold,
                              min_volume_mm3=self.min_volume_mm3)
         written.append(write_findings_csv(out_dir / f"{stem}.findings.csv", rows))
+        if "slicer" in self.exports:
+            from .interop.slicer import write_markups, write_segmentation
+
+            written.append(write_segmentation(out_dir / f"{stem}.seg.nrrd", volume, labels, rows))
+            written.append(write_markups(out_dir / f"{stem}.mrk.json", rows))
         seconds = {"read": t_read, **result.seconds, "findings": t_findings, "write": time.perf_counter() - t2}
         report = {
             "napari_uad_version": __version__,

@@ -125,14 +125,32 @@ class ScoredScan:
                          threshold=round(float(view.threshold), 9), min_volume_mm3=float(view.min_volume_mm3),
                          connectivity=int(view.connectivity))
 
-    def export_csv(self, path: str | Path, view: FindingsView, review: ReviewSession | None) -> Path:
-        """Write the reviewed findings CSV atomically; refuses to write over the scan itself."""
-        path = Path(path)
-        if self.volume.path is not None and path.resolve() == Path(self.volume.path).resolve():
-            raise ValueError(f"{path}: refusing to overwrite the scan")
-        rows = findings_rows(view.findings, scan_path="" if self.volume.path is None else str(self.volume.path),
+    def _rows(self, view: FindingsView, review: ReviewSession | None) -> list[dict]:
+        return findings_rows(view.findings, scan_path="" if self.volume.path is None else str(self.volume.path),
                              scan_sha256=self.scan_sha256, model_name=self.card.name,
                              model_version=self.card.version, model_sha256=self.card.weights_sha256,
                              detection_map=view.detection_map, threshold=view.threshold,
                              min_volume_mm3=view.min_volume_mm3, reviews=None if review is None else review.reviews)
-        return write_findings_csv(path, rows)
+
+    def _refuse_scan_path(self, path: Path) -> None:
+        if self.volume.path is not None and path.resolve() == Path(self.volume.path).resolve():
+            raise ValueError(f"{path}: refusing to overwrite the scan")
+
+    def export_csv(self, path: str | Path, view: FindingsView, review: ReviewSession | None) -> Path:
+        """Write the reviewed findings CSV atomically; refuses to write over the scan itself."""
+        path = Path(path)
+        self._refuse_scan_path(path)
+        return write_findings_csv(path, self._rows(view, review))
+
+    def export_slicer(self, path: str | Path, view: FindingsView, review: ReviewSession | None) -> list[Path]:
+        """The reviewed findings for 3D Slicer: ``path`` (``X.seg.nrrd``, segments coloured by tag) and
+        ``X.mrk.json`` beside it (``napari_uad.interop.slicer``), in the scan's own geometry."""
+        from .interop.slicer import write_markups, write_segmentation
+
+        path = Path(path)
+        if not path.name.endswith(".seg.nrrd"):
+            raise ValueError(f"{path}: a Slicer segmentation file name ends with .seg.nrrd")
+        self._refuse_scan_path(path)
+        rows = self._rows(view, review)
+        markups = path.with_name(path.name[: -len(".seg.nrrd")] + ".mrk.json")
+        return [write_segmentation(path, self.volume, view.labels, rows), write_markups(markups, rows)]

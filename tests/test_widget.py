@@ -132,6 +132,13 @@ def test_score_threshold_tag_export(qtbot, widget, scan_path, tmp_path):
         np.testing.assert_allclose([float(row["centroid_z_mm"]), float(row["centroid_y_mm"]),
                                     float(row["centroid_x_mm"])], world, atol=1e-3)
         assert row["model_name"] == "tiny-test" and row["scan_path"].endswith("phantom.nrrd")
+    # the same review as a 3D Slicer segmentation + markups, readable back with the tags
+    from napari_uad.interop.slicer import read_segmentation_findings
+
+    seg, mrk = widget.export_slicer(tmp_path / "reviewed.seg.nrrd")
+    _, _, fields = read_segmentation_findings(seg)
+    assert fields[1]["tag"] == "TP" and fields[2]["tag"] == "FP" and fields[2]["category"] == "imaging artefact"
+    assert mrk.name == "reviewed.mrk.json" and mrk.is_file()
 
 
 def test_cancel_leaves_no_layers(qtbot, widget, scan_path, monkeypatch):

@@ -49,7 +49,7 @@ class ReviewPanel(QWidget):
         self.reviewer_edit.editingFinished.connect(lambda: save_setting("reviewer", self.reviewer_edit.text()))
         form.addRow("Reviewer", self.reviewer_edit)
         layout.addLayout(form)
-        self.export_button = QPushButton("Export CSV…", objectName="export_button")
+        self.export_button = QPushButton("Export CSV / Slicer…", objectName="export_button")
         self.export_button.clicked.connect(self.export_clicked)
         layout.addWidget(self.export_button)
 

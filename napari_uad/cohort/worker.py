@@ -49,6 +49,7 @@ class JobSpec:
     force: bool = False
     options: dict = field(default_factory=dict)  # PipelineOptions fields
     command: str = ""  # the cohort command line, recorded in each S.json
+    exports: tuple[str, ...] = ()  # extra findings formats (ScoreJob.exports)
 
     def build(self, device: str):
         """The ScoreJob (model loaded, weights verified)."""
@@ -60,7 +61,8 @@ class JobSpec:
         model, card = load_model(self.model)
         scorer = Scorer(model, card, device=device, options=PipelineOptions(**self.options))
         return ScoreJob.from_card(scorer, self.maps, self.detection_map, self.threshold, self.min_volume_mm3,
-                                  self.edge_margin_mm, self.connectivity, self.force, command=self.command)
+                                  self.edge_margin_mm, self.connectivity, self.force, command=self.command,
+                                  exports=self.exports)
 
 
 def _worker_device(spec: JobSpec, worker_name) -> str:

@@ -1,0 +1,1 @@
+"""Findings in the formats other tools read: 3D Slicer (``slicer``)."""
