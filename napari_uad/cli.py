@@ -76,9 +76,10 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="score a scan whose modality is not the model's (e.g. CT with an MR model) instead of "
                         "refusing it; the results carry a warning")
-    p.add_argument("--export", action="append", default=[], choices=("slicer",),
-                   help="also write the findings for other tools: slicer = S.seg.nrrd (3D Slicer segmentation, one "
-                        "segment per finding) and S.mrk.json (markups point list at the centroids, LPS)")
+    p.add_argument("--export", action="append", default=[], choices=("slicer", "dicom-seg"),
+                   help="also write the findings for other tools (repeatable): slicer = S.seg.nrrd (3D Slicer "
+                        "segmentation, one segment per finding) and S.mrk.json (markups point list at the centroids, "
+                        "LPS); dicom-seg = S.seg.dcm, a DICOM Segmentation over the input DICOM series")
     _add_preprocessing_options(p)
 
 

@@ -24,7 +24,7 @@ from .scoring import MAP_NAMES, Progress, Scorer, parse_maps
 
 __all__ = ["EXPORT_FORMATS", "ScoreJob", "environment"]
 
-EXPORT_FORMATS = ("slicer",)
+EXPORT_FORMATS = ("slicer", "dicom-seg")
 
 
 def environment() -> dict:
@@ -54,7 +54,7 @@ class ScoreJob:
     edge_margin_mm: float = 0.0  # findings keep this distance (mm) from the brain mask's surface
     log: Callable[[str], None] | None = None  # receives one line per out-of-distribution warning
     command: str = ""  # the command line, recorded in S.json
-    exports: tuple[str, ...] = ()  # extra formats of the findings: "slicer" (S.seg.nrrd + S.mrk.json)
+    exports: tuple[str, ...] = ()  # extra formats: "slicer" (S.seg.nrrd + S.mrk.json), "dicom-seg" (S.seg.dcm)
 
     @classmethod
     def from_card(cls, scorer: Scorer, maps: tuple[str, ...], detection_map: str | None = None,
@@ -137,6 +137,11 @@ class ScoreJob:
 
             written.append(write_segmentation(out_dir / f"{stem}.seg.nrrd", volume, labels, rows))
             written.append(write_markups(out_dir / f"{stem}.mrk.json", rows))
+        if "dicom-seg" in self.exports and findings:
+            from .interop.dicom_seg import write_dicom_seg
+
+            written.append(write_dicom_seg(out_dir / f"{stem}.seg.dcm", volume, labels, rows, card.name,
+                                           card.version, __version__))
         seconds = {"read": t_read, **result.seconds, "findings": t_findings, "write": time.perf_counter() - t2}
         report = {
             "napari_uad_version": __version__,

@@ -86,3 +86,42 @@ def test_reviewed_segmentation_reads_back_with_its_tags(tmp_path, tiny_model_dir
     image_kwargs = get_reader(str(tmp_path / "scan_LPS.nii.gz"))(str(tmp_path / "scan_LPS.nii.gz"))[0][1]
     np.testing.assert_allclose(kwargs["scale"], image_kwargs["scale"])  # over the scan
     np.testing.assert_allclose(kwargs["translate"], image_kwargs["translate"])
+
+
+def test_dicom_seg_references_the_source_series_and_matches_the_labels(tmp_path, tiny_model_dir):
+    """--export dicom-seg on a DICOM series input: a DICOM Segmentation that references every source SOP instance,
+    one segment per finding (algorithm = the model), frames equal to the findings labels."""
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+
+    from .test_io import write_dicom_series
+
+    series = write_dicom_series(tmp_path / "series", (head_phantom((40, 44, 14)) * 10).astype(np.int16))
+    out = tmp_path / "out"
+    assert cli.main(["score", str(series), "--out", str(out), "--model", str(tiny_model_dir), "--quiet",
+                     "--threshold", "0.8", "--maps", "residual", "--detection-map", "residual",
+                     "--export", "dicom-seg"]) == 0
+    with open(out / "series.findings.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows
+    seg = hd.seg.segread(str(out / "series.seg.dcm"))
+    sources = [pydicom.dcmread(str(f)) for f in sorted(series.iterdir())]
+    uids = {ds.SOPInstanceUID for ds in sources}
+    referenced = {ref.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                  for ref in s.ReferencedInstanceSequence}
+    assert referenced == uids and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == [f"finding {r['finding_id']}" for r in rows]
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("tiny-test", "0.0.1")
+    # frames per source slice, segments combined into a label map, against the labels NIfTI (same grid)
+    labels = np.asarray(nib.load(str(out / "series.labels.nii.gz")).dataobj)  # (column, row, slice)
+    order = sorted(sources, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    pixels = seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in order], combine_segments=True)
+    expected = np.zeros(labels.shape[::-1], np.int64)  # segment numbers 1..n in the order of the CSV rows
+    for n, r in enumerate(rows, start=1):
+        expected[labels.transpose(2, 1, 0) == int(r["finding_id"])] = n
+    np.testing.assert_array_equal(pixels, expected)
+    # a NIfTI input cannot have a DICOM SEG: one line, the scan fails
+    scan = write_image_file(tmp_path / "scan.nii.gz", head_phantom((40, 44, 14)), affine_for("RAS"))
+    assert cli.main(["score", str(scan), "--out", str(tmp_path / "o2"), "--model", str(tiny_model_dir), "--quiet",
+                     "--threshold", "0.8", "--export", "dicom-seg"]) == 1
