@@ -32,6 +32,7 @@ __all__ = ["AnomalyReviewWidget", "NAV_KEYS", "TAG_KEYS"]
 NAV_KEYS = {"next": "n", "previous": "p", "jump": "j"}  # next / previous finding, jump to the current one
 CSV_FILTER = "Findings CSV (*.csv)"
 SLICER_FILTER = "3D Slicer segmentation + markups (*.seg.nrrd)"
+DICOM_SEG_FILTER = "DICOM SEG over the source series (*.dcm)"
 # controls of the parts, reachable as attributes of the widget (stable names for scripts and tests)
 _PART_CONTROLS = {
     "scoring_panel": ("image_selector", "model_selector", "device_selector", "skull_strip_selector",
@@ -293,17 +294,27 @@ class AnomalyReviewWidget(QWidget):
     # -- export ------------------------------------------------------------------------------------------------
     def _on_export_clicked(self) -> None:
         default = Path.home() / f"{self.image_layer.name if self.image_layer else 'scan'}.findings.csv"
-        path, chosen = QFileDialog.getSaveFileName(self, "Export reviewed findings", str(default),
-                                                   f"{CSV_FILTER};;{SLICER_FILTER}")
+        filters = [CSV_FILTER, SLICER_FILTER]
+        if self.scan is not None and self.scan.volume.path is not None and Path(self.scan.volume.path).is_dir():
+            filters.append(DICOM_SEG_FILTER)  # the scan came from a DICOM series
+        path, chosen = QFileDialog.getSaveFileName(self, "Export reviewed findings", str(default), ";;".join(filters))
         if path:
             try:
-                if chosen == SLICER_FILTER or path.endswith(".seg.nrrd"):
+                if chosen == DICOM_SEG_FILTER or path.endswith(".dcm"):
+                    self.export_dicom_seg(path)
+                elif chosen == SLICER_FILTER or path.endswith(".seg.nrrd"):
                     self.export_slicer(path if path.endswith(".seg.nrrd") else
                                        str(Path(path).with_suffix("")) + ".seg.nrrd")
                 else:
                     self.export_csv(path)
             except (OSError, ValueError) as err:
                 self._notify(f"Export failed: {err}")
+
+    def export_dicom_seg(self, path: str | Path) -> Path:
+        """The reviewed findings as a DICOM Segmentation over the scan's DICOM series."""
+        if self.scan is None or self.view is None:
+            raise ValueError("nothing to export: score a scan first")
+        return self.scan.export_dicom_seg(path, self.view, self.review)
 
     def export_slicer(self, path: str | Path) -> list[Path]:
         """The reviewed findings as a 3D Slicer segmentation (``path``, .seg.nrrd) and markups (.mrk.json)."""

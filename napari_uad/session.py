@@ -154,3 +154,13 @@ class ScoredScan:
         rows = self._rows(view, review)
         markups = path.with_name(path.name[: -len(".seg.nrrd")] + ".mrk.json")
         return [write_segmentation(path, self.volume, view.labels, rows), write_markups(markups, rows)]
+
+    def export_dicom_seg(self, path: str | Path, view: FindingsView, review: ReviewSession | None) -> Path:
+        """The reviewed findings as a DICOM Segmentation over the scan's DICOM series (``interop.dicom_seg``)."""
+        from . import __version__
+        from .interop.dicom_seg import write_dicom_seg
+
+        path = Path(path)
+        self._refuse_scan_path(path)
+        return write_dicom_seg(path, self.volume, view.labels, self._rows(view, review), self.card.name,
+                               self.card.version, __version__)

@@ -125,3 +125,32 @@ def test_dicom_seg_references_the_source_series_and_matches_the_labels(tmp_path,
     scan = write_image_file(tmp_path / "scan.nii.gz", head_phantom((40, 44, 14)), affine_for("RAS"))
     assert cli.main(["score", str(scan), "--out", str(tmp_path / "o2"), "--model", str(tiny_model_dir), "--quiet",
                      "--threshold", "0.8", "--export", "dicom-seg"]) == 1
+
+
+def test_reviewed_scan_exports_dicom_seg_with_tag_colours(tmp_path, tiny_model_dir, monkeypatch):
+    """The widget's reviewed export path (ScoredScan.export_dicom_seg): the reviewer's TP is red in the SEG."""
+    hd = pytest.importorskip("highdicom")
+    from napari_uad.io import read_volume
+    from napari_uad.model_card import load_model
+    from napari_uad.review import ReviewSession
+    from napari_uad.scoring import Scorer
+    from napari_uad.session import ScoredScan
+
+    from .test_io import write_dicom_series
+
+    monkeypatch.setenv("NAPARI_UAD_HOME", str(tmp_path / "home"))
+    series = write_dicom_series(tmp_path / "series", (head_phantom((40, 44, 14)) * 10).astype(np.int16))
+    volume = read_volume(series)
+    model, card = load_model(tiny_model_dir)
+    scan = ScoredScan(volume, Scorer(model, card, device="cpu").score(volume, ("residual",)), card)
+    view = scan.findings("residual", 0.8, 0.0)
+    review = ReviewSession(key=scan.review_key(view))
+    review.update(view.findings[0].finding_id, tag="TP")
+    seg = hd.seg.segread(str(scan.export_dicom_seg(tmp_path / "reviewed.seg.dcm", view, review)))
+    colours = [hd.color.CIELabColor.from_dicom_value(d.RecommendedDisplayCIELabValue).to_rgb()
+               for d in seg.SegmentSequence]
+    assert colours[0] == pytest.approx((255, 0, 0), abs=2) and len(colours) == len(view.findings)
+    with pytest.raises(ValueError, match="needs a DICOM series"):
+        nifti = read_volume(write_image_file(tmp_path / "s.nii.gz", head_phantom((40, 44, 14)), np.eye(4)))
+        other = ScoredScan(nifti, Scorer(model, card, device="cpu").score(nifti, ("residual",)), card)
+        other.export_dicom_seg(tmp_path / "x.dcm", other.findings("residual", 0.8, 0.0), None)
