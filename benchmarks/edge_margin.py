@@ -16,44 +16,34 @@ post-processing), at the card's threshold. Prints one JSON line per margin and m
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
+from _validation import validation_parser, validation_setup  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--maps-dir", type=Path, default=ROOT.parent / "shared" / "data" / "synthseg_label_maps")
-    parser.add_argument("--val-maps", type=int, default=4)
-    parser.add_argument("--n", type=int, default=6)
+    parser = validation_parser(__doc__.splitlines()[0], n=6)
     parser.add_argument("--margins", default="0,2,3,4,6")
     parser.add_argument("--median-sizes", default="0")
     args = parser.parse_args()
-    if not args.maps_dir.is_dir():
-        print(f"{args.maps_dir}: not found; nothing to measure")
+    setup = validation_setup(args)
+    if setup is None:
         return
+    model, card, files = setup
     from napari_uad.findings import interior, label_components
     from napari_uad.io import Volume
-    from napari_uad.model_card import load_model
     from napari_uad.scoring import Scorer
-    from napari_uad.synth_labels import label_head, label_map_files
+    from napari_uad.synth_labels import label_head
 
-    torch.manual_seed(0)
-    model, card = load_model(args.model)
     scorer = Scorer(model, card, device="cpu")
     det, thr = card.detection_map, card.default_threshold()
     min_volume = float(card.calibration.get("min_volume_mm3", 0.0))
     margins = [float(m) for m in args.margins.split(",")]
     medians = [int(m) for m in args.median_sizes.split(",")]
     settings = [(m, size) for size in medians for m in margins]
-    files = label_map_files(args.maps_dir)[-args.val_maps:]
     counts = {key: {"fp_healthy": 0, "found": 0, "lesions": 0, "fp_lesion": 0} for key in settings}
     for i in range(2 * args.n):
         lesion = None if i < args.n else "any"

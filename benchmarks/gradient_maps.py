@@ -13,16 +13,14 @@ non-gradient maps of the same heads. Prints one JSON line per variant and map; w
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
 VARIANTS = (  # (grad_reduction, grad_brain_only, grad_smoothing_sigma)
     ("mean_abs", False, 3.0),  # the thesis' definition (the default)
     ("mean_abs", True, 3.0),
@@ -35,26 +33,19 @@ BASELINE = ("residual", "signed_residual", "E", "z", "nll", "tissue")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--maps-dir", type=Path, default=ROOT.parent / "shared" / "data" / "synthseg_label_maps")
-    parser.add_argument("--val-maps", type=int, default=4)
-    parser.add_argument("--n", type=int, default=4)
+    parser = validation_parser(__doc__.splitlines()[0], n=4)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "gradient_maps.json")
     args = parser.parse_args()
-    if not args.maps_dir.is_dir():
-        print(f"{args.maps_dir}: not found; nothing to measure")
+    setup = validation_setup(args)
+    if setup is None:
         return
+    model, card, files = setup
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from napari_uad.io import Volume
-    from napari_uad.model_card import load_model
     from napari_uad.scoring import Scorer
-    from napari_uad.synth_labels import label_head, label_map_files
+    from napari_uad.synth_labels import label_head
 
-    torch.manual_seed(0)
-    model, card = load_model(args.model)
-    files = label_map_files(args.maps_dir)[-args.val_maps:]
     heads = [label_head(files[i % len(files)], 300_000 + 2 * i, lesion="any") for i in range(args.n)]
     truth = np.concatenate([h.lesion[h.brain] for h in heads])
     rows = []

@@ -10,17 +10,16 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
     QSlider,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from ..session import SLIDER_STEPS, FindingsView, ScoredScan
+from . import row_table
 from .profile import SliceProfile
 
 __all__ = ["FindingsPanel", "TABLE_COLUMNS", "TAG_COLORS"]
@@ -66,13 +65,7 @@ class FindingsPanel(QWidget):
         self.profile.slice_clicked.connect(self.slice_clicked)
         layout.addWidget(QLabel("Per-slice anomaly profile (click to jump)"))
         layout.addWidget(self.profile)
-        self.findings_table = QTableWidget(0, len(TABLE_COLUMNS), objectName="findings_table")
-        self.findings_table.setHorizontalHeaderLabels(TABLE_COLUMNS)
-        self.findings_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.findings_table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
-        self.findings_table.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
-        self.findings_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.findings_table.verticalHeader().setVisible(False)
+        self.findings_table = row_table(TABLE_COLUMNS, "findings_table")
         self.findings_table.itemSelectionChanged.connect(self._on_selection)
         layout.addWidget(self.findings_table, stretch=1)
         nav = QHBoxLayout()

@@ -12,15 +12,14 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
 )
 
 from ..cohort.worklist import Worklist
+from . import row_table
 
 __all__ = ["WorklistPanel", "WORKLIST_COLUMNS"]
 
@@ -40,13 +39,7 @@ class WorklistPanel(QGroupBox):
         layout.addWidget(self.open_button)
         self.label = QLabel("", objectName="worklist_label")
         layout.addWidget(self.label)
-        self.table = QTableWidget(0, len(WORKLIST_COLUMNS), objectName="worklist_table")
-        self.table.setHorizontalHeaderLabels(WORKLIST_COLUMNS)
-        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.verticalHeader().setVisible(False)
+        self.table = row_table(WORKLIST_COLUMNS, "worklist_table")
         self.table.setMinimumHeight(130)
         self.table.setMaximumHeight(200)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.open_scan(row))

@@ -1,0 +1,33 @@
+"""Shared by the validation experiments: the held-out label maps and the model to score them with."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def validation_parser(description: str, n: int) -> argparse.ArgumentParser:
+    """--model, --maps-dir (default ../shared/data/synthseg_label_maps), --val-maps 4, --n."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--maps-dir", type=Path, default=ROOT.parent / "shared" / "data" / "synthseg_label_maps")
+    parser.add_argument("--val-maps", type=int, default=4)
+    parser.add_argument("--n", type=int, default=n)
+    return parser
+
+
+def validation_setup(args: argparse.Namespace):
+    """(model, card, the last --val-maps label maps), or None (with a message) where ../shared is absent."""
+    import torch
+
+    from napari_uad.model_card import load_model
+    from napari_uad.synth_labels import label_map_files
+
+    if not args.maps_dir.is_dir():
+        print(f"{args.maps_dir}: not found; nothing to measure")
+        return None
+    torch.manual_seed(0)
+    model, card = load_model(args.model)
+    return model, card, label_map_files(args.maps_dir)[-args.val_maps:]
