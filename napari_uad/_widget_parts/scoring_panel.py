@@ -175,9 +175,9 @@ class ScoringPanel(QWidget):
 
         worker = create_worker(run, _progress={"desc": f"Scoring {name}"})
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_worker_finished)
+        worker.returned.connect(lambda scan, w=worker: self._on_returned(w, scan))
+        worker.errored.connect(lambda err, w=worker: self._on_error(w, err))
+        worker.finished.connect(lambda w=worker: self._on_worker_finished(w))
         self._worker = worker
         self.score_button.setText("Cancel")
         self.progress_bar.setValue(0)
@@ -205,23 +205,37 @@ class ScoringPanel(QWidget):
             pbar.total = step.total
             pbar.update(step.done - pbar.n)
 
-    def _on_returned(self, scan: ScoredScan) -> None:
+    def _release(self, worker) -> bool:
+        """The panel is free for the next run as soon as ``worker`` has a result (not only when its thread ends,
+        which can come after the next click); True if ``worker`` was the current run."""
+        if self._worker is not worker:
+            return False
+        self._worker = None
+        self.score_button.setText("Score anomalies")
+        return True
+
+    def _on_returned(self, worker, scan: ScoredScan) -> None:
+        if not self._release(worker):
+            return
         if self._cancelled:
+            self._show_cancelled()
             return
         self.progress_label.setText(f"scored in {scan.result.seconds['total']:.1f} s on {scan.result.device}")
         self.scored.emit(self._layer, scan)
 
-    def _on_error(self, err: Exception) -> None:
-        self.notify(f"Scoring failed: {err}")
-        self.finished.emit(False)
-
-    def _on_worker_finished(self) -> None:
-        self._worker = None
-        self.score_button.setText("Score anomalies")
-        if self._cancelled:
-            self.progress_label.setText("cancelled")
-            self.progress_bar.setValue(0)
+    def _on_error(self, worker, err: Exception) -> None:
+        if self._release(worker):
+            self.notify(f"Scoring failed: {err}")
             self.finished.emit(False)
+
+    def _on_worker_finished(self, worker) -> None:
+        if self._release(worker) and self._cancelled:  # cancelled: the run ended without a result
+            self._show_cancelled()
+
+    def _show_cancelled(self) -> None:
+        self.progress_label.setText("cancelled")
+        self.progress_bar.setValue(0)
+        self.finished.emit(False)
 
     def show_warnings(self, warnings: list[str]) -> None:
         """The red banner with the out-of-distribution guard's lines (hidden when there are none)."""
