@@ -148,9 +148,10 @@ def main() -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "real_scans")
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
-    parser.add_argument("--maps", default="residual,U,E,nll,tissue")
-    parser.add_argument("--report-maps", default="nll,E,tissue",
-                        help="maps whose pixel AP/AUROC against the tumour mask go in the table")
+    parser.add_argument("--maps", default=None, help="maps to score (default: the default maps)")
+    parser.add_argument("--report-maps", default="nll,z,tissue,combined",
+                        help="maps whose pixel AP/AUROC against the tumour mask go in the table (the card's "
+                             "detection map is always added)")
     parser.add_argument("--robex-reference", action="store_true")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -161,14 +162,14 @@ def main() -> int:
     from napari_uad.io import read_volume
     from napari_uad.model_card import load_model
     from napari_uad.ood import check_input, check_result
-    from napari_uad.scoring import Scorer, parse_maps
+    from napari_uad.scoring import DEFAULT_MAPS, Scorer, parse_maps
 
     torch.manual_seed(0)
     model, card = load_model(args.model)
     scorer = Scorer(model, card, device=args.device)
     det_name = card.detection_map
     threshold, min_volume = card.default_threshold(), float(card.calibration.get("min_volume_mm3", 0.0))
-    maps = parse_maps(set(parse_maps(args.maps)) | {det_name})
+    maps = parse_maps(set(DEFAULT_MAPS if args.maps is None else parse_maps(args.maps)) | {det_name})
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for path in scans(args.shared):
@@ -204,7 +205,8 @@ def main() -> int:
                 brain = result.mask
                 row["tumour_findings"] = sum(bool(tumour[labels == f.finding_id].any()) for f in findings)
                 row["findings_outside_tumour"] = len(findings) - row["tumour_findings"]
-                for name in [m for m in args.report_maps.split(",") if m in result.maps]:
+                report = list(dict.fromkeys([det_name, *args.report_maps.split(",")]))
+                for name in [m for m in report if m in result.maps]:
                     row[f"ap_{name}"], row[f"auroc_{name}"] = pixel_ap_auroc(result.maps[name][brain], tumour[brain])
                 row["ap_raw"], row["auroc_raw"] = pixel_ap_auroc(volume.data[brain], tumour[brain])
         picture(path, volume, det, labels, result.mask, tumour, None if ref_name == "pipeline" else ref,
