@@ -58,9 +58,10 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled or user model name, model directory or card.json (default: the bundled "
                         "cevae-brain-mr)")
-    p.add_argument("--maps", default=",".join(DEFAULT_MAPS), metavar="LIST",
-                   help=f"comma-separated maps to write, of {','.join(MAP_NAMES)} (default: {','.join(DEFAULT_MAPS)}; "
-                        f"the gradient maps {','.join(GRADIENT_MAPS)} take most of the time: ask for them)")
+    p.add_argument("--maps", default=None, metavar="LIST",
+                   help=f"comma-separated maps to write, of {','.join(MAP_NAMES)} (default: {','.join(DEFAULT_MAPS)}, "
+                        "less those the model's card has not calibrated; the gradient maps "
+                        f"{','.join(GRADIENT_MAPS)} take most of the time: ask for them)")
     p.add_argument("--detection-map", default=None, metavar="MAP",
                    help="map thresholded into findings (default: the model card's calibrated detection map)")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
@@ -105,16 +106,16 @@ def _add_cohort_parser(sub) -> None:
 
 
 def _cmd_cohort(args: argparse.Namespace) -> int:
-    from .model_card import ModelError, resolve_model
-    from .scoring import parse_maps
+    from .model_card import CARD_FILE, ModelCard, ModelError, resolve_model
+    from .scoring import default_maps, parse_maps
 
     from .cohort import JobSpec, discover, run_cohort
     from .cohort.cluster import plan_local_cluster
 
     try:
-        maps = parse_maps(args.maps)
         items = discover(args.inputs)
         model_dir = str(resolve_model(args.model).resolve())
+        maps = default_maps(ModelCard.read(Path(model_dir) / CARD_FILE)) if args.maps is None else parse_maps(args.maps)
         plan = None if args.scheduler else plan_local_cluster(args.workers, args.device)
         device = plan.device if plan else ("cpu" if args.device == "auto" else args.device)
         spec = JobSpec(model=model_dir, maps=maps, device=device, torch_threads=plan.torch_threads if plan else 1,
@@ -344,7 +345,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .io import VolumeError, file_stem
     from .model_card import ModelError, load_model
     from .pipeline import ScoreJob
-    from .scoring import Scorer, parse_maps
+    from .scoring import Scorer, default_maps, parse_maps
 
     mood = [(mode, dirs) for mode, dirs in (("pixel", args.mood_pixel), ("sample", args.mood_sample)) if dirs]
     if mood:
@@ -352,7 +353,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if not args.inputs or args.out is None:
         raise CliError("score needs INPUT... and --out DIR (or --mood-pixel / --mood-sample IN_DIR OUT_DIR)")
     try:
-        maps = parse_maps(args.maps)
+        maps = None if args.maps is None else parse_maps(args.maps)
     except ValueError as err:
         raise CliError(str(err)) from err
     inputs = [Path(p) for p in args.inputs]
@@ -365,6 +366,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         scorer = Scorer(model, card, device=args.device, batch_size=args.batch_size, options=_pipeline_options(args))
     except (ModelError, ValueError) as err:
         raise CliError(str(err)) from err
+    maps = default_maps(card) if maps is None else maps
     try:
         job = ScoreJob.from_card(scorer, maps, args.detection_map, args.threshold, args.min_volume_mm3,
                                  args.edge_margin_mm, args.connectivity, args.force, log=_log,

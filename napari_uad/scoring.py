@@ -40,7 +40,7 @@ from .slices import SliceGeometry, gaussian_blur2d
 from .combined import COMBINED, combine, combined_components
 from .tissue import tissue_outlier_map
 
-__all__ = ["DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
+__all__ = ["default_maps", "DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
            "parse_maps"]
 
 MAP_NAMES: tuple[str, ...] = ("residual", "signed_residual", "U", "E", "z", "nll", "tissue", COMBINED,
@@ -52,6 +52,17 @@ GRADIENT_MAPS: tuple[str, ...] = ("kl_grad", "elbo_grad", "combi")
 """SmoothGrad maps: ~80 % of the CPU time and below chance on the held-out set (docs/RESULTS.md): only when asked."""
 DEFAULT_MAPS: tuple[str, ...] = tuple(m for m in MAP_NAMES if m not in GRADIENT_MAPS)
 _REFERENCE_SIZE = 128  # grad_smoothing_sigma is given in pixels at this input size
+
+
+def default_maps(card: ModelCard) -> tuple[str, ...]:
+    """The maps a model writes unless asked otherwise: ``DEFAULT_MAPS`` less ``combined`` when its card defines
+    none, and, when its card holds a healthy-quantile calibration, less the maps that calibration lacks (a card
+    calibrated before a map existed)."""
+    cal = card.calibration
+    maps = [m for m in DEFAULT_MAPS if m != COMBINED or combined_components(cal)]
+    if "levels" in cal:
+        maps = [m for m in maps if m in cal.get("maps", {})]
+    return tuple(maps)
 
 
 class ScoringCancelled(Exception):

@@ -1,21 +1,27 @@
 """The bundled model: its card verifies against its weights and is complete enough to score and calibrate."""
 
 import numpy as np
+import pytest
 
 from napari_uad.model_card import DEFAULT_MODEL, list_models, load_model
-from napari_uad.scoring import MAP_NAMES
+from napari_uad.scoring import MAP_NAMES, default_maps
 
 
-def test_bundled_card_verifies_and_is_calibrated():
-    assert DEFAULT_MODEL in list_models()
-    model, card = load_model(DEFAULT_MODEL)  # raises if the sha256 in the card does not match the weights
-    weights = list_models()[DEFAULT_MODEL] / card.weights_file
+@pytest.mark.parametrize("name", [DEFAULT_MODEL, "cevae-brain-mr-heads"])
+def test_bundled_card_verifies_and_is_calibrated(name):
+    assert name in list_models()
+    model, card = load_model(name)  # raises if the sha256 in the card does not match the weights
+    weights = list_models()[name] / card.weights_file
     assert weights.stat().st_size < 50 * 2**20
-    assert card.modality == "MR" and card.training["command"].startswith("napari-uad train --synthetic")
+    assert card.modality == "MR" and card.training["command"].startswith("napari-uad train --")
     assert card.training["wall_seconds"] > 0 and card.training["best_val_loss_nats_per_slice"] is not None
     cal = card.calibration
     assert cal["detection_map"] in MAP_NAMES and card.default_threshold() is not None
-    for name in MAP_NAMES:
+    # every map the model writes by default is calibrated (3.0.0: all maps; 2.3.0 predates the signed and
+    # combined maps and writes the five it was calibrated for)
+    offered = default_maps(card)
+    assert {"residual", "E", "nll", "tissue"} <= set(offered)
+    for name in offered + (("kl_grad", "elbo_grad", "combi") if "kl_grad" in cal["maps"] else ()):
         entry = cal["maps"][name]
         assert np.all(np.diff(entry["quantiles"]) >= 0)
         assert entry["threshold_fpr_1pct"] <= entry["threshold_fpr_0.1pct"]

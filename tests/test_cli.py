@@ -20,6 +20,9 @@ from napari_uad.export import FINDINGS_COLUMNS
 from napari_uad.io import write_image_file
 from napari_uad.scoring import DEFAULT_MAPS
 
+# the tiny test model's default maps: its card defines no combined map
+TINY_MAPS = tuple(m for m in DEFAULT_MAPS if m != "combined")
+
 from .conftest import head_phantom
 from .test_io import _bad_inputs, affine_for
 
@@ -40,7 +43,7 @@ def test_score_end_to_end(tmp_path, tiny_model_dir, scan, capsys):
     code = run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--threshold", "0.8",
                    "--min-volume-mm3", "6", "--quiet")
     assert code == 0, capsys.readouterr().err
-    expected = {f"patient01.{m}.nii.gz" for m in DEFAULT_MAPS} | {
+    expected = {f"patient01.{m}.nii.gz" for m in TINY_MAPS} | {
         "patient01.labels.nii.gz", "patient01.brainmask.nii.gz", "patient01.findings.csv", "patient01.json"}
     assert {p.name for p in out.iterdir()} == expected
     assert scan.read_bytes() == before
@@ -78,7 +81,7 @@ def test_score_end_to_end(tmp_path, tiny_model_dir, scan, capsys):
 
     report = json.loads((out / "patient01.json").read_text(encoding="utf-8"))
     assert report["model"]["name"] == "tiny-test" and len(report["model"]["sha256"]) == 64
-    assert report["threshold"] == 0.8 and report["device"] == "cpu" and report["maps"] == list(DEFAULT_MAPS)
+    assert report["threshold"] == 0.8 and report["device"] == "cpu" and report["maps"] == list(TINY_MAPS)
     assert len(report["sample_scores"]["slice"]) == 14 and report["sample_scores"]["volume"] > 0
     assert {"read", "preprocess", "model", "findings", "write", "total"} <= set(report["seconds"])
     # provenance: version, command line, UTC time, torch/CUDA; NIfTI headers say what each file is
@@ -115,7 +118,7 @@ def test_bad_inputs_each_get_one_line_and_others_are_still_scored(tmp_path, tiny
     assert "Traceback" not in err
     # only the good scan produced files; no partial or hidden staging files are left
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"patient01.{m}.nii.gz" for m in DEFAULT_MAPS] + ["patient01.labels.nii.gz", "patient01.brainmask.nii.gz",
+        [f"patient01.{m}.nii.gz" for m in TINY_MAPS] + ["patient01.labels.nii.gz", "patient01.brainmask.nii.gz",
                                                          "patient01.findings.csv", "patient01.json"])
     for path, content in originals.items():
         assert path.read_bytes() == content
@@ -167,6 +170,7 @@ def test_demo_headless_scores_the_bundled_sample(tmp_path, tiny_model_dir, capsy
     assert run_cli("demo", "--headless", "--model", tiny_model_dir, "--out", out) == 0
     assert (out / "sample_brain.findings.csv").is_file() and (out / "sample_brain.nll.nii.gz").is_file()
     assert not (out / "sample_brain.combi.nii.gz").exists()  # gradient maps only when asked for
+    assert not (out / "sample_brain.combined.nii.gz").exists()  # the tiny model's card defines no combined map
     printed = capsys.readouterr().out
     assert f"results in {out.resolve()}:" in printed and "  sample_brain.findings.csv" in printed
     assert "the sample has 3 inserted lesions" in printed  # compared with the ground truth it ships

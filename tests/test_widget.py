@@ -266,9 +266,9 @@ def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_
     assert mask_layer.data.shape == image.data.shape and mask_layer.contour == 1
     assert widget.scan.result.preprocessing[0]["settings"]["mode"] == "off"
     # without the gradient toggle only the fast maps are computed, listed and shown
-    from napari_uad.scoring import DEFAULT_MAPS
+    from napari_uad.scoring import default_maps
 
-    assert list(widget.scan.result.maps) == list(DEFAULT_MAPS)
+    assert list(widget.scan.result.maps) == list(default_maps(widget.scan.card))
     assert [widget.map_selector.itemText(i) for i in range(widget.map_selector.count())] == list(widget.scan.result.maps)
     assert "phantom kl_grad" not in viewer.layers
     assert widget.ood_banner.isHidden() and widget.scan.warnings == []

@@ -24,7 +24,7 @@ from ..display import CT_WINDOWS, contrast_limits, volume_from_layer, window_lim
 from ..model_card import ModelError, list_models, load_model
 from ..ood import UNRELIABLE, check_input, check_result
 from ..preprocessing import SKULL_STRIP_MODES, PipelineOptions
-from ..scoring import DEFAULT_MAPS, GRADIENT_MAPS, MAP_NAMES, Scorer
+from ..scoring import GRADIENT_MAPS, MAP_NAMES, Scorer, default_maps
 from ..session import ScoredScan
 
 __all__ = ["ScoringPanel", "BROWSE"]
@@ -161,7 +161,7 @@ class ScoringPanel(QWidget):
             return
         self._layer = layer
         self._cancelled = False
-        wanted = set(DEFAULT_MAPS) | {card.detection_map}
+        wanted = set(default_maps(card)) | {card.detection_map}
         if self.gradient_toggle.isChecked():
             wanted |= set(GRADIENT_MAPS)
         maps = tuple(m for m in MAP_NAMES if m in wanted)
