@@ -60,9 +60,11 @@ class WorklistPanel(QGroupBox):
         self._set_enabled(False)
 
     def _set_enabled(self, enabled: bool) -> None:
+        """Until a worklist is open only its button shows, so the findings table below keeps the room."""
         for w in (self.table, self.prev_scan_button, self.next_scan_button, self.done_button,
-                  self.export_all_button):
+                  self.export_all_button, self.label):
             w.setEnabled(enabled)
+            w.setVisible(enabled)
 
     def _on_open_clicked(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Cohort worklist", str(Path.home()), "Cohort (cohort.csv)")
