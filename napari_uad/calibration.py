@@ -6,9 +6,12 @@
   on a validation set of synthetic toy anomalies (the thesis' method: never tuned on test data).
 - The combined map (``combined``): the pair or triple of the best single maps (non-gradient) whose mean
   healthy-quantile surprise has the best validation Dice; its components go to ``calibration.combined``.
-- The default detection map is the one with the best validation Dice; its minimum finding volume is the
-  candidate that maximises object-level F1 (thesis matching rule) over all validation volumes, so spurious
-  small findings on healthy volumes count against it.
+- The default detection map is the one with the best validation Dice. Its operating point (detection
+  threshold and minimum finding volume) is searched, not only Dice-chosen: among the Dice threshold and every
+  higher healthy-table threshold, each with every candidate minimum volume, findings counted as the user sees
+  them (brain less the card's edge margin), the pair with the best object recall (thesis matching rule) whose
+  false-positive findings per normal validation volume stay <= ``MAX_FP_PER_NORMAL_SCAN``; ties go to object F1.
+  Where no pair meets the bound, the one with the fewest (``operating_point.fp_target_met`` = false).
 - The out-of-distribution reference (``ood``): brain volumes, fields of view, volume scores and the largest
   fraction of brain above each threshold over the healthy volumes (see ``napari_uad.ood``).
 """
@@ -20,17 +23,19 @@ from itertools import combinations
 
 import numpy as np
 
-from .combined import COMBINED, combine
-from .findings import label_components
+from .combined import COMBINED, combine, healthy_quantile
+from .findings import interior, label_components
 from .io import Volume
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 
-__all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "quantile_table", "to_quantile", "best_dice_threshold",
+__all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SCAN", "quantile_table", "to_quantile", "best_dice_threshold",
            "calibrate"]
 
 # dense in the upper tail, where detection thresholds live
 QUANTILE_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -5, 41), [1.0]]))
 MIN_VOLUME_CANDIDATES_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0)
+MAX_FP_PER_NORMAL_SCAN = 1.0  # what a reviewer can afford on a scan with nothing to find
+OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles tried above the Dice threshold
 
 
 def quantile_table(values: np.ndarray, levels: np.ndarray = QUANTILE_LEVELS) -> np.ndarray:
@@ -39,9 +44,8 @@ def quantile_table(values: np.ndarray, levels: np.ndarray = QUANTILE_LEVELS) -> 
 
 
 def to_quantile(scores: np.ndarray, table: dict) -> np.ndarray:
-    """Raw scores -> healthy-voxel quantile in [0, 1] by linear interpolation in the card's table."""
-    values, levels = np.asarray(table["quantiles"]), np.asarray(table["levels"])
-    return np.interp(scores, values, levels).astype(np.float32)
+    """Raw scores -> healthy-voxel quantile in [0, 1] (float32) by linear interpolation in the card's table."""
+    return healthy_quantile(scores, table).astype(np.float32)
 
 
 def best_dice_threshold(scores: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None
@@ -62,21 +66,25 @@ def best_dice_threshold(scores: np.ndarray, truth: np.ndarray, weights: np.ndarr
 
 def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tuple[Volume, np.ndarray]] = (),
               maps: tuple[str, ...] = MAP_NAMES, voxels_per_volume: int = 400_000, seed: int = 0,
-              combined_components: tuple[str, ...] = (), log=lambda m: None) -> dict:
+              combined_components: tuple[str, ...] = (), edge_margin_mm: float = 0.0,
+              max_fp_per_normal_scan: float = MAX_FP_PER_NORMAL_SCAN, log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
-    which cannot choose them)."""
+    which cannot choose them). ``edge_margin_mm``: the card's edge margin (findings keep this distance from the
+    brain surface), applied when the operating point counts findings."""
     with_combined = COMBINED in maps
     maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
     rng = np.random.default_rng(seed)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
-    kept: list[tuple[Volume, dict, np.ndarray | None]] = []  # (volume, maps, truth) for the object-level rule
+    kept: list[tuple[Volume, dict, np.ndarray | None, np.ndarray]] = []  # (volume, maps, truth, where findings
+    # may lie) for the object-level rule
     n_healthy = 0
     reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [], "masks": []}
     for volume in healthy:
         result = scorer.score(volume, maps)
-        kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, None))
+        kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, None,
+                     interior(result.mask, volume.spacing, edge_margin_mm)))
         reference["brain_volume_ml"].append(float(result.mask.sum() * volume.voxel_volume_mm3 / 1000.0))
         reference["field_of_view_mm"].append(float((np.asarray(volume.shape) * volume.spacing).min()))
         reference["volume_scores"].append(result.volume_score)
@@ -93,7 +101,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     truths: list[np.ndarray] = []
     for volume, truth in anomalous:
         result = scorer.score(volume, maps)
-        kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, truth > 0))
+        kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, truth > 0,
+                     interior(result.mask, volume.spacing, edge_margin_mm)))
         fg = result.mask
         for m in maps:
             scores[m].append(result.maps[m][fg])
@@ -120,9 +129,12 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         _add_combined(out, pools, scores, truths, kept, tuple(combined_components))
         maps = (*maps, COMBINED)
     if truths:
-        out["detection_map"] = max(maps, key=lambda m: out["maps"][m]["best_dice_validation"])
-        out["min_volume_mm3"], out["min_volume_selection"] = _select_min_volume(
-            kept, out["detection_map"], out["maps"][out["detection_map"]]["threshold"])
+        name = out["detection_map"] = max(maps, key=lambda m: out["maps"][m]["best_dice_validation"])
+        entry = out["maps"][name]
+        point = _select_operating_point(kept, name, entry, out["levels"], max_fp_per_normal_scan)
+        point["edge_margin_mm"] = edge_margin_mm
+        entry["threshold_best_dice"], entry["threshold"] = entry["threshold"], point["threshold"]
+        out["min_volume_mm3"], out["operating_point"] = point["min_volume_mm3"], point
     else:
         out["detection_map"] = "combi" if "combi" in maps else maps[0]
         out["min_volume_mm3"] = 0.0
@@ -161,7 +173,7 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                      "mean healthy-quantile surprise (napari_uad.combined) of the pair or triple of the "
                      f"{candidates} best single maps with the best validation Dice",
                      "trials": [{"components": list(n), "best_dice_validation": d} for (_, d), n in trials]}
-    for _, kept_maps, _ in kept:
+    for _, kept_maps, _, _ in kept:
         kept_maps[COMBINED] = combine({m: kept_maps[m].astype(np.float32) for m in names}, out,
                                       names).astype(np.float16)
 
@@ -169,7 +181,7 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
 def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:
     """What the out-of-distribution guard (``ood``) compares a scan with, from the healthy calibration volumes."""
     fractions = {m: max(float((maps[m][mask] >= entries[m]["threshold"]).mean())
-                        for (_, maps, _), mask in zip(kept, reference["masks"]))
+                        for (_, maps, _, _), mask in zip(kept, reference["masks"]))
                  for m in entries}
     return {"modality": modality,
             "brain_volume_ml": [min(reference["brain_volume_ml"]), max(reference["brain_volume_ml"])],
@@ -180,20 +192,39 @@ def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:
                     "scores, largest fraction of brain voxels at or above each map's threshold"}
 
 
-def _select_min_volume(kept, map_name: str, threshold: float) -> tuple[float, list[dict]]:
-    """Minimum finding volume (mm^3) with the best object F1 over the validation volumes."""
-    from .metrics import object_counts, object_metrics
+def _select_operating_point(kept, map_name: str, entry: dict, levels: list, max_fp: float) -> dict:
+    """Detection threshold and minimum finding volume (mm^3) of ``map_name`` (see the module docstring)."""
+    from .metrics import component_matches, counts_from_matches, object_metrics
 
+    dice_threshold = float(entry["threshold"])
+    tail = np.interp(OPERATING_LEVELS, np.asarray(levels), np.asarray(entry["quantiles"]))
+    thresholds = np.unique(np.r_[dice_threshold, tail[tail > dice_threshold]])
     table = []
-    for min_volume in MIN_VOLUME_CANDIDATES_MM3:
-        counts = []
-        for volume, maps, truth in kept:
-            labels, _ = label_components(maps[map_name].astype(np.float32), threshold, volume.voxel_volume_mm3,
-                                         min_volume)
-            counts.append(object_counts(labels, truth if truth is not None else np.zeros(labels.shape, bool)))
-        m = object_metrics(counts)
-        r, p = m["object_recall"] or 0.0, m["object_precision"] or 0.0
-        table.append({"min_volume_mm3": min_volume, "object_f1": 0.0 if r + p == 0 else 2 * r * p / (r + p),
-                      **m})
-    best = max(table, key=lambda row: row["object_f1"])
-    return best["min_volume_mm3"], table
+    for threshold in thresholds:
+        matches = []  # per volume: component volumes (mm^3), their matched lesion, number of lesions
+        for volume, maps, truth, allowed in kept:
+            score = np.where(allowed, maps[map_name].astype(np.float32), np.float32(-np.inf))
+            labels, _ = label_components(score, float(threshold), volume.voxel_volume_mm3)
+            sizes, matched, n_true = component_matches(
+                labels, truth if truth is not None else np.zeros(labels.shape, bool))
+            matches.append((sizes * volume.voxel_volume_mm3, matched, n_true))
+        for min_volume in MIN_VOLUME_CANDIDATES_MM3:
+            m = object_metrics([counts_from_matches(matched[mm3 >= min_volume], n_true)
+                                for mm3, matched, n_true in matches])
+            r, p = m["object_recall"] or 0.0, m["object_precision"] or 0.0
+            table.append({"threshold": float(threshold), "min_volume_mm3": min_volume,
+                          "object_f1": 0.0 if r + p == 0 else 2 * r * p / (r + p), **m})
+    fp = [row["fp_objects_per_normal_scan"] or 0.0 for row in table]
+    met = [row for row, f in zip(table, fp) if f <= max_fp]
+    if met:
+        best = max(met, key=lambda row: (row["object_recall"] or 0.0, row["object_f1"], -row["threshold"]))
+    else:
+        best = min(table, key=lambda row: (row["fp_objects_per_normal_scan"] or 0.0, -(row["object_recall"] or 0.0)))
+    return {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"],
+            "threshold_best_dice": dice_threshold, "max_fp_per_normal_scan": max_fp, "fp_target_met": bool(met),
+            "validation": {k: best[k] for k in ("object_recall", "object_precision", "object_f1",
+                                                "fp_objects_per_scan", "fp_objects_per_normal_scan")},
+            "rule": "best object recall with false-positive findings per normal validation volume <= "
+                    "max_fp_per_normal_scan (ties: object F1), over the Dice threshold and higher healthy-table "
+                    "thresholds x minimum finding volumes; findings inside the brain less the edge margin",
+            "table": table}

@@ -1,7 +1,7 @@
 """The combined detection map: several maps put on one scale by their healthy-calibration quantiles.
 
 Each component map m becomes its *surprise* s_m = -log10(1 - q_m), where q_m is the voxel's quantile among
-the healthy calibration voxels of that map (the card's ``calibration.maps[m]`` table, ``calibration.to_quantile``);
+the healthy calibration voxels of that map (the card's ``calibration.maps[m]`` table, ``healthy_quantile``);
 s = 2 means "as high as the top 1 % of healthy voxels", 3 the top 0.1 %, capped at ``MAX_SURPRISE`` (the
 table's resolution). The combined map is the mean surprise of the components, so a voxel has to be unusual in
 every component to score high. Which components: chosen by ``calibration.calibrate`` on validation data only
@@ -14,16 +14,22 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["COMBINED", "MAX_SURPRISE", "surprise", "combine", "combined_components"]
+__all__ = ["COMBINED", "MAX_SURPRISE", "healthy_quantile", "surprise", "combine", "combined_components"]
 
 COMBINED = "combined"
 MAX_SURPRISE = 5.0  # -log10 of the finest tail level of the quantile tables (1e-5)
 
 
+def healthy_quantile(scores: np.ndarray, table: Mapping) -> np.ndarray:
+    """Raw scores -> healthy-voxel quantile in [0, 1] (float64) by linear interpolation in a card's table
+    (``{"quantiles": map values, "levels": quantile levels}``)."""
+    values, levels = np.asarray(table["quantiles"], np.float64), np.asarray(table["levels"], np.float64)
+    return np.interp(np.asarray(scores, np.float64), values, levels)
+
+
 def surprise(scores: np.ndarray, table: Mapping) -> np.ndarray:
     """Raw map values -> -log10(1 - healthy quantile), in [0, MAX_SURPRISE] (float32)."""
-    values, levels = np.asarray(table["quantiles"], np.float64), np.asarray(table["levels"], np.float64)
-    q = np.interp(np.asarray(scores, np.float64), values, levels)
+    q = healthy_quantile(scores, table)
     return np.minimum(-np.log10(np.maximum(1.0 - q, 10.0 ** -MAX_SURPRISE)), MAX_SURPRISE).astype(np.float32)
 
 

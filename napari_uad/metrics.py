@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from .calibration import best_dice_threshold
 from .findings import component_centroids, labelled_voxels
 
-__all__ = ["pixel_metrics", "dice", "ObjectCounts", "object_counts", "object_metrics", "sample_metrics"]
+__all__ = ["pixel_metrics", "dice", "ObjectCounts", "component_matches", "counts_from_matches", "object_counts", "object_metrics", "sample_metrics"]
 
 
 def pixel_metrics(scores: Sequence[np.ndarray], truths: Sequence[np.ndarray], threshold: float | None = None
@@ -65,27 +65,36 @@ class ObjectCounts:
         return self.n_pred - self.tp_pred
 
 
-def object_counts(pred_labels: np.ndarray, truth: np.ndarray, connectivity: int = 3) -> ObjectCounts:
-    """Match predicted components (labelled array) to ground-truth objects (binary mask, same grid)."""
+def component_matches(pred_labels: np.ndarray, truth: np.ndarray, connectivity: int = 3
+                      ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per predicted component (labels 1..n that are present): its voxel count and the ground-truth object it
+    matches under the thesis rule (0 = none), plus the number of ground-truth objects."""
     structure = ndimage.generate_binary_structure(3, connectivity)
     true_labels, n_true = ndimage.label(np.asarray(truth) > 0, structure=structure)
     _, lab, coords = labelled_voxels(pred_labels)
     if lab.size == 0:
-        return ObjectCounts(0, n_true, 0, 0)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), n_true
     sizes, centres = component_centroids(lab, coords, int(lab.max()))
-    present = np.flatnonzero(sizes > 0) + 1
+    present = np.flatnonzero(sizes > 0)
     true_sizes = np.bincount(true_labels.ravel(), minlength=n_true + 1)
-    tp_pred, hit = 0, set()
-    for lab, centre in zip(present, centres[present - 1]):
-        voxel = tuple(int(round(c)) for c in centre)
-        target = int(true_labels[voxel])
-        if target == 0:
-            continue
-        ratio = sizes[lab - 1] / true_sizes[target]
-        if 0.5 <= ratio <= 2.0:
-            tp_pred += 1
-            hit.add(target)
-    return ObjectCounts(len(present), n_true, tp_pred, len(hit))
+    matched = np.zeros(present.size, np.int64)
+    for i, centre in enumerate(centres[present]):
+        target = int(true_labels[tuple(int(round(c)) for c in centre)])
+        if target and 0.5 <= sizes[present[i]] / true_sizes[target] <= 2.0:
+            matched[i] = target
+    return sizes[present], matched, n_true
+
+
+def counts_from_matches(matched: np.ndarray, n_true: int) -> ObjectCounts:
+    """ObjectCounts of the components whose matches (``component_matches``) are given."""
+    hit = matched[matched > 0]
+    return ObjectCounts(int(matched.size), n_true, int(hit.size), int(np.unique(hit).size))
+
+
+def object_counts(pred_labels: np.ndarray, truth: np.ndarray, connectivity: int = 3) -> ObjectCounts:
+    """Match predicted components (labelled array) to ground-truth objects (binary mask, same grid)."""
+    _, matched, n_true = component_matches(pred_labels, truth, connectivity)
+    return counts_from_matches(matched, n_true)
 
 
 def finding_overlaps(pred_labels: np.ndarray, truth: np.ndarray, connectivity: int = 3) -> tuple[dict[int, int], int]:

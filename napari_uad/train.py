@@ -458,7 +458,9 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     # the edge margin is chosen by its own validation experiment (benchmarks/edge_margin.py): kept
     kept = ["edge_margin_mm", "edge_margin_selection"]
     if synthetic_volumes > 0:
-        card.calibration = calibrate(scorer, healthy, anomalous, log=log, **({"maps": maps} if maps else {}))
+        card.calibration = calibrate(scorer, healthy, anomalous, log=log,
+                                     edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
+                                     **({"maps": maps} if maps else {}))
         kinds = "disease-like (even seeds) or toy (odd) anomaly" if label_maps else "toy-anomaly"
         card.calibration["validation_set"] = (f"{synthetic_volumes} healthy + {synthetic_volumes} {kinds} "
                                               f"{source}, seeds from {base}")

@@ -355,3 +355,49 @@ def test_calibration_chooses_the_combined_maps_components_on_validation():
     healthy_maps = make(healthy[0])
     values = combine(healthy_maps, cal, cal["combined"]["components"])
     assert 0.003 < (values > cal["maps"]["combined"]["threshold_fpr_1pct"]).mean() < 0.03
+
+
+def test_calibration_operating_point_keeps_normal_scans_quiet():
+    """The Dice threshold leaves many noise findings on normal volumes; the calibrated operating point
+    (threshold and minimum volume) keeps them to <= 1 per normal volume while still finding every lesion, as a
+    recount with the findings code on fresh normal volumes confirms. Findings count inside the brain less the
+    card's edge margin; a bound no candidate meets is reported as not met."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.findings import label_components
+    from napari_uad.io import Volume
+
+    shape = (28, 28, 28)
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 10:17] = True
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        nll = rng.normal(size=shape) + 4.0 * (lesion & (volume.data[1, 1, 1] > 0))
+        return {"nll": nll.astype(np.float32), "residual": rng.normal(size=shape).astype(np.float32)}
+
+    def volume(seed, sick):
+        data = np.zeros(shape, np.float32)
+        data[0, 0, 0], data[1, 1, 1] = seed + 1, float(sick)
+        return Volume.from_array(data, np.eye(4))
+
+    healthy = [volume(s, False) for s in range(4)]
+    anomalous = [(volume(100 + s, True), lesion.astype(np.uint8)) for s in range(4)]
+    cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"), edge_margin_mm=1.0)
+    point = cal["operating_point"]
+    assert cal["detection_map"] == "nll" and point["fp_target_met"] and point["edge_margin_mm"] == 1.0
+    assert point["validation"]["object_recall"] == 1.0 and point["validation"]["fp_objects_per_normal_scan"] <= 1
+    at_dice = [r for r in point["table"] if r["threshold"] == point["threshold_best_dice"] and r["min_volume_mm3"] == 0]
+    assert at_dice[0]["fp_objects_per_normal_scan"] > 1  # the search had something to do
+    assert cal["maps"]["nll"]["threshold"] == point["threshold"] and cal["min_volume_mm3"] == point["min_volume_mm3"]
+    fresh = [make(volume(s, False))["nll"] for s in range(50, 58)]
+    counts = [label_components(m, point["threshold"], 1.0, point["min_volume_mm3"])[1] for m in fresh]
+    assert np.mean(counts) <= 1.5  # held-out normal volumes stay about as quiet
+    # a margin wider than the volume leaves nowhere to find anything: no lesion found, nothing to report
+    blind = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"), edge_margin_mm=50.0)
+    assert blind["operating_point"]["validation"]["object_recall"] == 0.0
+    # a bound nothing meets is said so, and the fewest false positives are kept
+    strict = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"),
+                       max_fp_per_normal_scan=-1.0)["operating_point"]
+    assert not strict["fp_target_met"]
+    assert strict["validation"]["fp_objects_per_normal_scan"] == min(r["fp_objects_per_normal_scan"]
+                                                                     for r in strict["table"])
