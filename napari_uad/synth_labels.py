@@ -24,9 +24,10 @@ from scipy import ndimage
 from .synth import _smooth_field
 
 __all__ = ["LabelHead", "label_head", "label_map_files", "load_label_map", "write_label_head_dataset", "TISSUE_CLASSES",
-           "CONTRAST_FAMILIES"]
+           "CONTRAST_FAMILIES", "CLINICAL_FAMILIES"]
 
 CONTRAST_FAMILIES = ("t1", "t2", "flair", "pd", "random")
+CLINICAL_FAMILIES = ("t1", "t2", "flair", "pd")  # what a scanner makes; "random" only widens training
 # FreeSurfer labels by tissue class; anything else below 500 counts as deep grey matter, >= 500 extra-cerebral
 TISSUE_CLASSES = {
     "wm": (2, 7, 16, 28, 41, 46, 60, 85),

@@ -381,11 +381,12 @@ def synthetic_anomaly_case(seed: int) -> tuple[Volume, np.ndarray]:
     return case_volume(case), case_volume_mask(case)
 
 
-def label_head_volume(item: tuple[str, int]) -> tuple[Volume, np.ndarray]:
-    """Synthetic head (label map path, seed) as a Volume and its brain mask (canonical grid)."""
+def label_head_volume(item: tuple) -> tuple[Volume, np.ndarray]:
+    """Synthetic head (label map path, seed[, contrast family]) as a Volume and its brain mask (canonical
+    grid); without a family it is drawn (training's domain randomisation)."""
     from .synth_labels import label_head
 
-    head = label_head(item[0], item[1])
+    head = label_head(item[0], item[1], family=item[2] if len(item) > 2 else None)
     return Volume.from_array(head.data, head.affine, modality="MR"), head.brain
 
 
@@ -397,20 +398,20 @@ def label_head_slices(item: tuple[str, int], preprocessing: PreprocessingConfig,
     return model_slices(volume, preprocessing, size, min_foreground_fraction, mask=brain)
 
 
-def label_head_volume_only(item: tuple[str, int]) -> Volume:
+def label_head_volume_only(item: tuple) -> Volume:
     return label_head_volume(item)[0]
 
 
-def label_head_anomaly_case(item: tuple[str, int]) -> tuple[Volume, np.ndarray]:
+def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
     """Synthetic head with one anomaly inside its brain: a disease-like lesion (tumour, MS, infarct,
     haemorrhage; ``synth_lesions``) for even seeds, a toy shape (``synth.insert_anomaly``) for odd ones. Returns
     the Volume and the anomaly mask (canonical grid)."""
     from .synth import SynthCase, insert_anomaly
     from .synth_labels import label_head
 
-    path, seed = item
+    path, seed = item[:2]
     if seed % 2 == 0:
-        head = label_head(path, seed, lesion="any")
+        head = label_head(path, seed, family=item[2] if len(item) > 2 else None, lesion="any")
         return Volume.from_array(head.data, head.affine, modality="MR"), head.lesion
     volume, brain = label_head_volume(item)
     case = insert_anomaly(SynthCase(volume.data, np.zeros(volume.shape, np.uint8), volume.affine), seed + 7919,
@@ -418,9 +419,12 @@ def label_head_anomaly_case(item: tuple[str, int]) -> tuple[Volume, np.ndarray]:
     return Volume.from_array(case.data, case.affine, modality="MR"), case.mask > 0
 
 
-def _label_items(files: list[Path], seeds: Iterable[int]) -> list[tuple[str, int]]:
+def _label_items(files: list[Path], seeds: Iterable[int], families: tuple[str, ...] = ()) -> list[tuple]:
+    """(label map, seed[, family]) per seed: maps taken in turn, families shifted by one each round of maps so
+    that a map does not always get the same family."""
     files = list(files)
-    return [(str(files[s % len(files)]), s) for s in seeds]
+    return [(str(files[s % len(files)]), s,
+             *((families[(i + i // len(files)) % len(families)],) if families else ())) for i, s in enumerate(seeds)]
 
 
 def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out: Iterable[Volume] = (),
@@ -438,6 +442,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     from .combined import combined_components
     from .model_card import load_model
     from .scoring import Scorer
+    from .synth_labels import CLINICAL_FAMILIES
 
     model, card = load_model(model_dir, device="cpu")
     options = SYNTHETIC_OPTIONS if synthetic_volumes > 0 and not label_maps else None
@@ -447,9 +452,13 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
         healthy_seeds, anomalous_seeds = range(base, base + synthetic_volumes), range(base + 500,
                                                                                        base + 500 + synthetic_volumes)
         if label_maps:
-            healthy = map_in_workers(label_head_volume_only, _label_items(label_maps, healthy_seeds), workers)
-            anomalous = map_in_workers(label_head_anomaly_case, _label_items(label_maps, anomalous_seeds), workers)
-            source = f"synthetic heads from validation label maps {', '.join(p.name for p in label_maps)}"
+            # clinical contrasts only: thresholds and the out-of-distribution reference are for real scans
+            healthy = map_in_workers(label_head_volume_only,
+                                     _label_items(label_maps, healthy_seeds, CLINICAL_FAMILIES), workers)
+            anomalous = map_in_workers(label_head_anomaly_case,
+                                       _label_items(label_maps, anomalous_seeds, CLINICAL_FAMILIES), workers)
+            source = (f"synthetic heads ({'/'.join(CLINICAL_FAMILIES)} contrasts in turn) from validation label "
+                      f"maps {', '.join(p.name for p in label_maps)}")
         else:
             healthy = map_in_workers(synthetic_volume, healthy_seeds, workers)
             anomalous = map_in_workers(synthetic_anomaly_case, anomalous_seeds, workers)

@@ -151,3 +151,18 @@ def test_synth_cli_writes_label_map_heads_with_lesion_masks(toy_label_map, tmp_p
         assert (mask.any() != case["normal"]) and case["label_map"] == toy_label_map.name
     assert cli.main(["synth", "--label-maps", str(toy_label_map.parent), "--n", "1", "--anomalies", "sphere",
                      "--out", str(tmp_path / "c")]) == 2
+
+
+def test_calibration_heads_have_clinical_contrasts_spread_over_the_maps(toy_label_map):
+    """Calibration (thresholds, out-of-distribution reference) is for real scans: its heads take the clinical
+    contrast families in turn, never the training-only "random" one, and each label map gets several."""
+    from napari_uad.synth_labels import CLINICAL_FAMILIES
+    from napari_uad.train import _label_items, label_head_volume
+
+    files = [Path(f"map{k}.nii.gz") for k in range(4)]
+    items = _label_items(files, range(100_000, 100_008), CLINICAL_FAMILIES)
+    assert {family for *_, family in items} == set(CLINICAL_FAMILIES)
+    for k in range(4):
+        assert len({family for path, _, family in items if path == str(files[k])}) == 2
+    volume, _ = label_head_volume((str(toy_label_map), 3, "flair"))
+    assert np.array_equal(volume.data, label_head(toy_label_map, 3, family="flair").data)
