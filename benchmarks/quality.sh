@@ -5,7 +5,8 @@
 #     anomalies each, all contrasts -> REPORT_DIR/
 #  2. whole heads with skull from the held-out label maps (napari_uad.synth_labels; the last 4 maps, which
 #     training never sees; seeds 910000+, calibration used 100000+): 12 heads, a third normal, one disease-like
-#     lesion each (tumour, MS, infarct, haemorrhage), scored like clinical scans (brain extraction included)
+#     lesion each (tumour, MS, infarct, haemorrhage), clinical contrasts (T1, T2, FLAIR, PD in turn; the fully
+#     random contrast is a training augmentation, not a scan), scored like clinical scans (brain extraction)
 #     -> REPORT_DIR/label-heads/ (skipped where ../shared is absent)
 # Default maps (the gradient maps have their own experiment: benchmarks/gradient_maps.py).
 # Usage: bash benchmarks/quality.sh [MODEL] [REPORT_DIR] [WORK_DIR] [LABEL_MAPS_DIR]
@@ -22,8 +23,8 @@ napari-uad score "$WORK"/heldout-1mm/scans/*.nii.gz "$WORK"/heldout-3mm/scans/*.
   --model "$MODEL" --quiet
 napari-uad evaluate --pred "$WORK/pred" --gt "$WORK/gt" --out "$REPORT"
 if [ -d "$MAPS_DIR" ]; then
-  napari-uad synth --label-maps "$MAPS_DIR" --val-maps 4 --out "$WORK/heads" --n 12 --normal-fraction 0.33 \
-    --seed 910000
+  napari-uad synth --label-maps "$MAPS_DIR" --val-maps 4 --contrast clinical --out "$WORK/heads" --n 12 \
+    --normal-fraction 0.33 --seed 910000
   napari-uad score "$WORK"/heads/scans/*.nii.gz --out "$WORK/heads-pred" --model "$MODEL" --quiet
   napari-uad evaluate --pred "$WORK/heads-pred" --gt "$WORK/heads/masks" --out "$REPORT/label-heads"
 else

@@ -255,7 +255,10 @@ def _add_synth_parser(sub) -> None:
     p.add_argument("--n", type=int, required=True, help="number of scans")
     p.add_argument("--anomalies", default="any",
                    help=f"none, any, or a comma list of {','.join(ANOMALY_KINDS)} (default any)")
-    p.add_argument("--contrast", default="any", help=f"any, or a comma list of {','.join(CONTRASTS)}")
+    p.add_argument("--contrast", default="any",
+                   help=f"any, or a comma list of {','.join(CONTRASTS)}; with --label-maps: contrast families taken "
+                        "in turn, any (drawn per head, fully random included), clinical (t1,t2,flair,pd) or a "
+                        "comma list of t1,t2,flair,pd,random")
     p.add_argument("--normal-fraction", type=float, default=0.0,
                    help="share of scans left normal when anomalies are requested (default 0)")
     p.add_argument("--lesions", type=int, default=1, help="anomalies per abnormal scan (default 1)")
@@ -555,7 +558,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     try:
         if args.label_maps:
-            from .synth_labels import label_map_files, write_label_head_dataset
+            from .synth_labels import label_map_files, parse_families, write_label_head_dataset
 
             files = label_map_files(args.label_maps)
             if args.val_maps is not None:
@@ -564,7 +567,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                 files = files[-args.val_maps:]
             write_label_head_dataset(args.out, files, n=args.n, anomalies=args.anomalies,
                                      normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness,
-                                     seed=args.seed, int16=args.int16, log=_log)
+                                     seed=args.seed, int16=args.int16, families=parse_families(args.contrast),
+                                     log=_log)
             return 0
         write_synth_dataset(args.out, n=args.n, anomalies=args.anomalies, contrast=args.contrast,
                             normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness or 1.0,

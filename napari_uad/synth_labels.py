@@ -12,6 +12,7 @@ preprocessing makes of a real head. Grid: the label map's own 1 mm grid in canon
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +25,7 @@ from scipy import ndimage
 from .synth import _smooth_field
 
 __all__ = ["LabelHead", "label_head", "label_map_files", "load_label_map", "write_label_head_dataset", "TISSUE_CLASSES",
-           "CONTRAST_FAMILIES", "CLINICAL_FAMILIES"]
+           "CONTRAST_FAMILIES", "CLINICAL_FAMILIES", "family_in_turn", "parse_families"]
 
 CONTRAST_FAMILIES = ("t1", "t2", "flair", "pd", "random")
 CLINICAL_FAMILIES = ("t1", "t2", "flair", "pd")  # what a scanner makes; "random" only widens training
@@ -171,12 +172,37 @@ def label_head(path: str | Path, seed: int, family: str | None = None, slice_thi
     return LabelHead(data=image, brain=brain, labels=labels, affine=affine, params=params, lesion=lesion_mask)
 
 
+def family_in_turn(i: int, n_files: int, families: tuple[str, ...]) -> str | None:
+    """Contrast family of head i when heads take ``n_files`` label maps in turn: the families in turn, shifted
+    by one whenever the (map, family) pairs would repeat, so that a map does not always get the same family
+    (None: drawn per head)."""
+    if not families:
+        return None
+    return families[(i + i // math.lcm(max(n_files, 1), len(families))) % len(families)]
+
+
+def parse_families(text: str) -> tuple[str, ...]:
+    """"any" -> () (drawn per head, "random" included), "clinical" -> CLINICAL_FAMILIES, else a comma list of
+    CONTRAST_FAMILIES; ValueError naming the unknown ones."""
+    if text == "any":
+        return ()
+    if text == "clinical":
+        return CLINICAL_FAMILIES
+    names = tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = sorted(set(names) - set(CONTRAST_FAMILIES))
+    if unknown or not names:
+        raise ValueError(f"unknown contrast family {', '.join(unknown) or '(none given)'} for label-map heads; "
+                         f"choose any, clinical, or from {', '.join(CONTRAST_FAMILIES)}")
+    return names
+
+
 def write_label_head_dataset(out: Path | str, files: list[Path], n: int, anomalies: str = "any",
                              normal_fraction: float = 0.0, slice_thickness: float | None = None, seed: int = 0,
-                             int16: bool = False, log=lambda m: None) -> list[dict]:
+                             int16: bool = False, families: tuple[str, ...] = (), log=lambda m: None) -> list[dict]:
     """``out/scans``, ``out/masks`` and ``out/synth.json`` of ``n`` whole heads (with skull) made from the label
     maps ``files`` in turn (head i: ``files[i % len(files)]``, seed + i), each normal or with one disease-like
-    lesion (``anomalies``: none, any, or a comma list of ``synth_lesions.LESION_KINDS``; mask = the lesion)."""
+    lesion (``anomalies``: none, any, or a comma list of ``synth_lesions.LESION_KINDS``; mask = the lesion).
+    ``families``: contrast families taken in turn (``family_in_turn``); () draws one per head."""
     from .export import write_json
     from .synth import write_synth_case
     from .synth_lesions import LESION_KINDS
@@ -195,7 +221,8 @@ def write_label_head_dataset(out: Path | str, files: list[Path], n: int, anomali
         rng = np.random.default_rng([s, 17])
         normal = anomalies == "none" or rng.random() < normal_fraction
         kind = None if normal else str(rng.choice(kinds))
-        head = label_head(files[i % len(files)], s, slice_thickness=slice_thickness, lesion=kind)
+        head = label_head(files[i % len(files)], s, family=family_in_turn(i, len(files), families),
+                          slice_thickness=slice_thickness, lesion=kind)
         stem = f"head_{s:06d}"
         write_synth_case(out, stem, head.data, head.lesion, head.affine, int16)
         records.append({"stem": stem, "normal": normal, **head.params})

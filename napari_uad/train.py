@@ -420,11 +420,12 @@ def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
 
 
 def _label_items(files: list[Path], seeds: Iterable[int], families: tuple[str, ...] = ()) -> list[tuple]:
-    """(label map, seed[, family]) per seed: maps taken in turn, families shifted by one each round of maps so
-    that a map does not always get the same family."""
+    """(label map, seed[, family]) per seed: maps and families taken in turn (``synth_labels.family_in_turn``)."""
+    from .synth_labels import family_in_turn
+
     files = list(files)
-    return [(str(files[s % len(files)]), s,
-             *((families[(i + i // len(files)) % len(families)],) if families else ())) for i, s in enumerate(seeds)]
+    return [(str(files[s % len(files)]), s, *((family_in_turn(i, len(files), families),) if families else ()))
+            for i, s in enumerate(seeds)]
 
 
 def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out: Iterable[Volume] = (),

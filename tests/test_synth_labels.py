@@ -151,6 +151,12 @@ def test_synth_cli_writes_label_map_heads_with_lesion_masks(toy_label_map, tmp_p
         assert (mask.any() != case["normal"]) and case["label_map"] == toy_label_map.name
     assert cli.main(["synth", "--label-maps", str(toy_label_map.parent), "--n", "1", "--anomalies", "sphere",
                      "--out", str(tmp_path / "c")]) == 2
+    # --contrast clinical: the scanner-like families in turn, never the training-only "random"
+    assert cli.main([*args, "--contrast", "clinical", "--out", str(tmp_path / "d")]) == 0
+    cases = json.loads((tmp_path / "d" / "synth.json").read_text())["cases"]
+    assert [c["contrast_family"] for c in cases] == ["t1", "t2", "flair"]
+    assert cli.main([*args, "--contrast", "t1,ct", "--out", str(tmp_path / "e")]) == 2
+    assert not (tmp_path / "e").exists()
 
 
 def test_calibration_heads_have_clinical_contrasts_spread_over_the_maps(toy_label_map):
