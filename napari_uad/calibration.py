@@ -14,6 +14,9 @@
   Where no pair meets the bound, the one with the fewest (``operating_point.fp_target_met`` = false).
 - The out-of-distribution reference (``ood``): brain volumes, fields of view, volume scores and the largest
   fraction of brain above each threshold over the healthy volumes (see ``napari_uad.ood``).
+- Healthy volumes that carry their true brain mask (``Volume.metadata["true_brain"]``, synthetic heads) are
+  left out when the pipeline's brain mask disagrees with it (Dice < ``MIN_BRAIN_MASK_DICE``): a failed brain
+  extraction is what the out-of-distribution guard should flag, not part of the healthy reference.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SC
 QUANTILE_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -5, 41), [1.0]]))
 MIN_VOLUME_CANDIDATES_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0)
 MAX_FP_PER_NORMAL_SCAN = 1.0  # what a reviewer can afford on a scan with nothing to find
+MIN_BRAIN_MASK_DICE = 0.9  # healthy volumes with a known brain whose pipeline mask agrees less are left out
 OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles tried above the Dice threshold
 
 
@@ -81,8 +85,17 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     # may lie) for the object-level rule
     n_healthy = 0
     reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [], "masks": []}
+    from .metrics import dice  # (metrics imports this module)
+
+    excluded: list[dict] = []
     for volume in healthy:
         result = scorer.score(volume, maps)
+        true_brain = volume.metadata.get("true_brain")
+        if true_brain is not None and (agreement := dice(result.mask, true_brain)) < MIN_BRAIN_MASK_DICE:
+            # the pipeline failed on this head (e.g. brain extraction kept the scalp): not a healthy reference
+            excluded.append({"index": n_healthy + len(excluded), "brain_mask_dice": round(agreement, 4)})
+            log(f"calibration: healthy volume left out (brain mask Dice {agreement:.2f} with its true brain)")
+            continue
         kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, None,
                      interior(result.mask, volume.spacing, edge_margin_mm)))
         reference["brain_volume_ml"].append(float(result.mask.sum() * volume.voxel_volume_mm3 / 1000.0))
@@ -96,7 +109,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         n_healthy += 1
         log(f"calibration: healthy volume {n_healthy} scored")
     if n_healthy == 0:
-        raise ValueError("calibration needs at least one healthy volume")
+        raise ValueError("calibration needs at least one healthy volume"
+                         + (f" whose brain mask matches its true brain ({len(excluded)} left out)" if excluded else ""))
     scores: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     truths: list[np.ndarray] = []
     for volume, truth in anomalous:
@@ -111,6 +125,9 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     out = {"levels": QUANTILE_LEVELS.tolist(), "maps": {},
            "n_healthy_volumes": n_healthy, "n_anomalous_volumes": len(truths),
            "healthy_voxels_per_volume": voxels_per_volume,
+           "healthy_volumes_left_out": {"rule": f"brain mask Dice < {MIN_BRAIN_MASK_DICE} with the volume's true "
+                                                "brain (synthetic heads): the pipeline failed, not a healthy "
+                                                "reference", "volumes": excluded},
            "rule": "threshold = best pooled Dice on synthetic toy anomalies (validation); "
                    "threshold_fpr_* = healthy-voxel quantiles"}
     for m in maps:

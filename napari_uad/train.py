@@ -387,7 +387,9 @@ def label_head_volume(item: tuple) -> tuple[Volume, np.ndarray]:
     from .synth_labels import label_head
 
     head = label_head(item[0], item[1], family=item[2] if len(item) > 2 else None)
-    return Volume.from_array(head.data, head.affine, modality="MR"), head.brain
+    volume = Volume.from_array(head.data, head.affine, modality="MR")
+    volume.metadata["true_brain"] = head.brain  # lets calibration leave out heads whose brain extraction failed
+    return volume, head.brain
 
 
 def label_head_slices(item: tuple[str, int], preprocessing: PreprocessingConfig, size: int,

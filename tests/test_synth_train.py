@@ -401,3 +401,31 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
     assert not strict["fp_target_met"]
     assert strict["validation"]["fp_objects_per_normal_scan"] == min(r["fp_objects_per_normal_scan"]
                                                                      for r in strict["table"])
+
+
+def test_calibration_leaves_out_healthy_heads_whose_brain_extraction_failed():
+    """A synthetic head knows its true brain: when the pipeline's brain mask disagrees with it (here the
+    scorer's mask is the whole image), the head is not a healthy reference and is left out, said so in the card."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.io import Volume
+
+    shape = (16, 16, 16)
+
+    def volume(seed, true_brain):
+        data = np.zeros(shape, np.float32)
+        data[0, 0, 0] = seed + 1
+        v = Volume.from_array(data, np.eye(4))
+        v.metadata["true_brain"] = true_brain
+        return v
+
+    def make(v):
+        return {"nll": np.random.default_rng(int(v.data[0, 0, 0])).normal(size=shape).astype(np.float32)}
+
+    small = np.zeros(shape, bool)
+    small[4:8, 4:8, 4:8] = True
+    healthy = [volume(0, np.ones(shape, bool)), volume(1, small), volume(2, np.ones(shape, bool))]
+    cal = calibrate(_MapScorer(make), healthy, maps=("nll",))
+    assert cal["n_healthy_volumes"] == 2
+    assert [v["index"] for v in cal["healthy_volumes_left_out"]["volumes"]] == [1]
+    with pytest.raises(ValueError, match="1 left out"):
+        calibrate(_MapScorer(make), [volume(3, small)], maps=("nll",))
