@@ -178,7 +178,8 @@ def main() -> int:
         warnings = check_input(volume, card, force=True)
         result = scorer.score(volume, maps)
         det = result.maps[det_name]
-        found, facts = check_result(result.mask, volume.voxel_volume_mm3, det, result.volume_score, card, det_name)
+        found, facts = check_result(result.mask, volume.voxel_volume_mm3, det, result.volume_score, card, det_name,
+                                    result.template_brain_dice)
         warnings += found
         margin = float(card.calibration.get("edge_margin_mm", 0.0))
         labels, findings = find_findings(det, volume, threshold, min_volume,

@@ -29,6 +29,7 @@ import numpy as np
 from .combined import COMBINED, combine, healthy_quantile
 from .findings import interior, label_components
 from .io import Volume
+from .mask import dice as mask_dice
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 
 __all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SCAN", "quantile_table", "to_quantile", "best_dice_threshold",
@@ -84,14 +85,13 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     kept: list[tuple[Volume, dict, np.ndarray | None, np.ndarray]] = []  # (volume, maps, truth, where findings
     # may lie) for the object-level rule
     n_healthy = 0
-    reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [], "masks": []}
-    from .metrics import dice  # (metrics imports this module)
-
+    reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [], "masks": [],
+                       "template_brain_dice": []}
     excluded: list[dict] = []
     for volume in healthy:
         result = scorer.score(volume, maps)
         true_brain = volume.metadata.get("true_brain")
-        if true_brain is not None and (agreement := dice(result.mask, true_brain)) < MIN_BRAIN_MASK_DICE:
+        if true_brain is not None and (agreement := mask_dice(result.mask, true_brain)) < MIN_BRAIN_MASK_DICE:
             # the pipeline failed on this head (e.g. brain extraction kept the scalp): not a healthy reference
             excluded.append({"index": n_healthy + len(excluded), "brain_mask_dice": round(agreement, 4)})
             log(f"calibration: healthy volume left out (brain mask Dice {agreement:.2f} with its true brain)")
@@ -102,6 +102,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         reference["field_of_view_mm"].append(float((np.asarray(volume.shape) * volume.spacing).min()))
         reference["volume_scores"].append(result.volume_score)
         reference["masks"].append(result.mask)
+        if result.template_brain_dice is not None:
+            reference["template_brain_dice"].append(result.template_brain_dice)
         fg = np.flatnonzero(result.mask)
         pick = rng.choice(fg, size=min(voxels_per_volume, fg.size), replace=False)
         for m in maps:
@@ -205,8 +207,11 @@ def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:
             "min_field_of_view_mm": min(reference["field_of_view_mm"]),
             "volume_scores": sorted(float(v) for v in reference["volume_scores"]),
             "max_fraction_above_threshold": fractions,
+            "min_template_brain_dice": (min(reference["template_brain_dice"])
+                                        if reference["template_brain_dice"] else None),
             "rule": "healthy calibration volumes: brain volume range, smallest field-of-view side, volume "
-                    "scores, largest fraction of brain voxels at or above each map's threshold"}
+                    "scores, largest fraction of brain voxels at or above each map's threshold, smallest Dice "
+                    "of the brain mask with the aligned template's brain"}
 
 
 def _select_operating_point(kept, map_name: str, entry: dict, levels: list, max_fp: float) -> dict:

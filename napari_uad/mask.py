@@ -10,7 +10,14 @@ from skimage.filters import threshold_otsu
 
 from .io import Volume, VolumeError, read_volume
 
-__all__ = ["foreground_mask", "constant_background_value", "load_mask"]
+__all__ = ["foreground_mask", "constant_background_value", "load_mask", "dice"]
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean arrays (1.0 when both are empty)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    denom = pred.sum() + truth.sum()
+    return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denom)
 
 
 def constant_background_value(data: np.ndarray, min_fraction: float = 0.05) -> float | None:

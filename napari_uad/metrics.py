@@ -20,6 +20,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .calibration import best_dice_threshold
 from .findings import component_centroids, labelled_voxels
+from .mask import dice
 
 __all__ = ["pixel_metrics", "dice", "ObjectCounts", "component_matches", "counts_from_matches", "object_counts", "object_metrics", "sample_metrics"]
 
@@ -42,13 +43,6 @@ def pixel_metrics(scores: Sequence[np.ndarray], truths: Sequence[np.ndarray], th
     if threshold is not None and t.any():
         out["dice_at_threshold"] = dice(s >= threshold, t)
     return out
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two boolean arrays (1.0 when both are empty)."""
-    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-    denom = pred.sum() + truth.sum()
-    return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denom)
 
 
 @dataclass

@@ -19,6 +19,8 @@ UNRELIABLE = "this scan differs from the model's training data; findings are unr
 _BRAIN_VOLUME_SLACK = 0.5  # flagged below half the smallest / above 1.5x the largest calibration brain: a partial
 # brain, a failed mask or not a head (the calibration brains are synthetic, MNI-sized: real adult brains of
 # 1000-1700 ml are smaller, and alignment to the template evens out size for the model anyway)
+_TEMPLATE_DICE_SLACK = 0.05  # flagged when the brain mask fits the aligned template brain this much worse than
+# every healthy calibration scan: brain extraction cut away part of the brain (or a lesion), or alignment failed
 _FRACTION_FACTOR = 10.0  # flagged when 10x more of the brain is above threshold than in any healthy scan ...
 _MIN_FRACTION = 0.15  # ... and at least 15 % of it: more than a large glioma with its oedema; a scan of
 # another contrast or a broken preprocessing lights up most of the brain
@@ -56,12 +58,13 @@ def check_input(volume: Volume, card: ModelCard, force: bool = False) -> list[st
 
 
 def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarray, volume_score: float,
-                 card: ModelCard, detection_map: str) -> tuple[list[str], dict]:
+                 card: ModelCard, detection_map: str, template_dice: float | None = None) -> tuple[list[str], dict]:
     """Warnings after scoring and the numbers they rest on (for S.json).
 
     brain: brain mask (canonical grid); detection: the detection map, same grid; the fraction above threshold
     is taken at the card's calibrated threshold, so it is comparable to the card's healthy reference whatever
-    threshold the user chose.
+    threshold the user chose. template_dice: Dice of the brain mask with the aligned template's brain
+    (``ScoreResult.template_brain_dice``; None when the scan was not aligned).
     """
     ref = ood_reference(card)
     warnings: list[str] = []
@@ -73,6 +76,13 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
         if not (1 - _BRAIN_VOLUME_SLACK) * lo <= brain_ml <= (1 + _BRAIN_VOLUME_SLACK) * hi:
             warnings.append(f"brain volume {brain_ml:.0f} ml is outside the calibration scans' "
                             f"{lo:.0f}-{hi:.0f} ml")
+    if template_dice is not None:
+        facts["template_brain_dice"] = round(template_dice, 4)
+        lowest = ref.get("min_template_brain_dice")
+        if lowest is not None and template_dice < lowest - _TEMPLATE_DICE_SLACK:
+            warnings.append(f"the brain mask fits the template brain poorly (Dice {template_dice:.2f}; healthy "
+                            f"calibration scans >= {lowest:.2f}): brain extraction may have cut away part of the "
+                            "brain or a lesion")
     threshold = card.default_threshold(detection_map)
     healthy_max = ref.get("max_fraction_above_threshold", {}).get(detection_map)
     if threshold is not None and brain.any():

@@ -106,7 +106,7 @@ class ScoreJob:
         ood_warnings = check_input(volume, card, self.force)
         result = self.scorer.score(volume, parse_maps(set(self.maps) | {self.detection_map}), mask, progress)
         found, ood_facts = check_result(result.mask, volume.voxel_volume_mm3, result.maps[self.detection_map],
-                                        result.volume_score, card, self.detection_map)
+                                        result.volume_score, card, self.detection_map, result.template_brain_dice)
         ood_warnings += found
         if ood_warnings:
             ood_warnings.append(UNRELIABLE)

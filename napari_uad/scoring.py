@@ -33,6 +33,7 @@ import torch
 
 from .devices import free_memory_bytes, is_out_of_memory, resolve_device
 from .io import Volume
+from .mask import dice as mask_dice
 from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
@@ -125,6 +126,7 @@ class ScoreResult:
     device: str
     batch_size: int
     seconds: dict[str, float] = field(default_factory=dict)
+    template_brain_dice: float | None = None  # brain mask vs the aligned template's brain (None: not aligned)
     warnings: list[str] = field(default_factory=list)
     preprocessing: list[dict] = field(default_factory=list)
 
@@ -277,11 +279,14 @@ class Scorer:
         if prepared.aligned:
             slice_kl, slice_rec = _native_slice_profile(prepared, slice_kl, slice_rec)
             slice_scores = slice_kl + slice_rec
+        template_brain = prepared.template_brain()
+        template_dice = None if template_brain is None else mask_dice(brain, template_brain)
         seconds["to_native"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         return ScoreResult(maps=out, mask=brain, slice_scores=slice_scores, slice_kl=slice_kl, slice_rec=slice_rec,
                            volume_score=volume_score, device=self.device.type, batch_size=batch_size,
-                           seconds=seconds, warnings=notes, preprocessing=prepared.steps)
+                           seconds=seconds, warnings=notes, preprocessing=prepared.steps,
+                           template_brain_dice=template_dice)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _autocast(self):

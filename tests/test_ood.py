@@ -75,6 +75,24 @@ def test_lesion_covering_a_third_of_the_brain_fires_and_a_normal_brain_does_not(
     assert facts["fraction_above_card_threshold"] == pytest.approx(0.3, abs=1e-3)
 
 
+def test_a_brain_mask_that_misses_part_of_the_template_brain_fires():
+    """Brain extraction that cut away part of the brain (deepbet can cut a large lesion's surroundings) shows as
+    a poor fit to the aligned template's brain; the card's healthy reference says what is poor."""
+    volume, brain = brain_ball()
+    card = card_with_reference()
+    card.calibration["ood"]["min_template_brain_dice"] = 0.95
+    quiet, facts = check_result(brain, volume.voxel_volume_mm3, np.zeros(brain.shape, np.float32), 120.0, card,
+                                "nll", template_dice=0.93)
+    assert quiet == [] and facts["template_brain_dice"] == 0.93
+    loud, _ = check_result(brain, volume.voxel_volume_mm3, np.zeros(brain.shape, np.float32), 120.0, card, "nll",
+                           template_dice=0.86)
+    assert loud == ["the brain mask fits the template brain poorly (Dice 0.86; healthy calibration scans >= 0.95): "
+                    "brain extraction may have cut away part of the brain or a lesion"]
+    # a card without that reference (older calibration) stays silent about it
+    assert check_result(brain, volume.voxel_volume_mm3, np.zeros(brain.shape, np.float32), 120.0,
+                        card_with_reference(), "nll", template_dice=0.5)[0] == []
+
+
 @pytest.mark.slow
 def test_bundled_sample_is_quiet_and_a_lesion_scan_speaks(tmp_path, capsys):
     """End to end with the bundled model: the sample brain raises no OOD warning; the same brain with 30 % of it
@@ -85,6 +103,7 @@ def test_bundled_sample_is_quiet_and_a_lesion_scan_speaks(tmp_path, capsys):
     assert cli_main(["score", str(sample_data_dir() / 'sample_brain.nii.gz'), "--out", str(out), "--maps", "nll", "--quiet"]) == 0
     report = json.loads((out / "sample_brain.json").read_text())
     assert report["out_of_distribution"]["warnings"] == [] and report["warnings"] == []
+    assert report["out_of_distribution"]["template_brain_dice"] > 0.9  # its brain mask fits the aligned template
     assert (out / "sample_brain.brainmask.nii.gz").is_file()
     assert [s["step"] for s in report["preprocessing"]] == ["brain_extraction", "bias_correction", "normalisation",
                                                              "alignment", "slicing"]

@@ -169,7 +169,7 @@ class ScoringPanel(QWidget):
         def run():
             result = yield from scorer.iter_score(volume, maps)
             found, _ = check_result(result.mask, volume.voxel_volume_mm3, result.maps[card.detection_map],
-                                    result.volume_score, card, card.detection_map)
+                                    result.volume_score, card, card.detection_map, result.template_brain_dice)
             warnings = input_warnings + found
             return ScoredScan(volume, result, card, warnings + [UNRELIABLE] if warnings else [])
 

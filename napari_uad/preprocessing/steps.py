@@ -53,19 +53,34 @@ class PreparedVolume:
     native_to_model: np.ndarray | None = None
     model_affine: np.ndarray | None = None
     steps: list[dict] = field(default_factory=list)
+    _template: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def aligned(self) -> bool:
         return self.native_to_model is not None
 
+    def template_maps(self) -> np.ndarray | None:
+        """Template CSF, GM, WM probabilities and brain mask [4, ni, nj, nk] (float32, 0-1) in the scan's
+        canonical grid through the alignment, or None when the scan was not aligned to a template. Cached."""
+        if not self.aligned:
+            return None
+        if self._template is None:
+            atlas = load_atlas()
+            csf = np.clip(atlas["brain"] - atlas["gm"] - atlas["wm"], 0.0, 1.0)
+            stacked = np.stack([csf, atlas["gm"], atlas["wm"], atlas["brain"].astype(np.float32)])
+            self._template = np.clip(self.to_native(stacked), 0.0, 1.0)
+        return self._template
+
     def tissue_priors(self) -> np.ndarray | None:
         """Template CSF, GM and WM probabilities [3, ni, nj, nk] in the scan's canonical grid, or None when the
         scan was not aligned to a template."""
-        if not self.aligned:
-            return None
-        atlas = load_atlas()
-        csf = np.clip(atlas["brain"] - atlas["gm"] - atlas["wm"], 0.0, 1.0)
-        return np.clip(self.to_native(np.stack([csf, atlas["gm"], atlas["wm"]])), 0.0, 1.0)
+        template = self.template_maps()
+        return None if template is None else template[:3]
+
+    def template_brain(self) -> np.ndarray | None:
+        """The template's brain mask (bool) in the scan's canonical grid, or None when not aligned."""
+        template = self.template_maps()
+        return None if template is None else template[3] >= 0.5
 
     def to_native(self, arrays: np.ndarray) -> np.ndarray:
         """Model-grid arrays [C, ...] -> the scan's canonical grid [C, ni, nj, nk] (trilinear; identity if not
