@@ -32,8 +32,8 @@ from .io import Volume
 from .mask import dice as mask_dice
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 
-__all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SCAN", "quantile_table", "to_quantile", "best_dice_threshold",
-           "calibrate"]
+__all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SCAN", "MIN_BRAIN_MASK_DICE",
+           "quantile_table", "to_quantile", "best_dice_threshold", "calibrate"]
 
 # dense in the upper tail, where detection thresholds live
 QUANTILE_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -5, 41), [1.0]]))

@@ -22,7 +22,8 @@ from .calibration import best_dice_threshold
 from .findings import component_centroids, labelled_voxels
 from .mask import dice
 
-__all__ = ["pixel_metrics", "dice", "ObjectCounts", "component_matches", "counts_from_matches", "object_counts", "object_metrics", "sample_metrics"]
+__all__ = ["pixel_metrics", "dice", "ObjectCounts", "component_matches", "counts_from_matches",
+           "object_counts", "object_metrics", "sample_metrics"]
 
 
 def pixel_metrics(scores: Sequence[np.ndarray], truths: Sequence[np.ndarray], threshold: float | None = None
