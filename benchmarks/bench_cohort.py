@@ -32,7 +32,7 @@ def _run(args: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=12)
-    parser.add_argument("--model", default="cevae-brain-mr")
+    parser.add_argument("--model", default=None, help="default: the bundled default model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_cohort"))
@@ -45,7 +45,8 @@ def main() -> None:
     rows = []
     out = args.work / "score"
     shutil.rmtree(out, ignore_errors=True)
-    seconds = _run(["score", *scans, "--out", str(out), "--model", args.model, "--device", args.device, "--quiet"])
+    model = ["--model", args.model] if args.model else []
+    seconds = _run(["score", *scans, "--out", str(out), *model, "--device", args.device, "--quiet"])
     rows.append({"run": "score (one process)", "scans": len(scans), "wall_s": round(seconds, 1),
                  "scans_per_min": round(len(scans) / seconds * 60, 2), **machine})
     print(json.dumps(rows[-1]), flush=True)
@@ -53,7 +54,7 @@ def main() -> None:
     for w in (int(x) for x in args.workers.split(",")):
         out = args.work / f"cohort-{w}"
         shutil.rmtree(out, ignore_errors=True)
-        seconds = _run(["cohort", str(data / "scans"), "--out", str(out), "--model", args.model, "--workers", str(w),
+        seconds = _run(["cohort", str(data / "scans"), "--out", str(out), *model, "--workers", str(w),
                         "--device", args.device, "--quiet"])
         base = base or seconds
         rows.append({"run": f"cohort, {w} worker(s)", "scans": len(scans), "wall_s": round(seconds, 1),

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
+from .resources import DEFAULT_MODEL
 
 __all__ = ["main", "build_parser"]
 
@@ -57,7 +58,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled or user model name, model directory or card.json (default: the bundled "
-                        "cevae-brain-mr)")
+                        f"{DEFAULT_MODEL})")
     p.add_argument("--maps", default=None, metavar="LIST",
                    help=f"comma-separated maps to write, of {','.join(MAP_NAMES)} (default: {','.join(DEFAULT_MAPS)}, "
                         "less those the model's card has not calibrated; the gradient maps "

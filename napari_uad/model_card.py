@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from .io import atomic_write, file_sha256
 from .model import ArchitectureConfig, CeVAE
 from .preprocessing import PreprocessingConfig
-from .resources import bundled_models_dir, user_models_dir
+from .resources import DEFAULT_MODEL, bundled_models_dir, user_models_dir
 
 __all__ = [
     "ScoringConfig",
@@ -36,7 +36,6 @@ __all__ = [
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
-DEFAULT_MODEL = "cevae-brain-mr"
 
 
 class ModelError(RuntimeError):

@@ -8,6 +8,7 @@ from pathlib import Path
 __all__ = ["bundled_models_dir", "user_models_dir", "sample_data_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
+DEFAULT_MODEL = "cevae-brain-mr-heads"  # the bundled model used when none is named
 
 
 def _bundled(name: str) -> Path | None:

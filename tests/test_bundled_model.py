@@ -7,7 +7,7 @@ from napari_uad.model_card import DEFAULT_MODEL, list_models, load_model
 from napari_uad.scoring import MAP_NAMES, default_maps
 
 
-@pytest.mark.parametrize("name", [DEFAULT_MODEL, "cevae-brain-mr-heads"])
+@pytest.mark.parametrize("name", sorted({DEFAULT_MODEL, "cevae-brain-mr", "cevae-brain-mr-heads"}))
 def test_bundled_card_verifies_and_is_calibrated(name):
     assert name in list_models()
     model, card = load_model(name)  # raises if the sha256 in the card does not match the weights
@@ -26,3 +26,7 @@ def test_bundled_card_verifies_and_is_calibrated(name):
         assert np.all(np.diff(entry["quantiles"]) >= 0)
         assert entry["threshold_fpr_1pct"] <= entry["threshold_fpr_0.1pct"]
     assert sum(p.numel() for p in model.parameters()) > 0
+    if name == DEFAULT_MODEL:  # the default's operating point keeps normal validation heads quiet
+        point = cal["operating_point"]
+        assert point["fp_target_met"] and point["validation"]["fp_objects_per_normal_scan"] <= 1.0
+        assert point["threshold"] == card.default_threshold() and point["min_volume_mm3"] == cal["min_volume_mm3"]
