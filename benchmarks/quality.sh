@@ -11,7 +11,7 @@
 # Default maps (the gradient maps have their own experiment: benchmarks/gradient_maps.py).
 # Usage: bash benchmarks/quality.sh [MODEL] [REPORT_DIR] [WORK_DIR] [LABEL_MAPS_DIR]
 set -euo pipefail
-MODEL=${1:-cevae-brain-mr}
+MODEL=${1:-cevae-brain-mr-heads}
 REPORT=${2:-docs/results}
 WORK=${3:-runs/quality}
 MAPS_DIR=${4:-../shared/data/synthseg_label_maps}
