@@ -320,13 +320,27 @@ class _MapScorer:
                            slice_rec=np.zeros(volume.shape[2]), volume_score=1.0, device="cpu", batch_size=1)
 
 
+def _coded_volume(shape, seed: int, sick: bool):
+    """A blank volume whose voxels (0,0,0) and (1,1,1) carry a noise seed and whether it is sick (for _MapScorer)."""
+    from napari_uad.io import Volume
+
+    data = np.zeros(shape, np.float32)
+    data[0, 0, 0], data[1, 1, 1] = seed + 1, float(sick)
+    return Volume.from_array(data, np.eye(4))
+
+
+def _coded_validation(shape, lesion):
+    """4 healthy and 4 sick coded volumes (the sick ones with ``lesion`` as their mask)."""
+    return ([_coded_volume(shape, s, False) for s in range(4)],
+            [(_coded_volume(shape, 100 + s, True), lesion.astype(np.uint8)) for s in range(4)])
+
+
 def test_calibration_chooses_the_combined_maps_components_on_validation():
     """Two maps that each see a lesion through independent noise: their combination (mean healthy-quantile
     surprise) separates lesion from healthy better than either, so calibration keeps it as the detection map;
     a map that only adds noise is not among its components."""
     from napari_uad.calibration import calibrate
     from napari_uad.combined import combine
-    from napari_uad.io import Volume
 
     shape = (24, 24, 24)
     lesion = np.zeros(shape, bool)
@@ -340,13 +354,7 @@ def test_calibration_chooses_the_combined_maps_components_on_validation():
                 "nll": (rng.normal(size=shape) + signal).astype(np.float32),
                 "E": rng.normal(size=shape).astype(np.float32)}
 
-    def volume(seed, sick):
-        data = np.zeros(shape, np.float32)
-        data[0, 0, 0], data[1, 1, 1] = seed + 1, float(sick)
-        return Volume.from_array(data, np.eye(4))
-
-    healthy = [volume(s, False) for s in range(4)]
-    anomalous = [(volume(100 + s, True), lesion.astype(np.uint8)) for s in range(4)]
+    healthy, anomalous = _coded_validation(shape, lesion)
     cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("residual", "E", "nll", "combined"))
     assert set(cal["combined"]["components"]) >= {"residual", "nll"} and len(cal["combined"]["trials"]) == 4
     dice = {m: cal["maps"][m]["best_dice_validation"] for m in cal["maps"]}
@@ -364,7 +372,6 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
     card's edge margin; a bound no candidate meets is reported as not met."""
     from napari_uad.calibration import calibrate
     from napari_uad.findings import label_components
-    from napari_uad.io import Volume
 
     shape = (28, 28, 28)
     lesion = np.zeros(shape, bool)
@@ -375,13 +382,7 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
         nll = rng.normal(size=shape) + 4.0 * (lesion & (volume.data[1, 1, 1] > 0))
         return {"nll": nll.astype(np.float32), "residual": rng.normal(size=shape).astype(np.float32)}
 
-    def volume(seed, sick):
-        data = np.zeros(shape, np.float32)
-        data[0, 0, 0], data[1, 1, 1] = seed + 1, float(sick)
-        return Volume.from_array(data, np.eye(4))
-
-    healthy = [volume(s, False) for s in range(4)]
-    anomalous = [(volume(100 + s, True), lesion.astype(np.uint8)) for s in range(4)]
+    healthy, anomalous = _coded_validation(shape, lesion)
     cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"), edge_margin_mm=1.0)
     point = cal["operating_point"]
     assert cal["detection_map"] == "nll" and point["fp_target_met"] and point["edge_margin_mm"] == 1.0
@@ -389,7 +390,7 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
     at_dice = [r for r in point["table"] if r["threshold"] == point["threshold_best_dice"] and r["min_volume_mm3"] == 0]
     assert at_dice[0]["fp_objects_per_normal_scan"] > 1  # the search had something to do
     assert cal["maps"]["nll"]["threshold"] == point["threshold"] and cal["min_volume_mm3"] == point["min_volume_mm3"]
-    fresh = [make(volume(s, False))["nll"] for s in range(50, 58)]
+    fresh = [make(_coded_volume(shape, s, False))["nll"] for s in range(50, 58)]
     counts = [label_components(m, point["threshold"], 1.0, point["min_volume_mm3"])[1] for m in fresh]
     assert np.mean(counts) <= 1.5  # held-out normal volumes stay about as quiet
     # a margin wider than the volume leaves nowhere to find anything: no lesion found, nothing to report
