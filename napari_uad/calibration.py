@@ -72,12 +72,16 @@ def best_dice_threshold(scores: np.ndarray, truth: np.ndarray, weights: np.ndarr
 def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tuple[Volume, np.ndarray]] = (),
               maps: tuple[str, ...] = MAP_NAMES, voxels_per_volume: int = 400_000, seed: int = 0,
               combined_components: tuple[str, ...] = (), edge_margin_mm: float = 0.0,
-              max_fp_per_normal_scan: float = MAX_FP_PER_NORMAL_SCAN, log=lambda m: None) -> dict:
+              max_fp_per_normal_scan: float = MAX_FP_PER_NORMAL_SCAN, detection_map: str | None = None,
+              min_volume_mm3: float = 0.0, log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
     which cannot choose them). ``edge_margin_mm``: the card's edge margin (findings keep this distance from the
-    brain surface), applied when the operating point counts findings."""
+    brain surface), applied when the operating point counts findings. Without anomalies (a site's normal scans)
+    ``detection_map`` and ``min_volume_mm3`` are the card's, and the detection threshold becomes the lowest one
+    (from the 1 % healthy-voxel FPR threshold up) that keeps false-positive findings per normal scan <= the
+    bound at that minimum volume."""
     with_combined = COMBINED in maps
     maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
     rng = np.random.default_rng(seed)
@@ -154,6 +158,16 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         point["edge_margin_mm"] = edge_margin_mm
         entry["threshold_best_dice"], entry["threshold"] = entry["threshold"], point["threshold"]
         out["min_volume_mm3"], out["operating_point"] = point["min_volume_mm3"], point
+    elif detection_map in out["maps"]:
+        entry = out["maps"][detection_map]
+        point = _select_operating_point(kept, detection_map, entry, out["levels"], max_fp_per_normal_scan,
+                                        start=entry["threshold_fpr_1pct"], min_volumes=(float(min_volume_mm3),))
+        point["edge_margin_mm"], point["threshold_best_dice"] = edge_margin_mm, None
+        point["rule"] = ("normal scans only: the lowest threshold from the 1 % healthy-voxel FPR threshold up whose "
+                         "false-positive findings per normal scan stay <= max_fp_per_normal_scan at the card's "
+                         "minimum finding volume; findings inside the brain less the edge margin")
+        entry["threshold"] = point["threshold"]
+        out.update(detection_map=detection_map, min_volume_mm3=float(min_volume_mm3), operating_point=point)
     else:
         out["detection_map"] = "combi" if "combi" in maps else maps[0]
         out["min_volume_mm3"] = 0.0
@@ -214,11 +228,15 @@ def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:
                     "of the brain mask with the aligned template's brain"}
 
 
-def _select_operating_point(kept, map_name: str, entry: dict, levels: list, max_fp: float) -> dict:
-    """Detection threshold and minimum finding volume (mm^3) of ``map_name`` (see the module docstring)."""
+def _select_operating_point(kept, map_name: str, entry: dict, levels: list, max_fp: float,
+                            start: float | None = None,
+                            min_volumes: tuple[float, ...] = MIN_VOLUME_CANDIDATES_MM3) -> dict:
+    """Detection threshold and minimum finding volume (mm^3) of ``map_name`` (see the module docstring):
+    thresholds from ``start`` (default: the entry's Dice threshold) up, each with every one of ``min_volumes``.
+    Without anomalies every recall is 0 and the lowest threshold within the bound wins."""
     from .metrics import component_matches, counts_from_matches, object_metrics
 
-    dice_threshold = float(entry["threshold"])
+    dice_threshold = float(entry["threshold"] if start is None else start)
     tail = np.interp(OPERATING_LEVELS, np.asarray(levels), np.asarray(entry["quantiles"]))
     thresholds = np.unique(np.r_[dice_threshold, tail[tail > dice_threshold]])
     table = []
@@ -230,7 +248,7 @@ def _select_operating_point(kept, map_name: str, entry: dict, levels: list, max_
             sizes, matched, n_true = component_matches(
                 labels, truth if truth is not None else np.zeros(labels.shape, bool))
             matches.append((sizes * volume.voxel_volume_mm3, matched, n_true))
-        for min_volume in MIN_VOLUME_CANDIDATES_MM3:
+        for min_volume in min_volumes:
             m = object_metrics([counts_from_matches(matched[mm3 >= min_volume], n_true)
                                 for mm3, matched, n_true in matches])
             r, p = m["object_recall"] or 0.0, m["object_precision"] or 0.0

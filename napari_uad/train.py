@@ -479,6 +479,9 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     else:
         held_out = list(held_out)
         card.calibration = calibrate(scorer, held_out, log=log, combined_components=combined_components(previous),
+                                     edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
+                                     detection_map=previous.get("detection_map"),
+                                     min_volume_mm3=float(previous.get("min_volume_mm3", 0.0)),
                                      **({"maps": maps} if maps else {}))
         card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
         # normal scans alone cannot choose a detection map, its components or minimum volume: keep the card's

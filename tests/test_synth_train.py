@@ -211,6 +211,10 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     # normal scans cannot choose the detection map or the minimum volume: the card's stay
     assert card["calibration"]["detection_map"] == before["detection_map"]
     assert card["calibration"]["min_volume_mm3"] == before["min_volume_mm3"]
+    # ... and the threshold is the lowest that keeps these normal scans to <= 1 false-positive finding each
+    point = card["calibration"]["operating_point"]
+    assert point["min_volume_mm3"] == before["min_volume_mm3"] and point["table"]
+    assert card["calibration"]["maps"][before["detection_map"]]["threshold"] == point["threshold"]
     # nor the combined map's components; its healthy table is new (from these scans)
     assert card["calibration"]["combined"]["components"] == before["combined"]["components"]
     assert card["calibration"]["maps"]["combined"]["quantiles"] != before["maps"]["combined"]["quantiles"]
@@ -402,6 +406,32 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
     assert not strict["fp_target_met"]
     assert strict["validation"]["fp_objects_per_normal_scan"] == min(r["fp_objects_per_normal_scan"]
                                                                      for r in strict["table"])
+
+
+def test_site_calibration_on_normal_scans_sets_the_lowest_threshold_that_keeps_them_quiet():
+    """Normal scans alone (a site's) keep the card's detection map and minimum volume; the threshold becomes the
+    lowest candidate with <= 1 false-positive finding per normal scan, which a recount confirms, while the next
+    lower candidate would give more."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.findings import label_components
+
+    shape = (28, 28, 28)
+
+    def make(v):
+        return {"nll": np.random.default_rng(int(v.data[0, 0, 0])).normal(size=shape).astype(np.float32)}
+
+    healthy, _ = _coded_validation(shape, np.zeros(shape, bool))
+    cal = calibrate(_MapScorer(make), healthy, maps=("nll",), detection_map="nll", min_volume_mm3=2.0)
+    point = cal["operating_point"]
+    assert cal["detection_map"] == "nll" and cal["min_volume_mm3"] == 2.0 and point["fp_target_met"]
+    assert cal["maps"]["nll"]["threshold"] == point["threshold"] >= cal["maps"]["nll"]["threshold_fpr_1pct"]
+
+    def fp_per_scan(threshold):
+        return np.mean([label_components(make(v)["nll"], threshold, 1.0, 2.0)[1] for v in healthy])
+
+    assert fp_per_scan(point["threshold"]) <= 1.0
+    lower = [r["threshold"] for r in point["table"] if r["threshold"] < point["threshold"]]
+    assert lower and fp_per_scan(max(lower)) > 1.0
 
 
 def test_calibration_leaves_out_healthy_heads_whose_brain_extraction_failed():
