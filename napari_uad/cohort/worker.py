@@ -136,9 +136,15 @@ def score_item(item: CohortItem, out: str, healthy_scores: list[float]) -> dict:
     from ..io import VolumeError
     from ..model_card import ModelError
 
+    import torch
+
     worker = get_worker()
     plugin: ModelPlugin = worker.plugins[PLUGIN_NAME]
     job, out_dir = plugin.job, Path(out)
+    # Dask workers start with OMP_NUM_THREADS=1 and torch's OpenMP thread count applies per calling thread:
+    # set where the plugin was set up, the task thread still ran 1 thread (measured: a 12-scan cohort with one
+    # 2-thread worker took 36 % longer than `score`; docs/BENCHMARKS.md). Set it in the thread that runs the task.
+    torch.set_num_threads(max(1, plugin.spec.torch_threads))
     t0 = time.perf_counter()
     try:
         if outputs_complete(out_dir, item, job.scorer.card.weights_sha256, plugin.spec, job):
