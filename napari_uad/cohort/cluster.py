@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["ClusterPlan", "plan_local_cluster", "connect"]
+__all__ = ["ClusterPlan", "plan_local_cluster", "connect", "worker_environment"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ def plan_local_cluster(workers: int | None, device: str = "auto", cores: int | N
 
 def connect(scheduler: str | None, plan: ClusterPlan | None):
     """(client, cluster or None): a client of ``scheduler`` or of a new LocalCluster following ``plan``."""
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -49,6 +50,20 @@ def connect(scheduler: str | None, plan: ClusterPlan | None):
             return Client(scheduler, timeout="20s"), None
         except OSError as err:
             raise ValueError(f"cannot reach the Dask scheduler at {scheduler} ({err})") from err
-    cluster = LocalCluster(n_workers=plan.n_workers, threads_per_worker=1, processes=True,
-                           resources=plan.resources or None, dashboard_address=":0", silence_logs=40)
+    with dask.config.set(worker_environment(plan)):
+        cluster = LocalCluster(n_workers=plan.n_workers, threads_per_worker=1, processes=True,
+                               resources=plan.resources or None, dashboard_address=":0", silence_logs=40)
     return Client(cluster), cluster
+
+
+def worker_environment(plan: ClusterPlan) -> dict:
+    """Dask config for the environment of the LocalCluster's worker processes.
+
+    Dask starts workers with OMP/MKL/OpenBLAS threads = 1 and ``MALLOC_TRIM_THRESHOLD_`` set; both slowed a
+    scan by ~40 % against ``score`` (measured, docs/BENCHMARKS.md: the trim threshold switches off glibc's
+    adaptive mmap threshold, so every large array is a fresh mmap with its page faults). Workers get the
+    plan's threads and glibc's default allocator behaviour (they hold one scan at a time)."""
+    key = "distributed.nanny.pre-spawn-environ"
+    threads = {f"{key}.{name}": plan.torch_threads
+               for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    return {**threads, f"{key}.MALLOC_TRIM_THRESHOLD_": None}

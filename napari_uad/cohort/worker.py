@@ -141,9 +141,8 @@ def score_item(item: CohortItem, out: str, healthy_scores: list[float]) -> dict:
     worker = get_worker()
     plugin: ModelPlugin = worker.plugins[PLUGIN_NAME]
     job, out_dir = plugin.job, Path(out)
-    # Dask workers start with OMP_NUM_THREADS=1 and torch's OpenMP thread count applies per calling thread:
-    # set where the plugin was set up, the task thread still ran 1 thread (measured: a 12-scan cohort with one
-    # 2-thread worker took 36 % longer than `score`; docs/BENCHMARKS.md). Set it in the thread that runs the task.
+    # torch's OpenMP thread count applies per calling thread: set it in the thread that runs the task too
+    # (on a scheduler the user started, workers may have OMP_NUM_THREADS=1; cluster.worker_environment)
     torch.set_num_threads(max(1, plugin.spec.torch_threads))
     t0 = time.perf_counter()
     try:
