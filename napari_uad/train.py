@@ -381,12 +381,19 @@ def synthetic_anomaly_case(seed: int) -> tuple[Volume, np.ndarray]:
     return case_volume(case), case_volume_mask(case)
 
 
+def _head_args(item: tuple) -> tuple[str, int, str | None]:
+    """(label map path, seed[, contrast family]) -> (path, seed, family or None: drawn per head)."""
+    path, seed, *family = item
+    return path, seed, family[0] if family else None
+
+
 def label_head_volume(item: tuple) -> tuple[Volume, np.ndarray]:
     """Synthetic head (label map path, seed[, contrast family]) as a Volume and its brain mask (canonical
     grid); without a family it is drawn (training's domain randomisation)."""
     from .synth_labels import label_head
 
-    head = label_head(item[0], item[1], family=item[2] if len(item) > 2 else None)
+    path, seed, family = _head_args(item)
+    head = label_head(path, seed, family=family)
     volume = Volume.from_array(head.data, head.affine, modality="MR")
     volume.metadata["true_brain"] = head.brain  # lets calibration leave out heads whose brain extraction failed
     return volume, head.brain
@@ -411,9 +418,9 @@ def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
     from .synth import SynthCase, insert_anomaly
     from .synth_labels import label_head
 
-    path, seed = item[:2]
+    path, seed, family = _head_args(item)
     if seed % 2 == 0:
-        head = label_head(path, seed, family=item[2] if len(item) > 2 else None, lesion="any")
+        head = label_head(path, seed, family=family, lesion="any")
         return Volume.from_array(head.data, head.affine, modality="MR"), head.lesion
     volume, brain = label_head_volume(item)
     case = insert_anomaly(SynthCase(volume.data, np.zeros(volume.shape, np.uint8), volume.affine), seed + 7919,
@@ -422,12 +429,12 @@ def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
 
 
 def _label_items(files: list[Path], seeds: Iterable[int], families: tuple[str, ...] = ()) -> list[tuple]:
-    """(label map, seed[, family]) per seed: maps and families taken in turn (``synth_labels.family_in_turn``)."""
+    """(label map, seed, family) per seed: maps and families taken in turn (``synth_labels.family_in_turn``;
+    family None = drawn per head)."""
     from .synth_labels import family_in_turn
 
     files = list(files)
-    return [(str(files[s % len(files)]), s, *((family_in_turn(i, len(files), families),) if families else ()))
-            for i, s in enumerate(seeds)]
+    return [(str(files[s % len(files)]), s, family_in_turn(i, len(files), families)) for i, s in enumerate(seeds)]
 
 
 def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out: Iterable[Volume] = (),
