@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import combinations
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,6 +42,22 @@ MIN_VOLUME_CANDIDATES_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0)
 MAX_FP_PER_NORMAL_SCAN = 1.0  # what a reviewer can afford on a scan with nothing to find
 MIN_BRAIN_MASK_DICE = 0.9  # healthy volumes with a known brain whose pipeline mask agrees less are left out
 OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles tried above the Dice threshold
+
+
+class _Scored(NamedTuple):
+    """A validation volume as the object-level rules need it: its maps (float16), its anomaly mask (None:
+    healthy) and where findings may lie (brain less the edge margin), all in its canonical grid."""
+
+    volume: Volume
+    maps: dict
+    truth: np.ndarray | None
+    allowed: np.ndarray
+
+    @classmethod
+    def of(cls, volume: Volume, result, maps: tuple[str, ...], truth: np.ndarray | None,
+           edge_margin_mm: float) -> "_Scored":
+        return cls(volume, {m: result.maps[m].astype(np.float16) for m in maps}, truth,
+                   interior(result.mask, volume.spacing, edge_margin_mm))
 
 
 def quantile_table(values: np.ndarray, levels: np.ndarray = QUANTILE_LEVELS) -> np.ndarray:
@@ -86,8 +103,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
     rng = np.random.default_rng(seed)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
-    kept: list[tuple[Volume, dict, np.ndarray | None, np.ndarray]] = []  # (volume, maps, truth, where findings
-    # may lie) for the object-level rule
+    kept: list[_Scored] = []  # every validation volume, for the object-level rules
     n_healthy = 0
     reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [], "masks": [],
                        "template_brain_dice": []}
@@ -100,8 +116,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
             excluded.append({"index": n_healthy + len(excluded), "brain_mask_dice": round(agreement, 4)})
             log(f"calibration: healthy volume left out (brain mask Dice {agreement:.2f} with its true brain)")
             continue
-        kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, None,
-                     interior(result.mask, volume.spacing, edge_margin_mm)))
+        kept.append(_Scored.of(volume, result, maps, None, edge_margin_mm))
         reference["brain_volume_ml"].append(float(result.mask.sum() * volume.voxel_volume_mm3 / 1000.0))
         reference["field_of_view_mm"].append(float((np.asarray(volume.shape) * volume.spacing).min()))
         reference["volume_scores"].append(result.volume_score)
@@ -121,8 +136,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     truths: list[np.ndarray] = []
     for volume, truth in anomalous:
         result = scorer.score(volume, maps)
-        kept.append((volume, {m: result.maps[m].astype(np.float16) for m in maps}, truth > 0,
-                     interior(result.mask, volume.spacing, edge_margin_mm)))
+        kept.append(_Scored.of(volume, result, maps, truth > 0, edge_margin_mm))
         fg = result.mask
         for m in maps:
             scores[m].append(result.maps[m][fg])
@@ -206,15 +220,15 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                      "mean healthy-quantile surprise (napari_uad.combined) of the pair or triple of the "
                      f"{candidates} best single maps with the best validation Dice",
                      "trials": [{"components": list(n), "best_dice_validation": d} for (_, d), n in trials]}
-    for _, kept_maps, _, _ in kept:
-        kept_maps[COMBINED] = combine({m: kept_maps[m].astype(np.float32) for m in names}, out,
+    for k in kept:
+        k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in names}, out,
                                       names).astype(np.float16)
 
 
 def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:
     """What the out-of-distribution guard (``ood``) compares a scan with, from the healthy calibration volumes."""
-    fractions = {m: max(float((maps[m][mask] >= entries[m]["threshold"]).mean())
-                        for (_, maps, _, _), mask in zip(kept, reference["masks"]))
+    fractions = {m: max(float((k.maps[m][mask] >= entries[m]["threshold"]).mean())
+                        for k, mask in zip(kept, reference["masks"]))
                  for m in entries}
     return {"modality": modality,
             "brain_volume_ml": [min(reference["brain_volume_ml"]), max(reference["brain_volume_ml"])],
@@ -242,12 +256,12 @@ def _select_operating_point(kept, map_name: str, entry: dict, levels: list, max_
     table = []
     for threshold in thresholds:
         matches = []  # per volume: component volumes (mm^3), their matched lesion, number of lesions
-        for volume, maps, truth, allowed in kept:
-            score = np.where(allowed, maps[map_name].astype(np.float32), np.float32(-np.inf))
-            labels, _ = label_components(score, float(threshold), volume.voxel_volume_mm3)
+        for k in kept:
+            score = np.where(k.allowed, k.maps[map_name].astype(np.float32), np.float32(-np.inf))
+            labels, _ = label_components(score, float(threshold), k.volume.voxel_volume_mm3)
             sizes, matched, n_true = component_matches(
-                labels, truth if truth is not None else np.zeros(labels.shape, bool))
-            matches.append((sizes * volume.voxel_volume_mm3, matched, n_true))
+                labels, k.truth if k.truth is not None else np.zeros(labels.shape, bool))
+            matches.append((sizes * k.volume.voxel_volume_mm3, matched, n_true))
         for min_volume in min_volumes:
             m = object_metrics([counts_from_matches(matched[mm3 >= min_volume], n_true)
                                 for mm3, matched, n_true in matches])
