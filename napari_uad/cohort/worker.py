@@ -86,9 +86,6 @@ class ModelPlugin(WorkerPlugin):
         self.device = "cpu"
 
     def setup(self, worker) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, self.spec.torch_threads))
         self.device = _worker_device(self.spec, worker.name)
         self.job = self.spec.build(self.device)
 
@@ -141,8 +138,8 @@ def score_item(item: CohortItem, out: str, healthy_scores: list[float]) -> dict:
     worker = get_worker()
     plugin: ModelPlugin = worker.plugins[PLUGIN_NAME]
     job, out_dir = plugin.job, Path(out)
-    # torch's OpenMP thread count applies per calling thread: set it in the thread that runs the task too
-    # (on a scheduler the user started, workers may have OMP_NUM_THREADS=1; cluster.worker_environment)
+    # torch's OpenMP thread count applies per calling thread, so it is set here, in the thread that runs the
+    # task (on a scheduler the user started, workers may have OMP_NUM_THREADS=1; cluster.worker_environment)
     torch.set_num_threads(max(1, plugin.spec.torch_threads))
     t0 = time.perf_counter()
     try:
