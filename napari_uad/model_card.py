@@ -20,6 +20,7 @@ from .io import atomic_write, file_sha256
 from .model import ArchitectureConfig, CeVAE
 from .preprocessing import PreprocessingConfig
 from .resources import DEFAULT_MODEL, bundled_models_dir, user_models_dir
+from .tissue import TissueSettings
 
 __all__ = [
     "ScoringConfig",
@@ -60,6 +61,8 @@ class ScoringConfig:
         brightening the pixel raises the loss, as at a hyperintense lesion).
     grad_brain_only: zero the gradient outside the brain mask before smoothing, so the strong gradients at
         the brain's edge do not bleed into it.
+    tissue_prior_sigma_mm, tissue_prior_floor, tissue_class_peak: the tissue map's ``TissueSettings`` (a card
+        without them keeps the map's first definition).
     """
 
     smoothgrad_samples: int = 4
@@ -69,6 +72,9 @@ class ScoringConfig:
     seed: int = 0
     grad_reduction: str = "mean_abs"
     grad_brain_only: bool = False
+    tissue_prior_sigma_mm: float = TissueSettings.prior_sigma_mm
+    tissue_prior_floor: float = TissueSettings.prior_floor
+    tissue_class_peak: bool = TissueSettings.class_peak
 
     def __post_init__(self):
         if self.grad_reduction not in GRAD_REDUCTIONS:
@@ -76,6 +82,10 @@ class ScoringConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def tissue(self) -> TissueSettings:
+        """The tissue map's settings."""
+        return TissueSettings(self.tissue_prior_sigma_mm, self.tissue_prior_floor, self.tissue_class_peak)
 
 
 @dataclass

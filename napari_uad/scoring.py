@@ -263,7 +263,8 @@ class Scorer:
                 notes.append("tissue map not computed (all zero): it needs the template alignment of a brain model")
                 out["tissue"] = np.zeros(brain.shape, np.float32)
             else:
-                out["tissue"] = tissue_outlier_map(prepared.standardised, brain, priors)
+                out["tissue"] = tissue_outlier_map(prepared.standardised, brain, priors, volume.spacing,
+                                                   self.card.scoring.tissue())
         if COMBINED in maps:
             if components:
                 out[COMBINED] = combine(out, self.card.calibration, components)

@@ -11,18 +11,59 @@ class do not move the class statistics). The map is the voxel's negative log-lik
 signed by whether x_v lies above or below the mixture's expected intensity sum_c r_c(v) mu_c (r: posteriors):
 positive = hyperintense for its tissue (a lesion on FLAIR/T2), negative = hypointense. The scale is set by the
 scan's own tissue contrasts, so scanners and contrasts do not need calibrating against each other.
+
+Settings (``TissueSettings``, stored in the model card's scoring block; chosen on validation heads,
+``benchmarks/tissue_priors.py``): the priors can be smoothed (Gaussian, mm) and floored before use, since an
+affine alignment does not put a subject's sulci and ventricles where the template has them; and each class can
+be measured against its own peak (``class_peak``: nll = -log sum_c p_c(v) exp(-z_c^2 / 2), so a wide class such
+as CSF on T2 is not an outlier merely for being wide).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from scipy import ndimage
 from scipy.special import logsumexp
 
-__all__ = ["fit_tissue_mixture", "tissue_outlier_map", "TISSUES"]
+__all__ = ["fit_tissue_mixture", "tissue_outlier_map", "smooth_priors", "TissueSettings", "TISSUES"]
 
 TISSUES = ("csf", "gm", "wm")
 _OUTLIER_Z = 3.0  # voxels beyond 3 sigma of every class are left out of the class statistics
 _PRIOR_FLOOR = 1e-3  # every class stays possible everywhere (the affine alignment is not exact)
+
+
+@dataclass(frozen=True)
+class TissueSettings:
+    """How the template priors and the likelihood are used (the defaults are the map's first definition).
+
+    prior_sigma_mm: Gaussian smoothing of the priors in the scan's grid (world mm; 0 = none).
+    prior_floor: smallest prior probability of any class anywhere (before renormalising).
+    class_peak: measure each class against its own peak density (width-invariant) instead of the mixture's
+        global peak.
+    """
+
+    prior_sigma_mm: float = 0.0
+    prior_floor: float = _PRIOR_FLOOR
+    class_peak: bool = False
+
+
+def smooth_priors(priors: np.ndarray, spacing: tuple[float, float, float], sigma_mm: float) -> np.ndarray:
+    """Priors [3, ...] smoothed by a Gaussian of ``sigma_mm`` world mm (voxel sigma = mm / spacing), float32."""
+    priors = np.asarray(priors, dtype=np.float32)
+    if sigma_mm <= 0:
+        return priors
+    sigma = sigma_mm / np.asarray(spacing, np.float64)
+    return np.stack([ndimage.gaussian_filter(c, sigma) for c in priors])
+
+
+def _prepared_priors(priors: np.ndarray, brain: np.ndarray, spacing, settings: TissueSettings) -> np.ndarray:
+    """Priors [3, N] at the brain's voxels: smoothed, floored, summing to 1."""
+    smoothed = smooth_priors(priors, spacing, settings.prior_sigma_mm)
+    p = np.maximum(np.stack([np.asarray(c, dtype=np.float64)[brain] for c in smoothed]),
+                   max(settings.prior_floor, 1e-12))
+    return p / p.sum(axis=0, keepdims=True)
 
 
 def fit_tissue_mixture(x: np.ndarray, priors: np.ndarray, iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -49,24 +90,29 @@ def fit_tissue_mixture(x: np.ndarray, priors: np.ndarray, iterations: int = 8) -
     return mu, sigma
 
 
-def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray) -> np.ndarray:
+def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
+                       spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                       settings: TissueSettings = TissueSettings()) -> np.ndarray:
     """Signed tissue-conditional outlier score (float32, same grid as ``data``; 0 outside ``brain``).
 
     data: intensities (any scale: bias-corrected or normalised); brain: bool mask; priors: [3, *data.shape]
-    template probabilities of CSF, GM, WM in the same grid (they need not sum to 1).
+    template probabilities of CSF, GM, WM in the same grid (they need not sum to 1); spacing: the grid's voxel
+    size in mm (for ``settings.prior_sigma_mm``).
     """
     out = np.zeros(data.shape, np.float32)
     if not brain.any():
         return out
     x = np.asarray(data, dtype=np.float64)[brain]
-    p = np.maximum(np.stack([np.asarray(c, dtype=np.float64)[brain] for c in priors]), _PRIOR_FLOOR)
-    p /= p.sum(axis=0, keepdims=True)
+    p = _prepared_priors(priors, brain, spacing, settings)
     mu, sigma = fit_tissue_mixture(x, p)
     z = (x - mu[:, None]) / sigma[:, None]
     log_dens = np.log(p) - 0.5 * z**2 - np.log(np.sqrt(2 * np.pi) * sigma[:, None])  # log domain: no underflow
     log_mixture = logsumexp(log_dens, axis=0)
-    log_best = np.max(-np.log(np.sqrt(2 * np.pi) * sigma))  # the density's largest possible value
-    nll = log_best - log_mixture
+    if settings.class_peak:  # each class against its own peak: p_c exp(-z^2/2) sums to <= 1, so nll >= 0
+        nll = -logsumexp(np.log(p) - 0.5 * z**2, axis=0)
+    else:
+        log_best = np.max(-np.log(np.sqrt(2 * np.pi) * sigma))  # the density's largest possible value
+        nll = log_best - log_mixture
     r = np.exp(log_dens - log_mixture)
     expected = (r * mu[:, None]).sum(axis=0)
     out[brain] = (np.sign(x - expected) * np.maximum(nll, 0.0)).astype(np.float32)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from napari_uad.tissue import fit_tissue_mixture, tissue_outlier_map
+from napari_uad.tissue import TissueSettings, fit_tissue_mixture, smooth_priors, tissue_outlier_map
 
 
 def tiny_brain():
@@ -62,3 +63,45 @@ def test_outside_the_brain_is_zero_and_empty_brain_gives_zeros():
     out = tissue_outlier_map(data, brain, priors)
     assert np.all(out[:, :, 0] == 0)
     assert not tissue_outlier_map(data, np.zeros_like(brain), priors).any()
+
+
+def test_class_peak_measures_each_class_against_its_own_peak():
+    """class_peak: nll = -log sum_c p_c exp(-z_c^2 / 2) by hand; a typical voxel of a wide class scores ~0
+    (with the global peak it pays for the class's width), a bright lesion stays high."""
+    data, brain, priors = tiny_brain()
+    sds = np.array([6.0, 1.0, 1.0])  # CSF much wider than GM/WM, as on T2
+    rng = np.random.default_rng(1)
+    for c in range(3):
+        data[:, :, c] = [30.0, 60.0, 80.0][c] + sds[c] * rng.standard_normal((6, 6))
+    data[1, 1, 0] = 30.0  # CSF voxel exactly at CSF's mean
+    data[2, 2, 2] = 400.0
+    peak = tissue_outlier_map(data, brain, priors, settings=TissueSettings(class_peak=True))
+    mu, sd = fit_tissue_mixture(data[brain], priors[:, brain])
+    p = np.maximum(priors, 1e-3)
+    p /= p.sum(axis=0)
+    for v in [(1, 1, 0), (2, 2, 2), (4, 0, 1)]:
+        terms = np.log(p[(slice(None), *v)]) - 0.5 * ((data[v] - mu) / sd) ** 2
+        nll = -(terms.max() + np.log(np.exp(terms - terms.max()).sum()))
+        assert abs(peak[v]) == pytest.approx(max(nll, 0.0), rel=1e-5, abs=1e-6)
+    default = tissue_outlier_map(data, brain, priors)
+    assert abs(peak[1, 1, 0]) < 0.1 < abs(default[1, 1, 0])  # the CSF voxel: no penalty for CSF's width
+    assert peak[2, 2, 2] > 100
+
+
+def test_prior_floor_and_smoothing_change_the_priors_as_stated():
+    """The floor caps the penalty of a class the template rules out: a CSF-intensity voxel where the template
+    says GM only scores at most -log(floor) (class_peak); smoothing uses sigma in mm over the grid's spacing."""
+    data, brain, priors = tiny_brain()
+    data[3, 3, 1] = data[:, :, 0].mean()  # CSF intensity in the GM slab
+    strict = tissue_outlier_map(data, brain, priors, settings=TissueSettings(class_peak=True))
+    loose = tissue_outlier_map(data, brain, priors, settings=TissueSettings(prior_floor=0.1, class_peak=True))
+    assert abs(strict[3, 3, 1]) > 5  # floor 1e-3: far from GM, nearly impossible as CSF
+    assert abs(loose[3, 3, 1]) <= -np.log(0.1 / 1.2) + 0.05  # at most -log of the renormalised floor
+    spacing = (1.0, 2.0, 5.0)
+    smoothed = smooth_priors(priors, spacing, 4.0)
+    np.testing.assert_allclose(smoothed[1], ndimage.gaussian_filter(priors[1].astype(np.float32),
+                                                                     (4.0, 2.0, 0.8)), rtol=1e-5)
+    np.testing.assert_array_equal(smooth_priors(priors, spacing, 0.0), priors.astype(np.float32))
+    via_settings = tissue_outlier_map(data, brain, priors, spacing, TissueSettings(prior_sigma_mm=4.0))
+    by_hand = tissue_outlier_map(data, brain, smoothed, spacing, TissueSettings())
+    np.testing.assert_allclose(via_settings, by_hand, rtol=1e-5)
