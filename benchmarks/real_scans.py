@@ -161,7 +161,7 @@ def main() -> int:
     from napari_uad.findings import find_findings, interior
     from napari_uad.io import read_volume
     from napari_uad.model_card import load_model
-    from napari_uad.ood import check_input, check_result
+    from napari_uad.ood import check_input, check_score
     from napari_uad.scoring import DEFAULT_MAPS, Scorer, parse_maps
 
     torch.manual_seed(0)
@@ -178,8 +178,7 @@ def main() -> int:
         warnings = check_input(volume, card, force=True)
         result = scorer.score(volume, maps)
         det = result.maps[det_name]
-        found, facts = check_result(result.mask, volume.voxel_volume_mm3, det, result.volume_score, card, det_name,
-                                    result.template_brain_dice)
+        found, facts = check_score(result, volume.voxel_volume_mm3, card, det_name)
         warnings += found
         margin = float(card.calibration.get("edge_margin_mm", 0.0))
         labels, findings = find_findings(det, volume, threshold, min_volume,

@@ -8,12 +8,17 @@ human-readable warnings; a CT scan given to an MR model (or the reverse) is refu
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .io import Volume
 from .model_card import ModelCard
 
-__all__ = ["ModalityMismatch", "check_input", "check_result", "ood_reference", "UNRELIABLE"]
+if TYPE_CHECKING:
+    from .scoring import ScoreResult
+
+__all__ = ["ModalityMismatch", "check_input", "check_result", "check_score", "ood_reference", "UNRELIABLE"]
 
 UNRELIABLE = "this scan differs from the model's training data; findings are unreliable"
 _BRAIN_VOLUME_SLACK = 0.5  # flagged below half the smallest / above 1.5x the largest calibration brain: a partial
@@ -100,3 +105,10 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
             warnings.append(f"volume score {volume_score:.0f} is far above every healthy calibration scan "
                             f"(max {top:.0f})")
     return warnings, facts
+
+
+def check_score(result: "ScoreResult", voxel_volume_mm3: float, card: ModelCard, detection_map: str
+                ) -> tuple[list[str], dict]:
+    """:func:`check_result` on a scorer's result (its brain mask, detection map, volume score, template fit)."""
+    return check_result(result.mask, voxel_volume_mm3, result.maps[detection_map], result.volume_score, card,
+                        detection_map, result.template_brain_dice)

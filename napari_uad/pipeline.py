@@ -19,7 +19,7 @@ from .export import findings_rows, utc_now, write_findings_csv, write_json
 from .findings import find_findings, interior
 from .io import read_volume, write_like
 from .mask import load_mask
-from .ood import UNRELIABLE, check_input, check_result
+from .ood import UNRELIABLE, check_input, check_score
 from .scoring import MAP_NAMES, Progress, Scorer, parse_maps
 
 __all__ = ["EXPORT_FORMATS", "ScoreJob", "environment"]
@@ -105,8 +105,7 @@ class ScoreJob:
         card = self.scorer.card
         ood_warnings = check_input(volume, card, self.force)
         result = self.scorer.score(volume, parse_maps(set(self.maps) | {self.detection_map}), mask, progress)
-        found, ood_facts = check_result(result.mask, volume.voxel_volume_mm3, result.maps[self.detection_map],
-                                        result.volume_score, card, self.detection_map, result.template_brain_dice)
+        found, ood_facts = check_score(result, volume.voxel_volume_mm3, card, self.detection_map)
         ood_warnings += found
         if ood_warnings:
             ood_warnings.append(UNRELIABLE)

@@ -93,6 +93,25 @@ def test_a_brain_mask_that_misses_part_of_the_template_brain_fires():
                         card_with_reference(), "nll", template_dice=0.5)[0] == []
 
 
+def test_check_score_reads_the_scorers_result():
+    """The callers hand over the ScoreResult: its mask, detection map, volume score and template fit are used."""
+    from napari_uad.ood import check_score
+    from napari_uad.scoring import ScoreResult
+
+    volume, brain = brain_ball()
+    card = card_with_reference()
+    card.calibration["ood"]["min_template_brain_dice"] = 0.95
+    score = np.zeros(brain.shape, np.float32)
+    score[brain] = 10.0  # the whole brain above the card's threshold
+    k = np.zeros(brain.shape[2])
+    result = ScoreResult(maps={"nll": score}, mask=brain, slice_scores=k, slice_kl=k, slice_rec=k, volume_score=400.0,
+                         device="cpu", batch_size=1, template_brain_dice=0.86)
+    assert check_score(result, volume.voxel_volume_mm3, card, "nll") == check_result(
+        brain, volume.voxel_volume_mm3, score, 400.0, card, "nll", template_dice=0.86)
+    found, facts = check_score(result, volume.voxel_volume_mm3, card, "nll")
+    assert len(found) == 3 and facts["template_brain_dice"] == 0.86 and facts["fraction_above_card_threshold"] == 1
+
+
 @pytest.mark.slow
 def test_bundled_sample_is_quiet_and_a_lesion_scan_speaks(tmp_path, capsys):
     """End to end with the bundled model: the sample brain raises no OOD warning; the same brain with 30 % of it

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 from ..devices import available_devices
 from ..display import CT_WINDOWS, contrast_limits, volume_from_layer, window_limits
 from ..model_card import ModelError, list_models, load_model
-from ..ood import UNRELIABLE, check_input, check_result
+from ..ood import UNRELIABLE, check_input, check_score
 from ..preprocessing import SKULL_STRIP_MODES, PipelineOptions
 from ..scoring import GRADIENT_MAPS, MAP_NAMES, Scorer, default_maps
 from ..session import ScoredScan
@@ -168,8 +168,7 @@ class ScoringPanel(QWidget):
 
         def run():
             result = yield from scorer.iter_score(volume, maps)
-            found, _ = check_result(result.mask, volume.voxel_volume_mm3, result.maps[card.detection_map],
-                                    result.volume_score, card, card.detection_map, result.template_brain_dice)
+            found, _ = check_score(result, volume.voxel_volume_mm3, card, card.detection_map)
             warnings = input_warnings + found
             return ScoredScan(volume, result, card, warnings + [UNRELIABLE] if warnings else [])
 
