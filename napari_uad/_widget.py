@@ -190,8 +190,10 @@ class AnomalyReviewWidget(QWidget):
         self.findings_panel.flush()
         name = self.map_display.current
         thr = self.threshold
-        self.findings_panel.show_threshold(thr, self.scan.quantile_of(name, thr))
-        self.view = self.scan.findings(name, thr, self.findings_panel.min_volume_spinbox.value(), self.connectivity)
+        min_volume = self.findings_panel.min_volume_spinbox.value()
+        self.findings_panel.show_threshold(thr, self.scan.quantile_of(name, thr),
+                                           self.scan.validation_rates(name, thr, min_volume))
+        self.view = self.scan.findings(name, thr, min_volume, self.connectivity)
         labels_name = self.map_display.layer_name("findings")
         labels = to_display(self.view.labels)
         if labels_name in self.viewer.layers:

@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import combinations
 from typing import NamedTuple
 
@@ -34,7 +34,7 @@ from .mask import dice as mask_dice
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 
 __all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SCAN", "MIN_BRAIN_MASK_DICE",
-           "quantile_table", "to_quantile", "best_dice_threshold", "calibrate"]
+           "quantile_table", "to_quantile", "best_dice_threshold", "validation_rates", "calibrate"]
 
 # dense in the upper tail, where detection thresholds live
 QUANTILE_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -5, 41), [1.0]]))
@@ -84,6 +84,22 @@ def best_dice_threshold(scores: np.ndarray, truth: np.ndarray, weights: np.ndarr
     dice = np.where(last_of_value, 2 * tp / (k + tp[-1]), -1.0)
     best = int(np.argmax(dice))
     return float(s[best]), float(dice[best])
+
+
+def validation_rates(calibration: Mapping, detection_map: str, threshold: float, min_volume_mm3: float
+                     ) -> dict | None:
+    """What a reviewer's setting meant on the card's validation volumes: the operating-point table's row that
+    bounds it from the permissive side -- the highest tabulated threshold <= ``threshold`` (raw units of
+    ``detection_map``) and with it the largest tabulated minimum volume <= ``min_volume_mm3`` -- with its
+    false-positive findings per normal volume and object recall. None when the card has no table for this
+    detection map, or the setting is more permissive than every tabulated one."""
+    table = (calibration.get("operating_point") or {}).get("table")
+    if calibration.get("detection_map") != detection_map or not table:
+        return None
+    tolerance = 1e-6 * max(1.0, abs(threshold))
+    rows = [r for r in table
+            if r["threshold"] <= threshold + tolerance and r["min_volume_mm3"] <= min_volume_mm3 + 1e-6]
+    return max(rows, key=lambda r: (r["threshold"], r["min_volume_mm3"])) if rows else None
 
 
 def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tuple[Volume, np.ndarray]] = (),

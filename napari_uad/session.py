@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import to_quantile
+from .calibration import to_quantile, validation_rates
 from .export import findings_rows, write_findings_csv
 from .findings import Finding, find_findings, interior
 from .io import Volume
@@ -76,6 +76,11 @@ class ScoredScan:
             return None
         entry = self.card.calibration["maps"][name]
         return float(np.interp(raw, entry["quantiles"], self.card.calibration["levels"]))
+
+    def validation_rates(self, name: str, threshold: float, min_volume_mm3: float) -> dict | None:
+        """The card's validation false findings per normal scan and object recall for this setting (see
+        :func:`napari_uad.calibration.validation_rates`), or None."""
+        return validation_rates(self.card.calibration, name, threshold, min_volume_mm3)
 
     # -- threshold slider <-> raw threshold -----------------------------------------------------------------
     def threshold_range(self, name: str) -> tuple[float, float]:

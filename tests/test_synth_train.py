@@ -247,6 +247,25 @@ def test_calibration_helpers():
     assert thr == 0.5 and dice == pytest.approx(2 / 3)  # ties cannot be split
 
 
+def test_validation_rates_bound_a_setting_from_the_permissive_side():
+    """The slider's setting is read against the card's operating-point table: the highest tabulated threshold not
+    above it, with the largest tabulated minimum volume not above the reviewer's; nothing for another map or a
+    setting more permissive than every row."""
+    from napari_uad.calibration import validation_rates
+
+    table = [{"threshold": t, "min_volume_mm3": v, "fp_objects_per_normal_scan": fp, "object_recall": rec}
+             for t, v, fp, rec in [(2.0, 0.0, 9.0, 0.5), (2.0, 50.0, 2.0, 0.4), (3.0, 0.0, 1.5, 0.3),
+                                   (3.0, 50.0, 0.4, 0.2), (4.0, 50.0, 0.0, 0.1)]]
+    cal = {"detection_map": "combined", "operating_point": {"table": table}}
+    assert validation_rates(cal, "combined", 3.0, 50.0)["fp_objects_per_normal_scan"] == 0.4  # the card's own row
+    assert validation_rates(cal, "combined", 3.7, 60.0)["threshold"] == 3.0  # between rows: the lower threshold
+    assert validation_rates(cal, "combined", 3.7, 25.0)["min_volume_mm3"] == 0.0  # and the smaller volume
+    assert validation_rates(cal, "combined", 3.0 * (1 - 1e-9), 50.0)["threshold"] == 3.0  # float round trip
+    assert validation_rates(cal, "combined", 1.5, 50.0) is None  # more permissive than anything tabulated
+    assert validation_rates(cal, "nll", 3.0, 50.0) is None  # the table is the detection map's
+    assert validation_rates({"detection_map": "combined"}, "combined", 3.0, 50.0) is None  # older card
+
+
 def test_train_refuses_unusable_scans_with_a_clear_message(tmp_path, capsys):
     data = tmp_path / "scans"
     data.mkdir()

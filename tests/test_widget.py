@@ -290,6 +290,35 @@ def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_
     viewer.window._qt_window.grab().save(str(tmp_path / "banner.png"))
 
 
+def test_threshold_label_says_what_the_setting_meant_on_validation(qtbot, widget, scan_path, tmp_path):
+    """With a card that carries its operating-point table, the label under the slider tells the reviewer the
+    validation false findings per normal scan and the share of lesions found for the current setting; moving
+    below every tabulated setting drops that line rather than guessing."""
+    import shutil
+
+    from napari_uad.model_card import ModelCard
+
+    card_path = widget.model_selector.currentData()
+    card = ModelCard.read(card_path if str(card_path).endswith(".json") else f"{card_path}/card.json")
+    card.calibration["operating_point"] = {"table": [
+        {"threshold": 0.5, "min_volume_mm3": 0.0, "fp_objects_per_normal_scan": 6.0, "object_recall": 0.9},
+        {"threshold": 1.0, "min_volume_mm3": 0.0, "fp_objects_per_normal_scan": 0.8, "object_recall": 0.25}]}
+    (tmp_path / "with-table").mkdir()
+    card.write(tmp_path / "with-table")
+    shutil.copy(f"{card.path}/{card.weights_file}", tmp_path / "with-table" / card.weights_file)
+    widget.add_model(str(tmp_path / "with-table"))
+    open_scan(widget.viewer, scan_path)
+    assert score(qtbot, widget) is True
+    widget.map_selector.setCurrentText("residual")
+    widget.update_findings()
+    assert widget.threshold == 1.0
+    text = widget.threshold_label.text()
+    assert "validation at ≥ 1, ≥ 0 mm³: 0.8 false findings per normal scan, 25% of lesions found" in text
+    widget.threshold_slider.setValue(0)
+    widget.update_findings()
+    assert "validation" not in widget.threshold_label.text()
+
+
 def test_cohort_worklist_review_next_scan_resume_and_export(qtbot, make_napari_viewer, tiny_model_dir, tmp_path):
     """A cohort.csv opens as a ranked worklist: each scan with its precomputed maps and findings (no rescoring),
     tags saved as they happen, next scan replaces the previous one's layers, a new session resumes where the

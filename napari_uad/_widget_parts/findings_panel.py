@@ -121,9 +121,16 @@ class FindingsPanel(QWidget):
         self._debounce.stop()
 
     # -- table ----------------------------------------------------------------------------------------------
-    def show_threshold(self, threshold: float, quantile: float | None) -> None:
-        self.threshold_label.setText(f"{threshold:.4g}" + ("" if quantile is None
-                                                           else f"  (healthy-voxel FPR {1 - quantile:.2%})"))
+    def show_threshold(self, threshold: float, quantile: float | None, rates: dict | None = None) -> None:
+        """The raw threshold, its healthy-voxel false-positive rate and, where the card has them, what a setting
+        this permissive gave on the validation volumes (``ScoredScan.validation_rates``)."""
+        text = f"{threshold:.4g}" + ("" if quantile is None else f"  (healthy-voxel FPR {1 - quantile:.2%})")
+        if rates is not None and rates.get("fp_objects_per_normal_scan") is not None:
+            text += (f"\nvalidation at ≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³: "
+                     f"{rates['fp_objects_per_normal_scan']:.1f} false findings per normal scan")
+            if rates.get("object_recall") is not None:
+                text += f", {rates['object_recall']:.0%} of lesions found"
+        self.threshold_label.setText(text)
 
     def fill(self, view: FindingsView, review_of) -> None:
         """One row per finding; ``review_of(finding_id)`` -> its tag/category/note."""
