@@ -313,7 +313,7 @@ def test_threshold_label_says_what_the_setting_meant_on_validation(qtbot, widget
     widget.update_findings()
     assert widget.threshold == 1.0
     text = widget.threshold_label.text()
-    assert "validation at ≥ 1, ≥ 0 mm³: 0.8 false findings per normal scan, 25% of lesions found" in text
+    assert "validation (≥ 1, ≥ 0 mm³): 0.8 false findings per normal scan, 25% of lesions found" in text
     widget.threshold_slider.setValue(0)
     widget.update_findings()
     assert "validation" not in widget.threshold_label.text()

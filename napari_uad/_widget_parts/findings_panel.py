@@ -48,6 +48,7 @@ class FindingsPanel(QWidget):
         self.threshold_slider.valueChanged.connect(self._on_threshold_moved)
         self._exact_threshold: float | None = None  # the card's default, until the reviewer moves the slider
         self.threshold_label = QLabel("–", objectName="threshold_label")
+        self.threshold_label.setWordWrap(True)  # the validation line wraps instead of widening the dock
         thr.addRow("Threshold", self.threshold_slider)
         thr.addRow("", self.threshold_label)
         self.min_volume_spinbox = QDoubleSpinBox(objectName="min_volume_spinbox")
@@ -126,7 +127,7 @@ class FindingsPanel(QWidget):
         this permissive gave on the validation volumes (``ScoredScan.validation_rates``)."""
         text = f"{threshold:.4g}" + ("" if quantile is None else f"  (healthy-voxel FPR {1 - quantile:.2%})")
         if rates is not None and rates.get("fp_objects_per_normal_scan") is not None:
-            text += (f"\nvalidation at ≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³: "
+            text += (f"\nvalidation (≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³): "
                      f"{rates['fp_objects_per_normal_scan']:.1f} false findings per normal scan")
             if rates.get("object_recall") is not None:
                 text += f", {rates['object_recall']:.0%} of lesions found"
