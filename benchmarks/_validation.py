@@ -31,3 +31,11 @@ def validation_setup(args: argparse.Namespace):
     torch.manual_seed(0)
     model, card = load_model(args.model)
     return model, card, label_map_files(args.maps_dir)[-args.val_maps:]
+
+
+def validation_args(description: str, n: int, out: str):
+    """Parse the shared options plus --out (default runs/OUT) and set up: (args, validation_setup(args))."""
+    parser = validation_parser(description, n)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / out)
+    args = parser.parse_args()
+    return args, validation_setup(args)

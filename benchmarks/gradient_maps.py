@@ -16,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
+from _validation import validation_args  # noqa: E402
 VARIANTS = (  # (grad_reduction, grad_brain_only, grad_smoothing_sigma)
     ("mean_abs", False, 3.0),  # the thesis' definition (the default)
     ("mean_abs", True, 3.0),
@@ -33,10 +32,7 @@ BASELINE = ("residual", "signed_residual", "E", "z", "nll", "tissue")
 
 
 def main() -> None:
-    parser = validation_parser(__doc__.splitlines()[0], n=4)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "gradient_maps.json")
-    args = parser.parse_args()
-    setup = validation_setup(args)
+    args, setup = validation_args(__doc__.splitlines()[0], n=4, out="gradient_maps.json")
     if setup is None:
         return
     model, card, files = setup

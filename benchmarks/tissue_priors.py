@@ -22,11 +22,10 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
+from _validation import validation_args  # noqa: E402
 
 SIGMAS_MM = (0.0, 4.0)
 FLOORS = (1e-3, 0.05)
@@ -43,10 +42,7 @@ def _box(mask: np.ndarray) -> tuple[slice, ...]:
 
 
 def main() -> None:
-    parser = validation_parser(__doc__.splitlines()[0], n=24)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tissue_priors.json")
-    args = parser.parse_args()
-    setup = validation_setup(args)
+    args, setup = validation_args(__doc__.splitlines()[0], n=24, out="tissue_priors.json")
     if setup is None:
         return
     _, card, files = setup
