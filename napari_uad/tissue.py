@@ -58,10 +58,24 @@ def smooth_priors(priors: np.ndarray, spacing: tuple[float, float, float], sigma
     return np.stack([ndimage.gaussian_filter(c, sigma) for c in priors])
 
 
+_TRUNCATE = 4.0  # scipy's gaussian_filter default: the kernel reaches int(4 sigma + 0.5) voxels
+
+
+def _brain_box(brain: np.ndarray, spacing, sigma_mm: float) -> tuple[slice, ...]:
+    """The brain's bounding box grown by the smoothing kernel's reach (clipped to the grid): smoothing this box
+    gives the brain's voxels exactly the values that smoothing the whole grid would (separable kernel)."""
+    reach = [int(_TRUNCATE * sigma_mm / float(d) + 0.5) if sigma_mm > 0 else 0 for d in spacing]
+    idx = np.argwhere(brain)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    return tuple(slice(max(0, int(a) - r), min(n, int(b) + r)) for a, b, r, n in zip(lo, hi, reach, brain.shape))
+
+
 def _prepared_priors(priors: np.ndarray, brain: np.ndarray, spacing, settings: TissueSettings) -> np.ndarray:
-    """Priors [3, N] at the brain's voxels: smoothed, floored, summing to 1."""
-    smoothed = smooth_priors(priors, spacing, settings.prior_sigma_mm)
-    p = np.maximum(np.stack([np.asarray(c, dtype=np.float64)[brain] for c in smoothed]),
+    """Priors [3, N] at the brain's voxels: smoothed (only the brain's box), floored, summing to 1."""
+    box = _brain_box(brain, spacing, settings.prior_sigma_mm)
+    smoothed = smooth_priors(np.stack([np.asarray(c)[box] for c in priors]), spacing, settings.prior_sigma_mm)
+    inside = brain[box]
+    p = np.maximum(np.stack([np.asarray(c, dtype=np.float64)[inside] for c in smoothed]),
                    max(settings.prior_floor, 1e-12))
     return p / p.sum(axis=0, keepdims=True)
 

@@ -105,3 +105,18 @@ def test_prior_floor_and_smoothing_change_the_priors_as_stated():
     via_settings = tissue_outlier_map(data, brain, priors, spacing, TissueSettings(prior_sigma_mm=4.0))
     by_hand = tissue_outlier_map(data, brain, smoothed, spacing, TissueSettings())
     np.testing.assert_allclose(via_settings, by_hand, rtol=1e-5)
+
+
+def test_smoothing_only_the_brains_box_equals_smoothing_the_whole_grid():
+    """The map smooths the priors only around the brain (the kernel's reach); inside the brain the result is the
+    whole-grid smoothing's, on an anisotropic grid with the brain off-centre."""
+    rng = np.random.default_rng(3)
+    shape, spacing = (40, 36, 16), (1.0, 1.5, 4.0)
+    priors = ndimage.gaussian_filter(rng.random((3, *shape)), (0, 2, 2, 1)).astype(np.float32)
+    i, j, k = np.indices(shape)
+    brain = ((i - 12) / 7.0) ** 2 + ((j - 20) / 9.0) ** 2 + ((k - 6) / 3.0) ** 2 <= 1
+    data = rng.normal(50.0, 10.0, shape)
+    settings = TissueSettings(prior_sigma_mm=4.0)
+    boxed = tissue_outlier_map(data, brain, priors, spacing, settings)
+    whole = tissue_outlier_map(data, brain, smooth_priors(priors, spacing, 4.0), spacing, TissueSettings())
+    np.testing.assert_allclose(boxed, whole, rtol=1e-6, atol=1e-6)
