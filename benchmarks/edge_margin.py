@@ -2,7 +2,7 @@
 detection map be median-filtered first)?
 
 Usage: python benchmarks/edge_margin.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 6]
-       [--margins 0,2,3,4,6] [--median-sizes 0]
+       [--margins 0,2,3,4,6] [--median-sizes 0] [--contrast any|clinical]
 
 Synthetic heads made from the held-out *validation* label maps (the last --val-maps maps; never the tumour test
 cases): --n healthy heads and --n heads with a disease-like lesion (tumour, MS, infarct, haemorrhage), each
@@ -11,7 +11,9 @@ scored like a clinical scan (deepbet brain extraction on the head with skull, N4
 least m mm from its surface) and we count false-positive findings per healthy head, lesions found (a finding
 overlapping the lesion) and false-positive findings per lesion head. With --median-sizes 0,3,5 the same is
 repeated on the detection map after a 3D median filter of that size (voxels; 0 = none; Baur et al.'s
-post-processing), at the card's threshold. Prints one JSON line per margin and median size.
+post-processing), at the card's threshold. --contrast clinical gives the heads T1, T2, FLAIR and PD in turn
+(as calibration does since 3.1.0); the default draws every family, fully random contrasts included.
+Prints one JSON line per margin and median size.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     parser = validation_parser(__doc__.splitlines()[0], n=6)
     parser.add_argument("--margins", default="0,2,3,4,6")
     parser.add_argument("--median-sizes", default="0")
+    parser.add_argument("--contrast", choices=("any", "clinical"), default="any")
     args = parser.parse_args()
     setup = validation_setup(args)
     if setup is None:
@@ -36,7 +39,7 @@ def main() -> None:
     from napari_uad.findings import interior, label_components
     from napari_uad.io import Volume
     from napari_uad.scoring import Scorer
-    from napari_uad.synth_labels import label_head
+    from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
 
     scorer = Scorer(model, card, device="cpu")
     det, thr = card.detection_map, card.default_threshold()
@@ -47,7 +50,8 @@ def main() -> None:
     counts = {key: {"fp_healthy": 0, "found": 0, "lesions": 0, "fp_lesion": 0} for key in settings}
     for i in range(2 * args.n):
         lesion = None if i < args.n else "any"
-        head = label_head(files[i % len(files)], 200_000 + i, lesion=lesion)
+        family = family_in_turn(i, len(files), CLINICAL_FAMILIES if args.contrast == "clinical" else ())
+        head = label_head(files[i % len(files)], 200_000 + i, family=family, lesion=lesion)
         volume = Volume.from_array(head.data, head.affine, modality="MR")
         result = scorer.score(volume, (det,))
         filtered = {size: result.maps[det] if size < 2 else ndimage.median_filter(result.maps[det], size)
