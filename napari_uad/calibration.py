@@ -31,6 +31,7 @@ from .combined import COMBINED, combine, healthy_quantile
 from .findings import interior, label_components
 from .io import Volume
 from .mask import dice as mask_dice
+from .postprocess import median_filter_map
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 
 __all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SCAN", "MIN_BRAIN_MASK_DICE",
@@ -46,18 +47,19 @@ OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles trie
 
 class _Scored(NamedTuple):
     """A validation volume as the object-level rules need it: its maps (float16), its anomaly mask (None:
-    healthy) and where findings may lie (brain less the edge margin), all in its canonical grid."""
+    healthy), where findings may lie (brain less the edge margin) and its brain mask, all in its canonical grid."""
 
     volume: Volume
     maps: dict
     truth: np.ndarray | None
     allowed: np.ndarray
+    brain: np.ndarray
 
     @classmethod
     def of(cls, volume: Volume, result, maps: tuple[str, ...], truth: np.ndarray | None,
            edge_margin_mm: float) -> "_Scored":
         return cls(volume, {m: result.maps[m].astype(np.float16) for m in maps}, truth,
-                   interior(result.mask, volume.spacing, edge_margin_mm))
+                   interior(result.mask, volume.spacing, edge_margin_mm), result.mask)
 
 
 def quantile_table(values: np.ndarray, levels: np.ndarray = QUANTILE_LEVELS) -> np.ndarray:
@@ -125,7 +127,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
                        "template_brain_dice": []}
     excluded: list[dict] = []
     for volume in healthy:
-        result = scorer.score(volume, maps)
+        result = scorer.score(volume, maps, postprocess=False)
         true_brain = volume.metadata.get("true_brain")
         if true_brain is not None and (agreement := mask_dice(result.mask, true_brain)) < MIN_BRAIN_MASK_DICE:
             # the pipeline failed on this head (e.g. brain extraction kept the scalp): not a healthy reference
@@ -151,7 +153,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     scores: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     truths: list[np.ndarray] = []
     for volume, truth in anomalous:
-        result = scorer.score(volume, maps)
+        result = scorer.score(volume, maps, postprocess=False)
         kept.append(_Scored.of(volume, result, maps, truth > 0, edge_margin_mm))
         fg = result.mask
         for m in maps:
@@ -181,8 +183,13 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     if with_combined and (truths or combined_components):
         _add_combined(out, pools, scores, truths, kept, tuple(combined_components))
         maps = (*maps, COMBINED)
+    chosen = (max(maps, key=lambda m: out["maps"][m]["best_dice_validation"]) if truths
+              else detection_map if detection_map in out["maps"] else None)
+    median_mm = float(scorer.card.scoring.detection_median_mm)
+    if chosen is not None and median_mm > 0:
+        _filter_detection_map(out, kept, n_healthy, chosen, median_mm, voxels_per_volume, rng)
     if truths:
-        name = out["detection_map"] = max(maps, key=lambda m: out["maps"][m]["best_dice_validation"])
+        name = out["detection_map"] = chosen
         entry = out["maps"][name]
         point = _select_operating_point(kept, name, entry, out["levels"], max_fp_per_normal_scan)
         point["edge_margin_mm"] = edge_margin_mm
@@ -203,6 +210,31 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         out["min_volume_mm3"] = 0.0
     out["ood"] = _ood_reference(kept[:n_healthy], reference, out["maps"], scorer.card.modality)
     return out
+
+
+def _filter_detection_map(out: dict, kept: list, n_healthy: int, name: str, size_mm: float,
+                          voxels_per_volume: int, rng: np.random.Generator) -> None:
+    """Median-filter the detection map ``name`` of every validation volume as scoring will
+    (``napari_uad.postprocess``; in place) and recompute its entry -- healthy quantile table, FPR thresholds,
+    best-Dice threshold -- from the filtered maps, so the card describes the map the reviewer sees."""
+    for i, k in enumerate(kept):
+        filtered = median_filter_map(k.maps[name].astype(np.float32), k.brain, k.volume.spacing, size_mm)
+        kept[i].maps[name] = filtered.astype(np.float16)
+    healthy = []
+    for k in kept[:n_healthy]:
+        values = k.maps[name][k.brain].astype(np.float32)
+        healthy.append(rng.choice(values, size=min(voxels_per_volume, values.size), replace=False))
+    values = np.concatenate(healthy)
+    entry = out["maps"][name]
+    entry.update(quantiles=quantile_table(values).tolist(), threshold_fpr_1pct=float(np.quantile(values, 0.99)),
+                 **{"threshold_fpr_0.1pct": float(np.quantile(values, 0.999))}, median_filter_mm=size_mm)
+    anomalous = kept[n_healthy:]
+    if anomalous:
+        thr, dice = best_dice_threshold(np.concatenate([k.maps[name][k.brain].astype(np.float32) for k in anomalous]),
+                                        np.concatenate([k.truth[k.brain] for k in anomalous]))
+        entry.update(threshold=thr, best_dice_validation=dice)
+    else:
+        entry["threshold"] = entry["threshold_fpr_0.1pct"]
 
 
 def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list, components: tuple[str, ...] = (),

@@ -10,7 +10,7 @@ from skimage.filters import threshold_otsu
 
 from .io import Volume, VolumeError, read_volume
 
-__all__ = ["foreground_mask", "constant_background_value", "load_mask", "dice"]
+__all__ = ["foreground_mask", "constant_background_value", "load_mask", "dice", "bounding_box"]
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -18,6 +18,15 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     denom = pred.sum() + truth.sum()
     return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denom)
+
+
+def bounding_box(mask: np.ndarray, reach: tuple[int, ...] | list[int]) -> tuple[slice, ...]:
+    """Slices of ``mask``'s bounding box grown by ``reach`` voxels per axis (clipped to the grid). A filter
+    whose footprint reaches at most ``reach`` voxels gives the mask's voxels the same values on this box as
+    on the whole grid."""
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    return tuple(slice(max(0, int(a) - int(r)), min(n, int(b) + int(r))) for a, b, r, n in zip(lo, hi, reach, mask.shape))
 
 
 def constant_background_value(data: np.ndarray, min_fraction: float = 0.05) -> float | None:

@@ -63,6 +63,8 @@ class ScoringConfig:
         the brain's edge do not bleed into it.
     tissue_prior_sigma_mm, tissue_prior_floor, tissue_class_peak: the tissue map's ``TissueSettings`` (a card
         without them keeps the map's first definition).
+    detection_median_mm: width (world mm) of a 3D median filter applied to the card's detection map before it
+        is shown and thresholded (``napari_uad.postprocess``); 0 = none. Its calibration is of the filtered map.
     """
 
     smoothgrad_samples: int = 4
@@ -75,10 +77,13 @@ class ScoringConfig:
     tissue_prior_sigma_mm: float = TissueSettings.prior_sigma_mm
     tissue_prior_floor: float = TissueSettings.prior_floor
     tissue_class_peak: bool = TissueSettings.class_peak
+    detection_median_mm: float = 0.0
 
     def __post_init__(self):
         if self.grad_reduction not in GRAD_REDUCTIONS:
             raise ValueError(f"grad_reduction {self.grad_reduction!r}: choose from {', '.join(GRAD_REDUCTIONS)}")
+        if not 0.0 <= float(self.detection_median_mm) < 50.0:
+            raise ValueError(f"detection_median_mm must be in [0, 50) mm, not {self.detection_median_mm}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -170,6 +170,7 @@ class ScoreJob:
                 "slice_rec": result.slice_rec,
             },
             "preprocessing": result.preprocessing,
+            "postprocessing": result.postprocessing,
             "out_of_distribution": {"warnings": ood_warnings, **ood_facts},
             "warnings": result.warnings + ood_warnings,
             "seconds": seconds,

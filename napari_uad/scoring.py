@@ -39,6 +39,7 @@ from .model_card import ModelCard
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
 from .combined import COMBINED, combine, combined_components
+from .postprocess import median_filter_map, median_footprint
 from .tissue import tissue_outlier_map
 
 __all__ = ["default_maps", "DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
@@ -127,6 +128,7 @@ class ScoreResult:
     batch_size: int
     seconds: dict[str, float] = field(default_factory=dict)
     template_brain_dice: float | None = None  # brain mask vs the aligned template's brain (None: not aligned)
+    postprocessing: dict = field(default_factory=dict)  # what was done to the detection map (empty: nothing)
     warnings: list[str] = field(default_factory=list)
     preprocessing: list[dict] = field(default_factory=list)
 
@@ -178,10 +180,11 @@ class Scorer:
     # -- public API --------------------------------------------------------------------------------------
     def score(self, volume: Volume, maps: Iterable[str] | None = None, mask: np.ndarray | None = None,
               progress: Callable[[Progress], None] | None = None,
-              cancel: threading.Event | Callable[[], bool] | None = None) -> ScoreResult:
-        """Score a volume; ``progress`` is called after every batch; a set ``cancel`` raises ScoringCancelled."""
+              cancel: threading.Event | Callable[[], bool] | None = None, postprocess: bool = True) -> ScoreResult:
+        """Score a volume; ``progress`` is called after every batch; a set ``cancel`` raises ScoringCancelled.
+        ``postprocess=False`` leaves the detection map as the model made it (calibration filters it itself)."""
         is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
-        gen = self.iter_score(volume, maps, mask)
+        gen = self.iter_score(volume, maps, mask, postprocess=postprocess)
         try:
             while True:
                 if is_cancelled():
@@ -193,8 +196,8 @@ class Scorer:
         except StopIteration as stop:
             return stop.value
 
-    def iter_score(self, volume: Volume, maps: Iterable[str] | None = None,
-                   mask: np.ndarray | None = None) -> Generator[Progress, None, ScoreResult]:
+    def iter_score(self, volume: Volume, maps: Iterable[str] | None = None, mask: np.ndarray | None = None,
+                   postprocess: bool = True) -> Generator[Progress, None, ScoreResult]:
         """Generator form of :meth:`score`: yields a :class:`Progress` per batch, returns the ScoreResult.
 
         Stopping the iteration early (``close()``) cancels the run; nothing is kept.
@@ -274,6 +277,9 @@ class Scorer:
         out = {name: out[name] for name in maps}
         for name in maps:
             out[name][~brain] = 0.0
+        t3 = time.perf_counter()
+        done_post = self._postprocess(out, brain, volume.spacing) if postprocess else {}
+        seconds["postprocess"] = time.perf_counter() - t3
         slice_scores = slice_kl + slice_rec
         valid = np.sort(slice_scores[np.isfinite(slice_scores)])[::-1]
         volume_score = float(valid[: self.card.scoring.top_k_slices].mean()) if valid.size else float("nan")
@@ -282,14 +288,25 @@ class Scorer:
             slice_scores = slice_kl + slice_rec
         template_brain = prepared.template_brain()
         template_dice = None if template_brain is None else mask_dice(brain, template_brain)
-        seconds["to_native"] = time.perf_counter() - t2
+        seconds["to_native"] = time.perf_counter() - t2 - seconds["postprocess"]
         seconds["total"] = time.perf_counter() - t0
         return ScoreResult(maps=out, mask=brain, slice_scores=slice_scores, slice_kl=slice_kl, slice_rec=slice_rec,
                            volume_score=volume_score, device=self.device.type, batch_size=batch_size,
                            seconds=seconds, warnings=notes, preprocessing=prepared.steps,
-                           template_brain_dice=template_dice)
+                           template_brain_dice=template_dice, postprocessing=done_post)
 
     # -- internals ---------------------------------------------------------------------------------------
+    def _postprocess(self, out: dict[str, np.ndarray], brain: np.ndarray, spacing) -> dict:
+        """The card's median filter on its detection map (in place, scan grid; ``napari_uad.postprocess``);
+        returns what was done (empty when nothing)."""
+        size_mm = float(self.card.scoring.detection_median_mm)
+        name = self.card.calibration.get("detection_map")
+        if not size_mm > 0 or name not in out:
+            return {}
+        out[name] = median_filter_map(out[name], brain, spacing, size_mm)
+        return {"map": name, "median_filter_mm": size_mm,
+                "footprint_voxels": list(median_footprint(spacing, size_mm))}
+
     def _autocast(self):
         if not self.amp or self.device.type != "cuda":
             return nullcontext()

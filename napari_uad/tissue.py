@@ -27,6 +27,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import logsumexp
 
+from .mask import bounding_box
+
 __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "smooth_priors", "TissueSettings", "TISSUES"]
 
 TISSUES = ("csf", "gm", "wm")
@@ -64,10 +66,7 @@ _TRUNCATE = 4.0  # scipy's gaussian_filter default: the kernel reaches int(4 sig
 def _brain_box(brain: np.ndarray, spacing, sigma_mm: float) -> tuple[slice, ...]:
     """The brain's bounding box grown by the smoothing kernel's reach (clipped to the grid): smoothing this box
     gives the brain's voxels exactly the values that smoothing the whole grid would (separable kernel)."""
-    reach = [int(_TRUNCATE * sigma_mm / float(d) + 0.5) if sigma_mm > 0 else 0 for d in spacing]
-    idx = np.argwhere(brain)
-    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
-    return tuple(slice(max(0, int(a) - r), min(n, int(b) + r)) for a, b, r, n in zip(lo, hi, reach, brain.shape))
+    return bounding_box(brain, [int(_TRUNCATE * sigma_mm / float(d) + 0.5) if sigma_mm > 0 else 0 for d in spacing])
 
 
 def _prepared_priors(priors: np.ndarray, brain: np.ndarray, spacing, settings: TissueSettings) -> np.ndarray:

@@ -334,7 +334,7 @@ class _MapScorer:
         self.card = ModelCard(name="m", version="1", modality="MR")
         self.make = make
 
-    def score(self, volume, maps):
+    def score(self, volume, maps, postprocess=True):
         from napari_uad.scoring import ScoreResult
 
         out = self.make(volume)
@@ -425,6 +425,42 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
     assert not strict["fp_target_met"]
     assert strict["validation"]["fp_objects_per_normal_scan"] == min(r["fp_objects_per_normal_scan"]
                                                                      for r in strict["table"])
+
+
+def test_calibration_describes_the_median_filtered_detection_map_when_the_card_asks_for_it():
+    """With ``detection_median_mm`` in the card, the detection map's healthy table, thresholds and operating point
+    are of the filtered map the reviewer will see: about 1 % of filtered healthy voxels lie above its 1 % FPR
+    threshold, while the raw noise, wider, would put far more above it; a faint lesion that the raw map cannot
+    find at <= 1 false finding per normal volume is found in the filtered one."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.model_card import ScoringConfig
+    from napari_uad.postprocess import median_filter_map
+
+    shape = (28, 28, 28)
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 10:17] = True
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        nll = rng.normal(size=shape) + 1.5 * (lesion & (volume.data[1, 1, 1] > 0))
+        return {"nll": nll.astype(np.float32), "residual": rng.normal(size=shape).astype(np.float32)}
+
+    healthy, anomalous = _coded_validation(shape, lesion)
+    plain = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"))
+    scorer = _MapScorer(make)
+    scorer.card.scoring = ScoringConfig(detection_median_mm=3.0)
+    cal = calibrate(scorer, healthy, anomalous, maps=("nll", "residual"))
+    entry = cal["maps"]["nll"]
+    assert cal["detection_map"] == "nll" and entry["median_filter_mm"] == 3.0
+    assert "median_filter_mm" not in cal["maps"]["residual"]
+    brain = np.ones(shape, bool)
+    raw = [make(v)["nll"] for v in healthy]
+    filtered = [median_filter_map(m, brain, (1.0, 1.0, 1.0), 3.0) for m in raw]
+    assert 0.005 < np.mean([(f > entry["threshold_fpr_1pct"]).mean() for f in filtered]) < 0.02
+    assert np.mean([(m > entry["threshold_fpr_1pct"]).mean() for m in raw]) > 0.1
+    point, before = cal["operating_point"]["validation"], plain["operating_point"]["validation"]
+    assert before["object_recall"] < 1.0 and before["fp_objects_per_normal_scan"] <= 1.0
+    assert point["object_recall"] == 1.0 and point["fp_objects_per_normal_scan"] <= 1.0
 
 
 def test_site_calibration_on_normal_scans_sets_the_lowest_threshold_that_keeps_them_quiet():

@@ -1,0 +1,48 @@
+"""Post-processing of the detection map before it is shown and thresholded (a model card setting).
+
+A 3D median filter removes isolated high voxels and thin bright rims (the brain's edge, sulci) that a
+threshold would otherwise turn into small findings, while a lesion, larger than the filter, keeps its values
+(Baur et al. 2021 median-filter every residual map before thresholding). The footprint is given in world mm
+and becomes an odd number of voxels per axis of the scan's own grid, so a 1 x 1 x 5 mm scan is not smoothed
+across 15 mm of slices. Voxels outside the brain mask count as 0 (the maps' value there) and stay 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .mask import bounding_box
+
+__all__ = ["median_footprint", "median_filter_map"]
+
+
+def median_footprint(spacing: Sequence[float], size_mm: float) -> tuple[int, ...]:
+    """Voxels per axis of a median footprint about ``size_mm`` wide: the odd number nearest to
+    size_mm / spacing (mm per voxel), at least 1 (1 = that axis is not filtered)."""
+    if not size_mm > 0:
+        return tuple(1 for _ in spacing)
+    return tuple(max(1, 2 * int(np.floor(size_mm / float(d) / 2.0)) + 1) for d in spacing)
+
+
+def median_filter_map(values: np.ndarray, brain: np.ndarray, spacing: Sequence[float], size_mm: float
+                      ) -> np.ndarray:
+    """``values`` (a map in the scan's voxel grid, 0 outside ``brain``) median-filtered over
+    ``median_footprint(spacing, size_mm)``, computed only on the brain's bounding box grown by the footprint's
+    reach (the brain's voxels get the values a whole-grid filter gives them); float32, 0 outside the brain.
+    ``size_mm`` <= 0 returns a copy."""
+    values = np.asarray(values, dtype=np.float32)
+    out = np.zeros_like(values)
+    size = median_footprint(spacing, size_mm)
+    if not brain.any():
+        return out
+    if all(s == 1 for s in size):
+        out[brain] = values[brain]
+        return out
+    box = bounding_box(brain, [s // 2 for s in size])
+    inside = np.where(brain[box], values[box], np.float32(0.0))
+    filtered = ndimage.median_filter(inside, size=size, mode="constant", cval=0.0)
+    out[box] = np.where(brain[box], filtered, np.float32(0.0))
+    return out
