@@ -464,3 +464,26 @@ def test_kill_9_mid_review_loses_no_tag(tmp_path, tiny_model_dir, scan_path):
     first, second = json.loads(ids)
     saved = json.loads(open(path.strip()).read())["reviews"]
     assert saved[str(first)]["tag"] == "TP" and saved[str(second)]["tag"] == "FP"
+
+
+def test_median_filtered_detection_map_is_shown_and_labelled(qtbot, widget, scan_path, tmp_path):
+    """A card with a median filter on its detection map: the layer shows the filtered map (what the findings
+    threshold) and says so in its metadata; the other maps' layers do not."""
+    import shutil
+
+    from napari_uad.model_card import ModelCard, ScoringConfig
+
+    card_path = widget.model_selector.currentData()
+    card = ModelCard.read(card_path if str(card_path).endswith(".json") else f"{card_path}/card.json")
+    card.scoring = ScoringConfig(**{**card.scoring.to_dict(), "detection_median_mm": 3.0})
+    (tmp_path / "median").mkdir()
+    card.write(tmp_path / "median")
+    shutil.copy(f"{card.path}/{card.weights_file}", tmp_path / "median" / card.weights_file)
+    widget.add_model(str(tmp_path / "median"))
+    open_scan(widget.viewer, scan_path)
+    assert score(qtbot, widget) is True
+    layers = {layer.metadata.get("napari_uad_map"): layer for layer in widget.viewer.layers
+              if "napari_uad_map" in layer.metadata}
+    post = layers["residual"].metadata["napari_uad_postprocessing"]
+    assert post["map"] == "residual" and post["median_filter_mm"] == 3.0
+    assert all("napari_uad_postprocessing" not in layer.metadata for name, layer in layers.items() if name != "residual")

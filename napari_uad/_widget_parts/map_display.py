@@ -65,13 +65,16 @@ class MapDisplay(QWidget):
         self.map_selector.addItems(list(scan.result.maps))
         self.map_selector.setCurrentText(scan.card.detection_map)
         self.map_selector.blockSignals(False)
+        post = scan.result.postprocessing
         for name in scan.result.maps:
             layer_name = self.layer_name(name)
             if layer_name in self.viewer.layers:
                 self.viewer.layers.remove(layer_name)
+            metadata = {"napari_uad_map": name, **image_layer.metadata,
+                        **({"napari_uad_postprocessing": post} if post.get("map") == name else {})}
             self.viewer.add_image(to_display(scan.result.maps[name]), name=layer_name, colormap=MAP_COLORMAPS[name],
                                   blending="additive", visible=False, contrast_limits=self.raw_limits(name),
-                                  metadata={"napari_uad_map": name, **image_layer.metadata}, **self.geometry())
+                                  metadata=metadata, **self.geometry())
         mask_name = self.layer_name("brain mask")
         if mask_name in self.viewer.layers:
             self.viewer.layers.remove(mask_name)
