@@ -119,14 +119,17 @@ def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> 
 
 
 def label_head(path: str | Path, seed: int, family: str | None = None, slice_thickness: float | None = None,
-               lesion: str | None = None) -> LabelHead:
+               lesion: str | None = None, normal_variants: bool = True) -> LabelHead:
     """A synthetic head from the label map at ``path`` (deterministic per seed).
 
     family: contrast family (default: drawn); slice_thickness: mm of resolution loss along a random axis
     (default: drawn, 1-6 mm, half of the heads keep 1 mm); lesion: a kind of ``synth_lesions.LESION_KINDS``
-    ("any": drawn) inserted before the intensities are drawn (``LabelHead.lesion`` is its mask).
+    ("any": drawn) inserted before the intensities are drawn (``LabelHead.lesion`` is its mask);
+    normal_variants: draw the periventricular rim and the choroid plexus (``synth_variants``; normal anatomy, not
+    part of the lesion mask) from their own random stream, so the rest of the head is the same without them.
     """
     from .synth_lesions import LESION_KINDS, insert_lesion, lesion_means
+    from .synth_variants import insert_normal_variants, variant_means
 
     rng = np.random.default_rng(seed)
     labels0, affine = load_label_map(str(path))
@@ -142,7 +145,13 @@ def label_head(path: str | Path, seed: int, family: str | None = None, slice_thi
         labels, lesion_params = insert_lesion(labels, kind, lesion_rng)
     present = np.unique(labels)
     extra = lesion_means(family, tissue, lesion_rng, lesion_params.get("stage")) if lesion is not None else {}
-    lut = np.zeros(max(int(present.max()), *means, *extra) + 1, np.float32)
+    variants: dict = {}
+    variant_params: dict = {}
+    if normal_variants:
+        variant_rng = np.random.default_rng([seed, 313])
+        labels, variant_params = insert_normal_variants(labels, affine, variant_rng)  # where lesions left tissue
+        variants = variant_means(family, tissue, variant_rng)
+    lut = np.zeros(max(int(present.max()), *means, *extra, *variants) + 1, np.float32)
     stds = np.zeros_like(lut)
     for lab, m in means.items():
         lut[lab] = m
@@ -150,6 +159,9 @@ def label_head(path: str | Path, seed: int, family: str | None = None, slice_thi
     for lab, m in extra.items():  # from the lesion's own stream
         lut[lab] = m
         stds[lab] = m * lesion_rng.uniform(0.02, 0.08)
+    for lab, m in variants.items():  # from the variants' own stream
+        lut[lab] = m
+        stds[lab] = m * variant_rng.uniform(0.01, 0.06)
     image = lut[labels] + stds[labels] * rng.normal(0, 1, labels.shape).astype(np.float32)
     blur = float(rng.uniform(0.3, 1.2))  # partial volume
     image = ndimage.gaussian_filter(image, blur)
@@ -168,7 +180,7 @@ def label_head(path: str | Path, seed: int, family: str | None = None, slice_thi
     brain = ndimage.binary_fill_holes(brain)
     params = {"label_map": Path(path).name, "seed": seed, "contrast_family": family, "blur_sigma_voxels": blur,
               "slice_thickness_mm": slice_thickness, "thick_axis": axis if slice_thickness > 1.0 else None,
-              "noise_sigma": sigma, **lesion_params}
+              "noise_sigma": sigma, "normal_variants": variant_params or None, **lesion_params}
     return LabelHead(data=image, brain=brain, labels=labels, affine=affine, params=params, lesion=lesion_mask)
 
 

@@ -172,3 +172,61 @@ def test_calibration_heads_have_clinical_contrasts_spread_over_the_maps(toy_labe
         assert len({family for path, _, family in items if path == str(files[k])}) == 2
     volume, _ = label_head_volume((str(toy_label_map), 3, "flair"))
     assert np.array_equal(volume.data, label_head(toy_label_map, 3, family="flair").data)
+
+
+def test_normal_variants_change_only_their_voxels_and_are_not_lesions(toy_label_map):
+    """The periventricular rim (78/79) takes white matter along the ventricle, the choroid plexus (31/63) lies
+    inside the ventricle; the rest of the head is what it is without them (their own random stream), and they
+    are normal anatomy: inside the brain, not in the lesion mask."""
+    from scipy import ndimage
+
+    from napari_uad.synth_variants import CHOROID_LABELS, RIM_LABELS, VARIANT_LABELS
+
+    plain = label_head(toy_label_map, 9, family="flair", slice_thickness=1.0, normal_variants=False)
+    head = label_head(toy_label_map, 9, family="flair", slice_thickness=1.0)
+    changed = plain.labels != head.labels
+    assert np.array_equal(changed, np.isin(head.labels, VARIANT_LABELS))
+    rim, plexus = np.isin(head.labels, RIM_LABELS), np.isin(head.labels, CHOROID_LABELS)
+    assert head.params["normal_variants"]["periventricular_rim"] == rim.any()
+    assert plexus.any() and np.isin(plain.labels[plexus], (4, 43)).all()
+    if rim.any():
+        assert np.isin(plain.labels[rim], (2, 41)).all()
+        lining, cap = head.params["normal_variants"]["rim_78_mm"]
+        distance = ndimage.distance_transform_edt(plain.labels != 4, sampling=2.0)  # toy map: 2 mm voxels
+        assert distance[rim].max() <= (lining + cap) * 1.4 + 1e-6
+    reach = ndimage.binary_dilation(changed, np.ones((3, 3, 3), bool), iterations=6)  # blur: sigma <= 1.2 voxels
+    np.testing.assert_array_equal(head.data[~reach], plain.data[~reach])
+    np.testing.assert_array_equal(head.brain, plain.brain)
+    assert not head.lesion.any()
+
+
+def test_normal_variants_look_as_on_a_scanner(toy_label_map):
+    """FLAIR: the rim a little brighter than white matter, the choroid plexus bright in dark CSF; T1: the rim a
+    little darker than white matter. Most heads have a rim, some none."""
+    from napari_uad.synth_variants import CHOROID_LABELS, RIM_LABELS
+
+    with_rim = [label_head(toy_label_map, s, family="flair", slice_thickness=1.0).params["normal_variants"]
+                ["periventricular_rim"] for s in range(12)]
+    assert 6 <= sum(with_rim) < 12
+    seed = with_rim.index(True)
+    flair = label_head(toy_label_map, seed, family="flair", slice_thickness=1.0)
+    t1 = label_head(toy_label_map, seed, family="t1", slice_thickness=1.0)
+    for head, brighter in ((flair, True), (t1, False)):
+        rim = np.median(head.data[np.isin(head.labels, RIM_LABELS)])
+        wm = np.median(head.data[head.labels == 2])
+        assert (rim > wm) == brighter
+    csf = np.median(flair.data[flair.labels == 4])
+    assert np.median(flair.data[np.isin(flair.labels, CHOROID_LABELS)]) > 2 * csf
+
+
+@pytest.mark.skipif(not SHARED_MAPS.is_dir(), reason="../shared/data not present")
+def test_real_head_has_a_choroid_plexus_in_each_atrium():
+    from napari_uad.synth_variants import CHOROID_LABELS
+
+    plain = label_head(label_map_files(SHARED_MAPS)[-1], 3, family="flair", slice_thickness=1.0,
+                       normal_variants=False)
+    head = label_head(label_map_files(SHARED_MAPS)[-1], 3, family="flair", slice_thickness=1.0)
+    for label, ventricle in zip(CHOROID_LABELS, (4, 43)):
+        plexus = head.labels == label
+        assert 20 < plexus.sum() < 2000  # a glomus of 3-6.5 mm radius, 1 mm voxels
+        assert (plain.labels[plexus] == ventricle).all()
