@@ -183,6 +183,9 @@ def _add_train_parser(sub) -> None:
                           "calibration")
     p.add_argument("--val-maps", type=int, default=4,
                    help="--label-maps: label maps held out for validation and calibration (default 4)")
+    p.add_argument("--normal-variants", action="store_true",
+                   help="label-map heads get the periventricular rim and the choroid plexus (normal anatomy the "
+                        "label maps lack; napari_uad.synth_variants)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
     p.add_argument("--name", default=None, help="model name (default: the --out directory name)")
     p.add_argument("--modality", choices=("MR", "CT"), default="MR", help="modality of the training scans")
@@ -235,6 +238,9 @@ def _add_calibrate_parser(sub) -> None:
                    help="--synthetic: make the volumes as synthetic heads from the last --val-maps label maps in "
                         "DIR (the validation maps of a model trained with train --label-maps DIR)")
     p.add_argument("--val-maps", type=int, default=4, help="--label-maps: how many of the last maps (default 4)")
+    p.add_argument("--normal-variants", action="store_true",
+                   help="label-map heads get the periventricular rim and the choroid plexus (normal anatomy the "
+                        "label maps lack; napari_uad.synth_variants)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
@@ -273,6 +279,9 @@ def _add_synth_parser(sub) -> None:
                         "tumour,ms,infarct,haemorrhage")
     p.add_argument("--val-maps", type=int, default=None, metavar="K",
                    help="with --label-maps: use only the last K maps (the ones train/calibrate hold out)")
+    p.add_argument("--normal-variants", action="store_true",
+                   help="with --label-maps: heads get the periventricular rim and the choroid plexus (normal "
+                        "anatomy the label maps lack; napari_uad.synth_variants)")
     p.set_defaults(func=_cmd_synth)
 
 
@@ -505,7 +514,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     label_maps=args.label_maps, val_maps=args.val_maps,
                     val_fraction=args.val_fraction, calibration_volumes=args.calibration_volumes,
                     device=args.device, resume=args.resume, command=args.command_line,
-                    workers=_workers(args.workers), init=init,
+                    workers=_workers(args.workers), init=init, normal_variants=args.normal_variants,
                     log=_log)
     except (ModelError, VolumeError, ValueError) as err:
         raise CliError(str(err)) from err
@@ -541,7 +550,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                 label_maps = label_map_files(args.label_maps)[-args.val_maps:]
             calibrate_model(directory, synthetic_volumes=args.synthetic, seed=args.seed, device=args.device,
                             workers=_workers(args.workers), command=args.command_line, label_maps=label_maps,
-                            maps=maps, log=_log)
+                            maps=maps, normal_variants=args.normal_variants, log=_log)
         else:
             modality = ModelCard.read(directory / CARD_FILE).modality
             scans = read_scans(scan_files(args.data), modality, _log)
@@ -569,7 +578,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             write_label_head_dataset(args.out, files, n=args.n, anomalies=args.anomalies,
                                      normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness,
                                      seed=args.seed, int16=args.int16, families=parse_families(args.contrast),
-                                     log=_log)
+                                     normal_variants=args.normal_variants, log=_log)
             return 0
         write_synth_dataset(args.out, n=args.n, anomalies=args.anomalies, contrast=args.contrast,
                             normal_fraction=args.normal_fraction, slice_thickness=args.slice_thickness or 1.0,

@@ -119,14 +119,15 @@ def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> 
 
 
 def label_head(path: str | Path, seed: int, family: str | None = None, slice_thickness: float | None = None,
-               lesion: str | None = None, normal_variants: bool = True) -> LabelHead:
+               lesion: str | None = None, normal_variants: bool = False) -> LabelHead:
     """A synthetic head from the label map at ``path`` (deterministic per seed).
 
     family: contrast family (default: drawn); slice_thickness: mm of resolution loss along a random axis
     (default: drawn, 1-6 mm, half of the heads keep 1 mm); lesion: a kind of ``synth_lesions.LESION_KINDS``
     ("any": drawn) inserted before the intensities are drawn (``LabelHead.lesion`` is its mask);
     normal_variants: draw the periventricular rim and the choroid plexus (``synth_variants``; normal anatomy, not
-    part of the lesion mask) from their own random stream, so the rest of the head is the same without them.
+    part of the lesion mask) from their own random stream, so the rest of the head is the same without them
+    (off by default: heads made before they existed stay reproducible).
     """
     from .synth_lesions import LESION_KINDS, insert_lesion, lesion_means
     from .synth_variants import insert_normal_variants, variant_means
@@ -210,11 +211,13 @@ def parse_families(text: str) -> tuple[str, ...]:
 
 def write_label_head_dataset(out: Path | str, files: list[Path], n: int, anomalies: str = "any",
                              normal_fraction: float = 0.0, slice_thickness: float | None = None, seed: int = 0,
-                             int16: bool = False, families: tuple[str, ...] = (), log=lambda m: None) -> list[dict]:
+                             int16: bool = False, families: tuple[str, ...] = (), normal_variants: bool = False,
+                             log=lambda m: None) -> list[dict]:
     """``out/scans``, ``out/masks`` and ``out/synth.json`` of ``n`` whole heads (with skull) made from the label
     maps ``files`` in turn (head i: ``files[i % len(files)]``, seed + i), each normal or with one disease-like
     lesion (``anomalies``: none, any, or a comma list of ``synth_lesions.LESION_KINDS``; mask = the lesion).
-    ``families``: contrast families taken in turn (``family_in_turn``); () draws one per head."""
+    ``families``: contrast families taken in turn (``family_in_turn``); () draws one per head;
+    ``normal_variants``: see ``label_head``."""
     from .export import write_json
     from .synth import write_synth_case
     from .synth_lesions import LESION_KINDS
@@ -234,7 +237,7 @@ def write_label_head_dataset(out: Path | str, files: list[Path], n: int, anomali
         normal = anomalies == "none" or rng.random() < normal_fraction
         kind = None if normal else str(rng.choice(kinds))
         head = label_head(files[i % len(files)], s, family=family_in_turn(i, len(files), families),
-                          slice_thickness=slice_thickness, lesion=kind)
+                          slice_thickness=slice_thickness, lesion=kind, normal_variants=normal_variants)
         stem = f"head_{s:06d}"
         write_synth_case(out, stem, head.data, head.lesion, head.affine, int16)
         records.append({"stem": stem, "normal": normal, **head.params})

@@ -381,10 +381,11 @@ def synthetic_anomaly_case(seed: int) -> tuple[Volume, np.ndarray]:
     return case_volume(case), case_volume_mask(case)
 
 
-def _head_args(item: tuple) -> tuple[str, int, str | None]:
-    """(label map path, seed[, contrast family]) -> (path, seed, family or None: drawn per head)."""
-    path, seed, *family = item
-    return path, seed, family[0] if family else None
+def _head_args(item: tuple) -> tuple[str, int, str | None, bool]:
+    """(label map path, seed[, contrast family[, normal variants]]) -> (path, seed, family or None: drawn per
+    head, normal variants or not)."""
+    path, seed, *rest = item
+    return path, seed, rest[0] if rest else None, bool(rest[1]) if len(rest) > 1 else False
 
 
 def label_head_volume(item: tuple) -> tuple[Volume, np.ndarray]:
@@ -392,14 +393,14 @@ def label_head_volume(item: tuple) -> tuple[Volume, np.ndarray]:
     grid); without a family it is drawn (training's domain randomisation)."""
     from .synth_labels import label_head
 
-    path, seed, family = _head_args(item)
-    head = label_head(path, seed, family=family)
+    path, seed, family, variants = _head_args(item)
+    head = label_head(path, seed, family=family, normal_variants=variants)
     volume = Volume.from_array(head.data, head.affine, modality="MR")
     volume.metadata["true_brain"] = head.brain  # lets calibration leave out heads whose brain extraction failed
     return volume, head.brain
 
 
-def label_head_slices(item: tuple[str, int], preprocessing: PreprocessingConfig, size: int,
+def label_head_slices(item: tuple, preprocessing: PreprocessingConfig, size: int,
                       min_foreground_fraction: float = 0.1) -> torch.Tensor:
     """Training slices of the synthetic head (label map path, seed): its known brain mask replaces brain
     extraction (the other steps run as for a scan)."""
@@ -418,9 +419,9 @@ def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
     from .synth import SynthCase, insert_anomaly
     from .synth_labels import label_head
 
-    path, seed, family = _head_args(item)
+    path, seed, family, variants = _head_args(item)
     if seed % 2 == 0:
-        head = label_head(path, seed, family=family, lesion="any")
+        head = label_head(path, seed, family=family, lesion="any", normal_variants=variants)
         return Volume.from_array(head.data, head.affine, modality="MR"), head.lesion
     volume, brain = label_head_volume(item)
     case = insert_anomaly(SynthCase(volume.data, np.zeros(volume.shape, np.uint8), volume.affine), seed + 7919,
@@ -428,26 +429,29 @@ def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
     return Volume.from_array(case.data, case.affine, modality="MR"), case.mask > 0
 
 
-def _label_items(files: list[Path], seeds: Iterable[int], families: tuple[str, ...] = ()) -> list[tuple]:
-    """(label map, seed, family) per seed: maps and families taken in turn (``synth_labels.family_in_turn``;
-    family None = drawn per head)."""
+def _label_items(files: list[Path], seeds: Iterable[int], families: tuple[str, ...] = (),
+                 normal_variants: bool = False) -> list[tuple]:
+    """(label map, seed, family, normal variants) per seed: maps and families taken in turn
+    (``synth_labels.family_in_turn``; family None = drawn per head)."""
     from .synth_labels import family_in_turn
 
     files = list(files)
-    return [(str(files[s % len(files)]), s, family_in_turn(i, len(files), families)) for i, s in enumerate(seeds)]
+    return [(str(files[s % len(files)]), s, family_in_turn(i, len(files), families), normal_variants)
+            for i, s in enumerate(seeds)]
 
 
 def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out: Iterable[Volume] = (),
                     seed: int = 0, device: str = "auto", workers: int = 1, command: str = "",
                     label_maps: list[Path] | None = None, maps: tuple[str, ...] | None = None,
-                    log: Callable[[str], None] = print) -> ModelCard:
+                    normal_variants: bool = False, log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
     ``synthetic_volumes`` > 0: that many synthetic healthy and as many toy-anomaly brains (seeds from
     100000 + ``seed`` and 100500 + ``seed``), giving best-Dice thresholds and the default detection map; with
     ``label_maps`` (validation label maps, never trained on) these are synthetic heads made from them and go
     through brain extraction like a scan. Otherwise the ``held_out`` normal scans give the healthy-voxel
-    quantiles and FPR thresholds only. ``maps``: the maps to calibrate (default: all)."""
+    quantiles and FPR thresholds only. ``maps``: the maps to calibrate (default: all). ``normal_variants``: the
+    label-map heads get the periventricular rim and choroid plexus (``synth_variants``)."""
     from .calibration import calibrate
     from .combined import combined_components
     from .model_card import load_model
@@ -463,12 +467,14 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                                                                        base + 500 + synthetic_volumes)
         if label_maps:
             # clinical contrasts only: thresholds and the out-of-distribution reference are for real scans
-            healthy = map_in_workers(label_head_volume_only,
-                                     _label_items(label_maps, healthy_seeds, CLINICAL_FAMILIES), workers)
-            anomalous = map_in_workers(label_head_anomaly_case,
-                                       _label_items(label_maps, anomalous_seeds, CLINICAL_FAMILIES), workers)
-            source = (f"synthetic heads ({'/'.join(CLINICAL_FAMILIES)} contrasts in turn) from validation label "
-                      f"maps {', '.join(p.name for p in label_maps)}")
+            healthy = map_in_workers(label_head_volume_only, _label_items(label_maps, healthy_seeds, CLINICAL_FAMILIES,
+                                                                          normal_variants), workers)
+            anomalous = map_in_workers(label_head_anomaly_case, _label_items(label_maps, anomalous_seeds,
+                                                                             CLINICAL_FAMILIES, normal_variants),
+                                       workers)
+            source = (f"synthetic heads ({'/'.join(CLINICAL_FAMILIES)} contrasts in turn"
+                      f"{', normal variants: periventricular rim, choroid plexus' if normal_variants else ''}) "
+                      f"from validation label maps {', '.join(p.name for p in label_maps)}")
         else:
             healthy = map_in_workers(synthetic_volume, healthy_seeds, workers)
             anomalous = map_in_workers(synthetic_anomaly_case, anomalous_seeds, workers)
@@ -537,14 +543,16 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
                 synthetic_volumes: int = 0, val_fraction: float = 0.15, calibration_volumes: int = 6,
                 label_maps: str | None = None, val_maps: int = 4, init: tuple[dict, dict] | None = None,
                 device: str = "auto", resume: bool = False, command: str = "", workers: int = 1,
-                log: Callable[[str], None] = print) -> ModelCard:
+                normal_variants: bool = False, log: Callable[[str], None] = print) -> ModelCard:
     """Gather volumes (user scans through the scoring IO, or synthetic healthy brains), split by volume,
     train, then calibrate on synthetic validation volumes (brain MR) or on the held-out scans.
 
     ``label_maps``: a directory of whole-head label maps; with ``synthetic_volumes`` heads are made from all but
     the last ``val_maps`` maps (training) and from those (validation, calibration), never mixed.
     ``workers`` > 1 generates synthetic volumes in that many processes (same volumes, faster).
-    ``init``: (state dict, description) of a model to fine-tune from (same architecture); ignored on resume."""
+    ``init``: (state dict, description) of a model to fine-tune from (same architecture); ignored on resume.
+    ``normal_variants``: label-map heads (training, validation, calibration) get the periventricular rim and the
+    choroid plexus (``synth_variants``)."""
     from .model_card import CARD_FILE
 
     out = Path(out)
@@ -568,7 +576,8 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
         train_files, calibration_maps = files[:-val_maps], files[-val_maps:]
         n_val = max(1, round(val_fraction * synthetic_volumes))
         seeds = list(range(config.seed, config.seed + synthetic_volumes))
-        items = _label_items(train_files, seeds[:-n_val]) + _label_items(calibration_maps, seeds[-n_val:])
+        items = (_label_items(train_files, seeds[:-n_val], normal_variants=normal_variants)
+                 + _label_items(calibration_maps, seeds[-n_val:], normal_variants=normal_variants))
         make = partial(label_head_slices, preprocessing=card.preprocessing, size=card.input_size,
                        min_foreground_fraction=config.min_foreground_fraction)
         per_volume = list(map_in_workers(make, items, workers))
@@ -576,7 +585,8 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
         described = {"source": f"synthetic heads from label maps in {label_maps} (napari_uad.synth_labels)",
                      "train_label_maps": [p.name for p in train_files],
                      "val_label_maps": [p.name for p in calibration_maps],
-                     "train_seeds": [seeds[0], seeds[-n_val - 1]], "val_seeds": [seeds[-n_val], seeds[-1]]}
+                     "train_seeds": [seeds[0], seeds[-n_val - 1]], "val_seeds": [seeds[-n_val], seeds[-1]],
+                     "normal_variants": normal_variants}
         held_out: list[Volume] = []
     elif synthetic_volumes:
         n_val = max(1, round(val_fraction * synthetic_volumes))
@@ -615,6 +625,6 @@ def train_model(card: ModelCard, out: str | Path, config: TrainConfig, data: str
     if calibration_volumes > 0:
         card = calibrate_model(out, synthetic_volumes=calibration_volumes if synthetic_volumes else 0,
                                held_out=held_out, seed=config.seed, device=device, workers=workers,
-                               label_maps=calibration_maps,
+                               label_maps=calibration_maps, normal_variants=normal_variants,
                                command=command, log=log)
     return card

@@ -157,6 +157,15 @@ def test_synth_cli_writes_label_map_heads_with_lesion_masks(toy_label_map, tmp_p
     assert [c["contrast_family"] for c in cases] == ["t1", "t2", "flair"]
     assert cli.main([*args, "--contrast", "t1,ct", "--out", str(tmp_path / "e")]) == 2
     assert not (tmp_path / "e").exists()
+    # --normal-variants: the heads get the rim and choroid plexus, recorded per case; the masks stay the lesions
+    assert cli.main([*args, "--normal-variants", "--out", str(tmp_path / "f")]) == 0
+    cases = json.loads((tmp_path / "f" / "synth.json").read_text())["cases"]
+    assert all(c["normal_variants"] is not None for c in cases)
+    head = label_head(toy_label_map, cases[0]["seed"], lesion=None if cases[0]["normal"] else cases[0]["lesion"],
+                      normal_variants=True)
+    stem = cases[0]["stem"]
+    np.testing.assert_array_equal(read_volume(tmp_path / "f" / "masks" / f"{stem}.nii.gz",
+                                              allow_constant=True).data > 0, head.lesion)
 
 
 def test_calibration_heads_have_clinical_contrasts_spread_over_the_maps(toy_label_map):
@@ -167,11 +176,16 @@ def test_calibration_heads_have_clinical_contrasts_spread_over_the_maps(toy_labe
 
     files = [Path(f"map{k}.nii.gz") for k in range(4)]
     items = _label_items(files, range(100_000, 100_008), CLINICAL_FAMILIES)
-    assert {family for *_, family in items} == set(CLINICAL_FAMILIES)
+    assert {family for _, _, family, _ in items} == set(CLINICAL_FAMILIES)
     for k in range(4):
-        assert len({family for path, _, family in items if path == str(files[k])}) == 2
+        assert len({family for path, _, family, _ in items if path == str(files[k])}) == 2
     volume, _ = label_head_volume((str(toy_label_map), 3, "flair"))
     assert np.array_equal(volume.data, label_head(toy_label_map, 3, family="flair").data)
+    # calibrate --normal-variants: the items carry the switch to the heads
+    items = _label_items([toy_label_map], [3], ("flair",), normal_variants=True)
+    volume, _ = label_head_volume(items[0])
+    assert np.array_equal(volume.data, label_head(toy_label_map, 3, family="flair", normal_variants=True).data)
+    assert not np.array_equal(volume.data, label_head(toy_label_map, 3, family="flair").data)
 
 
 def test_normal_variants_change_only_their_voxels_and_are_not_lesions(toy_label_map):
@@ -183,7 +197,7 @@ def test_normal_variants_change_only_their_voxels_and_are_not_lesions(toy_label_
     from napari_uad.synth_variants import CHOROID_LABELS, RIM_LABELS, VARIANT_LABELS
 
     plain = label_head(toy_label_map, 9, family="flair", slice_thickness=1.0, normal_variants=False)
-    head = label_head(toy_label_map, 9, family="flair", slice_thickness=1.0)
+    head = label_head(toy_label_map, 9, family="flair", slice_thickness=1.0, normal_variants=True)
     changed = plain.labels != head.labels
     assert np.array_equal(changed, np.isin(head.labels, VARIANT_LABELS))
     rim, plexus = np.isin(head.labels, RIM_LABELS), np.isin(head.labels, CHOROID_LABELS)
@@ -205,12 +219,13 @@ def test_normal_variants_look_as_on_a_scanner(toy_label_map):
     little darker than white matter. Most heads have a rim, some none."""
     from napari_uad.synth_variants import CHOROID_LABELS, RIM_LABELS
 
-    with_rim = [label_head(toy_label_map, s, family="flair", slice_thickness=1.0).params["normal_variants"]
-                ["periventricular_rim"] for s in range(12)]
+    heads = (label_head(toy_label_map, s, family="flair", slice_thickness=1.0, normal_variants=True)
+             for s in range(12))
+    with_rim = [head.params["normal_variants"]["periventricular_rim"] for head in heads]
     assert 6 <= sum(with_rim) < 12
     seed = with_rim.index(True)
-    flair = label_head(toy_label_map, seed, family="flair", slice_thickness=1.0)
-    t1 = label_head(toy_label_map, seed, family="t1", slice_thickness=1.0)
+    flair = label_head(toy_label_map, seed, family="flair", slice_thickness=1.0, normal_variants=True)
+    t1 = label_head(toy_label_map, seed, family="t1", slice_thickness=1.0, normal_variants=True)
     for head, brighter in ((flair, True), (t1, False)):
         rim = np.median(head.data[np.isin(head.labels, RIM_LABELS)])
         wm = np.median(head.data[head.labels == 2])
@@ -225,7 +240,8 @@ def test_real_head_has_a_choroid_plexus_in_each_atrium():
 
     plain = label_head(label_map_files(SHARED_MAPS)[-1], 3, family="flair", slice_thickness=1.0,
                        normal_variants=False)
-    head = label_head(label_map_files(SHARED_MAPS)[-1], 3, family="flair", slice_thickness=1.0)
+    head = label_head(label_map_files(SHARED_MAPS)[-1], 3, family="flair", slice_thickness=1.0,
+                      normal_variants=True)
     for label, ventricle in zip(CHOROID_LABELS, (4, 43)):
         plexus = head.labels == label
         assert 20 < plexus.sum() < 2000  # a glomus of 3-6.5 mm radius, 1 mm voxels
