@@ -11,7 +11,8 @@ scored like a clinical scan (deepbet brain extraction on the head with skull, N4
 least m mm from its surface) and we count false-positive findings per healthy head, lesions found (a finding
 overlapping the lesion) and false-positive findings per lesion head. With --median-sizes 0,3,5 the same is
 repeated on the detection map after a 3D median filter of that size (voxels; 0 = none; Baur et al.'s
-post-processing), at the card's threshold. --contrast clinical gives the heads T1, T2, FLAIR and PD in turn
+post-processing), at the card's threshold. The detection map is the model's raw one (``postprocess=False``),
+also for a card with its own median filter (3.3.0+), whose threshold is then for the filtered map. --contrast clinical gives the heads T1, T2, FLAIR and PD in turn
 (as calibration does since 3.1.0); the default draws every family, fully random contrasts included.
 Prints one JSON line per margin and median size.
 """
@@ -53,7 +54,7 @@ def main() -> None:
         family = family_in_turn(i, len(files), CLINICAL_FAMILIES if args.contrast == "clinical" else ())
         head = label_head(files[i % len(files)], 200_000 + i, family=family, lesion=lesion)
         volume = Volume.from_array(head.data, head.affine, modality="MR")
-        result = scorer.score(volume, (det,))
+        result = scorer.score(volume, (det,), postprocess=False)  # raw map: the filter is the experiment's
         filtered = {size: result.maps[det] if size < 2 else ndimage.median_filter(result.maps[det], size)
                     for size in medians}
         for m, size in settings:
