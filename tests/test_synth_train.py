@@ -358,6 +358,20 @@ def _coded_validation(shape, lesion):
             [(_coded_volume(shape, 100 + s, True), lesion.astype(np.uint8)) for s in range(4)])
 
 
+def _cube_lesion_maps(signal: float, shape=(28, 28, 28)):
+    """(shape, lesion, make): a 7^3 cube lesion and, for _MapScorer, maps of unit noise ("nll" with ``signal``
+    added in the cube of sick volumes, "residual" noise only)."""
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 10:17] = True
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        nll = rng.normal(size=shape) + signal * (lesion & (volume.data[1, 1, 1] > 0))
+        return {"nll": nll.astype(np.float32), "residual": rng.normal(size=shape).astype(np.float32)}
+
+    return shape, lesion, make
+
+
 def test_calibration_chooses_the_combined_maps_components_on_validation():
     """Two maps that each see a lesion through independent noise: their combination (mean healthy-quantile
     surprise) separates lesion from healthy better than either, so calibration keeps it as the detection map;
@@ -396,14 +410,7 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
     from napari_uad.calibration import calibrate
     from napari_uad.findings import label_components
 
-    shape = (28, 28, 28)
-    lesion = np.zeros(shape, bool)
-    lesion[10:17, 10:17, 10:17] = True
-
-    def make(volume):
-        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
-        nll = rng.normal(size=shape) + 4.0 * (lesion & (volume.data[1, 1, 1] > 0))
-        return {"nll": nll.astype(np.float32), "residual": rng.normal(size=shape).astype(np.float32)}
+    shape, lesion, make = _cube_lesion_maps(4.0)
 
     healthy, anomalous = _coded_validation(shape, lesion)
     cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"), edge_margin_mm=1.0)
@@ -436,14 +443,7 @@ def test_calibration_describes_the_median_filtered_detection_map_when_the_card_a
     from napari_uad.model_card import ScoringConfig
     from napari_uad.postprocess import median_filter_map
 
-    shape = (28, 28, 28)
-    lesion = np.zeros(shape, bool)
-    lesion[10:17, 10:17, 10:17] = True
-
-    def make(volume):
-        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
-        nll = rng.normal(size=shape) + 1.5 * (lesion & (volume.data[1, 1, 1] > 0))
-        return {"nll": nll.astype(np.float32), "residual": rng.normal(size=shape).astype(np.float32)}
+    shape, lesion, make = _cube_lesion_maps(1.5)
 
     healthy, anomalous = _coded_validation(shape, lesion)
     plain = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"))

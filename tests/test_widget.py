@@ -255,8 +255,6 @@ def test_sample_data_opens_with_ground_truth(make_napari_viewer):
 def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_path, tmp_path):
     """The brain mask is shown as an outline layer on the scan's grid; the skull-strip choice reaches the
     scorer; a scan outside the card's calibration reference gets a visible banner, a normal one none."""
-    from napari_uad.model_card import ModelCard
-
     viewer = widget.viewer
     image = open_scan(viewer, scan_path)
     widget.skull_strip_selector.setCurrentText("off")
@@ -274,15 +272,8 @@ def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_
     assert widget.ood_banner.isHidden() and widget.scan.warnings == []
 
     # the same scan against a card whose healthy brains were ten times larger: the banner speaks
-    card_path = widget.model_selector.currentData()
-    card = ModelCard.read(card_path if str(card_path).endswith(".json") else f"{card_path}/card.json")
-    card.calibration["ood"] = {"brain_volume_ml": [1000.0, 1500.0]}
-    (tmp_path / "big-brains").mkdir()
-    card.write(tmp_path / "big-brains")
-    import shutil
-
-    shutil.copy(f"{card.path}/{card.weights_file}", tmp_path / "big-brains" / card.weights_file)
-    widget.add_model(str(tmp_path / "big-brains"))
+    _add_edited_model(widget, tmp_path / "big-brains",
+                      lambda card: card.calibration.update(ood={"brain_volume_ml": [1000.0, 1500.0]}))
     assert score(qtbot, widget) is True
     assert widget.scan.card.path == tmp_path / "big-brains" and not widget.ood_banner.isHidden()
     assert "differs from the model's training data" in widget.ood_banner.text()
@@ -290,23 +281,30 @@ def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_
     viewer.window._qt_window.grab().save(str(tmp_path / "banner.png"))
 
 
-def test_threshold_label_says_what_the_setting_meant_on_validation(qtbot, widget, scan_path, tmp_path):
-    """With a card that carries its operating-point table, the label under the slider tells the reviewer the
-    validation false findings per normal scan and the share of lesions found for the current setting; moving
-    below every tabulated setting drops that line rather than guessing."""
+def _add_edited_model(widget, directory, edit) -> None:
+    """The widget's current model with ``edit(card)`` applied, written (card + weights) to ``directory`` and
+    added to the widget's model list (selected)."""
     import shutil
 
     from napari_uad.model_card import ModelCard
 
     card_path = widget.model_selector.currentData()
     card = ModelCard.read(card_path if str(card_path).endswith(".json") else f"{card_path}/card.json")
-    card.calibration["operating_point"] = {"table": [
-        {"threshold": 0.5, "min_volume_mm3": 0.0, "fp_objects_per_normal_scan": 6.0, "object_recall": 0.9},
-        {"threshold": 1.0, "min_volume_mm3": 0.0, "fp_objects_per_normal_scan": 0.8, "object_recall": 0.25}]}
-    (tmp_path / "with-table").mkdir()
-    card.write(tmp_path / "with-table")
-    shutil.copy(f"{card.path}/{card.weights_file}", tmp_path / "with-table" / card.weights_file)
-    widget.add_model(str(tmp_path / "with-table"))
+    edit(card)
+    directory.mkdir()
+    card.write(directory)
+    shutil.copy(f"{card.path}/{card.weights_file}", directory / card.weights_file)
+    widget.add_model(str(directory))
+
+
+def test_threshold_label_says_what_the_setting_meant_on_validation(qtbot, widget, scan_path, tmp_path):
+    """With a card that carries its operating-point table, the label under the slider tells the reviewer the
+    validation false findings per normal scan and the share of lesions found for the current setting; moving
+    below every tabulated setting drops that line rather than guessing."""
+    table = [{"threshold": 0.5, "min_volume_mm3": 0.0, "fp_objects_per_normal_scan": 6.0, "object_recall": 0.9},
+             {"threshold": 1.0, "min_volume_mm3": 0.0, "fp_objects_per_normal_scan": 0.8, "object_recall": 0.25}]
+    _add_edited_model(widget, tmp_path / "with-table",
+                      lambda card: card.calibration.update(operating_point={"table": table}))
     open_scan(widget.viewer, scan_path)
     assert score(qtbot, widget) is True
     widget.map_selector.setCurrentText("residual")
@@ -469,17 +467,12 @@ def test_kill_9_mid_review_loses_no_tag(tmp_path, tiny_model_dir, scan_path):
 def test_median_filtered_detection_map_is_shown_and_labelled(qtbot, widget, scan_path, tmp_path):
     """A card with a median filter on its detection map: the layer shows the filtered map (what the findings
     threshold) and says so in its metadata; the other maps' layers do not."""
-    import shutil
+    import dataclasses
 
-    from napari_uad.model_card import ModelCard, ScoringConfig
+    def with_median(card):
+        card.scoring = dataclasses.replace(card.scoring, detection_median_mm=3.0)
 
-    card_path = widget.model_selector.currentData()
-    card = ModelCard.read(card_path if str(card_path).endswith(".json") else f"{card_path}/card.json")
-    card.scoring = ScoringConfig(**{**card.scoring.to_dict(), "detection_median_mm": 3.0})
-    (tmp_path / "median").mkdir()
-    card.write(tmp_path / "median")
-    shutil.copy(f"{card.path}/{card.weights_file}", tmp_path / "median" / card.weights_file)
-    widget.add_model(str(tmp_path / "median"))
+    _add_edited_model(widget, tmp_path / "median", with_median)
     open_scan(widget.viewer, scan_path)
     assert score(qtbot, widget) is True
     layers = {layer.metadata.get("napari_uad_map"): layer for layer in widget.viewer.layers
