@@ -2,7 +2,8 @@
 # Train (or continue) the real-anatomy model cevae-brain-mr-heads (docs/MODELS.md) and calibrate it, in one job:
 #  1. fine-tune from the bundled cevae-brain-mr on synthetic heads from the first label maps (the last 4 held
 #     out), or continue OUT_DIR/checkpoint where it exists (--resume is added by itself);
-#  2. calibrate on 8 healthy + 8 lesion heads from the held-out maps, clinical contrasts (as 3.1.0 / 3.2.0);
+#  2. calibrate on 16 healthy + 16 lesion heads from the held-out maps, clinical contrasts, with the normal
+#     variants (periventricular rim, choroid plexus), as 3.3.0; training heads get the variants too;
 #  3. keep the bundled card's tissue-map settings (scoring.tissue_*), so the maps stay comparable.
 # Then: copy OUT_DIR/card.json and model.safetensors into models/cevae-brain-mr-heads (version set), run
 # benchmarks/real_scans.py once and benchmarks/quality.sh.
@@ -22,7 +23,7 @@ else
 fi
 $UAD train --label-maps "$MAPS" --val-maps 4 "${START[@]}" --out "$OUT" --n-volumes 64 --val-fraction 0.17 \
   --epochs 1000 --steps-per-epoch 100 --batch-size 64 --learning-rate 1e-4 --patience 20 --lr-patience 4 \
-  --calibration-volumes 0 "$@"
+  --calibration-volumes 0 --normal-variants "$@"
 python - "$OUT/card.json" <<'EOF'
 import json, sys
 from napari_uad.model_card import resolve_model
@@ -32,4 +33,4 @@ card = json.loads(open(path).read())
 card["scoring"].update({k: v for k, v in bundled["scoring"].items() if k.startswith("tissue_")})
 open(path, "w").write(json.dumps(card, indent=2) + "\n")
 EOF
-$UAD calibrate --model "$OUT" --synthetic 8 --label-maps "$MAPS" ${CALIBRATE_ARGS:-}
+$UAD calibrate --model "$OUT" --synthetic 16 --label-maps "$MAPS" --normal-variants ${CALIBRATE_ARGS:-}
