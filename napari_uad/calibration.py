@@ -217,9 +217,9 @@ def _filter_detection_map(out: dict, kept: list, n_healthy: int, name: str, size
     """Median-filter the detection map ``name`` of every validation volume as scoring will
     (``napari_uad.postprocess``; in place) and recompute its entry -- healthy quantile table, FPR thresholds,
     best-Dice threshold -- from the filtered maps, so the card describes the map the reviewer sees."""
-    for i, k in enumerate(kept):
+    for k in kept:
         filtered = median_filter_map(k.maps[name].astype(np.float32), k.brain, k.volume.spacing, size_mm)
-        kept[i].maps[name] = filtered.astype(np.float16)
+        k.maps[name] = filtered.astype(np.float16)
     healthy = []
     for k in kept[:n_healthy]:
         values = k.maps[name][k.brain].astype(np.float32)
