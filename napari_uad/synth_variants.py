@@ -36,16 +36,15 @@ _RIM_SCALE = {"flair": (1.08, 1.35), "t2": (1.05, 1.25), "pd": (1.04, 1.2), "t1"
 _CHOROID_SCALE = {"flair": (0.7, 1.2), "t2": (0.9, 1.3), "pd": (0.9, 1.2), "t1": (0.85, 1.1)}
 
 
-def _rim(labels: np.ndarray, spacing: np.ndarray, ventricle: int, wm: int, rng: np.random.Generator
-         ) -> tuple[np.ndarray, float, float]:
+def _rim(labels: np.ndarray, spacing: np.ndarray, ventricle: int, wm: int, lining: float, cap: float,
+         modulation: np.ndarray) -> np.ndarray:
     """White-matter voxels within the rim's thickness (mm) of the ventricle: a lining of ``lining`` mm plus caps
-    growing to ``cap`` mm more at the anterior and posterior tips, modulated by a smooth field (x0.6-1.4)."""
-    lining, cap = float(rng.uniform(1.0, 2.2)), float(rng.uniform(1.5, 5.0))  # >= 1 voxel of lining at 1 mm
-    modulation = _smooth_field(rng, (4, 4, 4), 4, 0.2)  # drawn even when unused: the stream stays fixed
+    growing to ``cap`` mm more at the anterior and posterior tips, modulated by a smooth field (``modulation``,
+    4^3 coarse values; x0.6-1.4)."""
     vent = labels == ventricle
     out = np.zeros(labels.shape, bool)
     if not vent.any():
-        return out, lining, cap
+        return out
     reach = [int(np.ceil((lining + cap) * 1.4 / d)) + 1 for d in spacing]
     box = bounding_box(vent, reach)
     v = vent[box]
@@ -56,7 +55,7 @@ def _rim(labels: np.ndarray, spacing: np.ndarray, ventricle: int, wm: int, rng: 
     field = ndimage.zoom(modulation, np.array(v.shape) / 4.0, order=1)[: v.shape[0], : v.shape[1], : v.shape[2]]
     thickness = (lining + cap * np.minimum(tips, 1.0)[None, :, None]) * np.clip(1.0 + field, 0.6, 1.4)
     out[box] = (labels[box] == wm) & (distance <= thickness)
-    return out, lining, cap
+    return out
 
 
 def _choroid(labels: np.ndarray, spacing: np.ndarray, ventricle: int, temporal: int, rng: np.random.Generator
@@ -96,7 +95,10 @@ def insert_normal_variants(labels: np.ndarray, affine: np.ndarray, rng: np.rando
     has_rim = bool(rng.random() < RIM_PROBABILITY)
     params: dict = {"periventricular_rim": has_rim}
     for ventricle, temporal, wm, rim_label, choroid_label in _SIDES:
-        rim, lining, cap = _rim(labels, spacing, ventricle, wm, rng)
+        # the rim's parameters are drawn for every head, so the stream (and the plexus) is the same either way
+        lining, cap = float(rng.uniform(1.0, 2.2)), float(rng.uniform(1.5, 5.0))  # >= 1 voxel of lining at 1 mm
+        modulation = _smooth_field(rng, (4, 4, 4), 4, 0.2)
+        rim = _rim(labels, spacing, ventricle, wm, lining, cap, modulation) if has_rim else None
         plexus, radius = _choroid(labels, spacing, ventricle, temporal, rng)
         if has_rim:
             labels[rim] = rim_label
