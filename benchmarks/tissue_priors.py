@@ -1,13 +1,16 @@
-"""Validation experiment: which tissue-map settings (prior smoothing, prior floor, class peak) hold on real anatomy?
+"""Validation experiment: which tissue-map settings (prior smoothing, prior floor, class peak, partial volume)
+hold on real anatomy?
 
 Usage: python benchmarks/tissue_priors.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 24]
-       [--out runs/tissue_priors.json]
+       [--out runs/tissue_priors.json] [--sigmas 0,4] [--floors 0.001,0.05] [--class-peak no,yes]
+       [--partial-volume no]
 
 Synthetic heads made from the held-out *validation* label maps (the last --val-maps maps: real subjects'
 anatomy, so the template fits them only as well as an affine alignment fits a patient; seeds 400000+; never the
 tumour test cases), clinical contrasts in turn (T1, T2, FLAIR, PD), every third head normal, the others with one
 disease-like lesion (``synth_lesions``). Each head is prepared once with the card's preprocessing and its known
-brain mask; then the tissue map (``napari_uad.tissue``) is computed for every variant of ``TissueSettings``.
+brain mask; then the tissue map (``napari_uad.tissue``) is computed for every variant of ``TissueSettings`` in
+the grid given (the product of the four lists).
 
 Per variant: pixel AP / AUROC (sklearn; brain voxels of the lesion heads pooled; non-lesion voxels subsampled
 1 in 4 with weight 4), AP per contrast family, and at one threshold per variant -- the 99.9 % quantile of the
@@ -22,14 +25,12 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
-from _validation import validation_args  # noqa: E402
+from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
 
-SIGMAS_MM = (0.0, 4.0)
-FLOORS = (1e-3, 0.05)
-CLASS_PEAK = (False, True)
 FAMILIES = ("t1", "t2", "flair", "pd")
 FPR = 1e-3  # the per-variant threshold: this fraction of normal brain voxels lies above it
 MIN_VOLUME_MM3 = 25.0
@@ -41,8 +42,23 @@ def _box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0)))
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(t) for t in text.split(","))
+
+
+def _flags(text: str) -> tuple[bool, ...]:
+    return tuple({"no": False, "yes": True}[t.strip()] for t in text.split(","))
+
+
 def main() -> None:
-    args, setup = validation_args(__doc__.splitlines()[0], n=24, out="tissue_priors.json")
+    parser = validation_parser(__doc__.splitlines()[0], n=24)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tissue_priors.json")
+    parser.add_argument("--sigmas", type=_floats, default=(0.0, 4.0), help="prior smoothing (mm), comma-separated")
+    parser.add_argument("--floors", type=_floats, default=(1e-3, 0.05))
+    parser.add_argument("--class-peak", type=_flags, default=(False, True), help="no,yes")
+    parser.add_argument("--partial-volume", type=_flags, default=(False,), help="no,yes")
+    args = parser.parse_args()
+    setup = validation_setup(args)
     if setup is None:
         return
     _, card, files = setup
@@ -55,7 +71,7 @@ def main() -> None:
     from napari_uad.synth_labels import label_head
     from napari_uad.tissue import TissueSettings, smooth_priors, tissue_outlier_map
 
-    variants = list(itertools.product(SIGMAS_MM, FLOORS, CLASS_PEAK))
+    variants = list(itertools.product(args.sigmas, args.floors, args.class_peak, args.partial_volume))
     normal_maps: list[list[np.ndarray]] = [[] for _ in variants]  # per variant: the normal heads' cropped maps
     lesion_maps: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in variants]
     pooled: list[list[np.ndarray]] = [[] for _ in variants]
@@ -77,9 +93,9 @@ def main() -> None:
             truth.append(lesion[inside][keep])
             weights.append(np.where(lesion[inside][keep], 1.0, float(SUBSAMPLE)))
             family_of.append(np.full(int(keep.sum()), family))
-        smoothed = {s: smooth_priors(priors, volume.spacing, s) for s in SIGMAS_MM}
-        for v, (sigma, floor, peak) in enumerate(variants):
-            settings = TissueSettings(prior_sigma_mm=0.0, prior_floor=floor, class_peak=peak)
+        smoothed = {s: smooth_priors(priors, volume.spacing, s) for s in args.sigmas}
+        for v, (sigma, floor, peak, pv) in enumerate(variants):
+            settings = TissueSettings(prior_sigma_mm=0.0, prior_floor=floor, class_peak=peak, partial_volume=pv)
             m = tissue_outlier_map(prepared.standardised, brain, smoothed[sigma], volume.spacing, settings)[box]
             if normal:
                 normal_maps[v].append(m.astype(np.float16))
@@ -90,7 +106,7 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     truth_all, w_all, fam_all = np.concatenate(truth), np.concatenate(weights), np.concatenate(family_of)
     rows = []
-    for (v, (sigma, floor, peak)), tail in itertools.product(enumerate(variants), ("bright", "both")):
+    for (v, (sigma, floor, peak, pv)), tail in itertools.product(enumerate(variants), ("bright", "both")):
         look = (lambda m: m) if tail == "bright" else np.abs
         scores = look(np.concatenate(pooled[v]).astype(np.float64))
         threshold = float(np.quantile(look(np.concatenate([m[m != 0] for m in normal_maps[v]]).astype(np.float64)),
@@ -104,7 +120,7 @@ def main() -> None:
             overlaps, _ = finding_overlaps(labels, lesion)
             found += any(overlaps.values())
             fp_lesion.append(sum(1 for t in overlaps.values() if t == 0))
-        row = {"prior_sigma_mm": sigma, "prior_floor": floor, "class_peak": peak, "tail": tail,
+        row = {"prior_sigma_mm": sigma, "prior_floor": floor, "class_peak": peak, "partial_volume": pv, "tail": tail,
                "ap": round(float(average_precision_score(truth_all, scores, sample_weight=w_all)), 4),
                "auroc": round(float(roc_auc_score(truth_all, scores, sample_weight=w_all)), 4),
                **{f"ap_{f}": round(float(average_precision_score(truth_all[fam_all == f], scores[fam_all == f],

@@ -17,6 +17,18 @@ Settings (``TissueSettings``, stored in the model card's scoring block; chosen o
 affine alignment does not put a subject's sulci and ventricles where the template has them; and each class can
 be measured against its own peak (``class_peak``: nll = -log sum_c p_c(v) exp(-z_c^2 / 2), so a wide class such
 as CSF on T2 is not an outlier merely for being wide).
+
+Partial volume (``partial_volume``): a voxel on a tissue boundary holds a mixture of two tissues, so its
+intensity lies between theirs (GM/CSF in sulci, WM/CSF along the ventricles) and is an outlier for either pure
+class. With the setting, a voxel is modelled as two sub-voxels drawn independently from the priors: pure class c
+with weight p_c^2, a mix of classes a and b with weight 2 p_a p_b and intensity m + e, the mixture's mean m
+uniform between mu_a and mu_b and e ~ N(0, s_ab^2), s_ab^2 = (sigma_a^2 + sigma_b^2) / 3 (the average variance of
+alpha y_a + (1 - alpha) y_b over alpha uniform in (0, 1)); its density is the closed form
+[Phi((x - lo) / s) - Phi((x - hi) / s)] / (hi - lo). The pure classes are fitted from their own
+responsibilities, so boundary voxels no longer widen them (after Van Leemput et al. 2003, "A unifying framework
+for partial volume segmentation of brain MR images", with the mixing fraction integrated out). The sign stays
+that of x against the pure classes' expected intensity (a boundary voxel is not "hyperintense" merely for
+matching its boundary).
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.special import logsumexp
+from scipy.special import log_ndtr, logsumexp
 
 from .mask import bounding_box
 
@@ -44,11 +56,13 @@ class TissueSettings:
     prior_floor: smallest prior probability of any class anywhere (before renormalising).
     class_peak: measure each class against its own peak density (width-invariant) instead of the mixture's
         global peak.
+    partial_volume: add the two-tissue mixtures of boundary voxels to the model (module docstring).
     """
 
     prior_sigma_mm: float = 0.0
     prior_floor: float = _PRIOR_FLOOR
     class_peak: bool = False
+    partial_volume: bool = False
 
 
 def smooth_priors(priors: np.ndarray, spacing: tuple[float, float, float], sigma_mm: float) -> np.ndarray:
@@ -79,27 +93,70 @@ def _prepared_priors(priors: np.ndarray, brain: np.ndarray, spacing, settings: T
     return p / p.sum(axis=0, keepdims=True)
 
 
-def fit_tissue_mixture(x: np.ndarray, priors: np.ndarray, iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
+_PAIRS = ((0, 1), (0, 2), (1, 2))  # CSF/GM, CSF/WM (ventricle walls), GM/WM
+_LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
+
+
+def _log_diff_ndtr(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """log(Phi(u) - Phi(v)) for u > v, accurate in both tails (the upper tail through Phi(-v) - Phi(-u))."""
+    upper = v > 0
+    hi, lo = np.where(upper, -v, u), np.where(upper, -u, v)
+    a, b = log_ndtr(hi), log_ndtr(lo)
+    return a + np.log1p(-np.exp(np.minimum(b - a, -1e-300)))
+
+
+def _pair_log_density(x: np.ndarray, mu_a: float, sd_a: float, mu_b: float, sd_b: float, peak: bool
+                      ) -> np.ndarray:
+    """Log density of a two-class partial-volume voxel at ``x`` (module docstring); ``peak``: relative to the
+    density's own peak (at the middle of the two means)."""
+    lo, hi = min(mu_a, mu_b), max(mu_a, mu_b)
+    s = float(np.sqrt((sd_a**2 + sd_b**2) / 3.0))
+    width = max(hi - lo, 1e-3 * s)  # classes with equal means: a Gaussian of width s in effect
+    log_density = _log_diff_ndtr((hi - x) / s, (lo - x) / s) - np.log(width)
+    if peak:
+        half = np.array(width / (2 * s))
+        log_density = log_density - (_log_diff_ndtr(half, -half) - np.log(width))
+    return log_density
+
+
+def _component_terms(x: np.ndarray, p: np.ndarray, mu: np.ndarray, sigma: np.ndarray, partial_volume: bool,
+                     peak: bool = False) -> np.ndarray:
+    """Log weight plus log density of ``x`` per mixture component ([K, N]): the 3 pure classes, then with
+    ``partial_volume`` the 3 class pairs. peak: each density measured against its own peak (for a pure class
+    exp(-z^2 / 2)) instead of normalised."""
+    weight = 2.0 * np.log(p) if partial_volume else np.log(p)
+    terms = [weight[c] - 0.5 * ((x - mu[c]) / sigma[c]) ** 2 - (0.0 if peak else np.log(sigma[c]) + _LOG_SQRT_2PI)
+             for c in range(3)]
+    if partial_volume:
+        terms += [np.log(2.0) + np.log(p[a]) + np.log(p[b]) + _pair_log_density(x, mu[a], sigma[a], mu[b], sigma[b],
+                                                                                 peak)
+                  for a, b in _PAIRS]
+    return np.stack(terms)
+
+
+def fit_tissue_mixture(x: np.ndarray, priors: np.ndarray, iterations: int = 8, partial_volume: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Class means and standard deviations (each [3]) of intensities ``x`` [N] with per-voxel priors [3, N].
 
     EM with prior-weighted responsibilities; from the second iteration voxels whose smallest |z| exceeds
-    ``_OUTLIER_Z`` get no weight (robust to lesions). Deterministic.
+    ``_OUTLIER_Z`` get no weight (robust to lesions). With ``partial_volume`` the responsibilities include the
+    class pairs' mixtures and each class is fitted from its pure responsibility only. Deterministic.
     """
     x = np.asarray(x, dtype=np.float64)
     p = np.maximum(np.asarray(priors, dtype=np.float64), _PRIOR_FLOOR)
-    r = p / p.sum(axis=0, keepdims=True)
+    p = p / p.sum(axis=0, keepdims=True)
+    r = p**2 / (p**2).sum(axis=0, keepdims=True) if partial_volume else p
     keep = np.ones(x.shape, bool)
     mu = sigma = None
     for it in range(iterations):
-        w = r * keep
+        w = r[:3] * keep
         total = w.sum(axis=1) + 1e-12
         mu = (w * x).sum(axis=1) / total
         sigma = np.sqrt((w * (x - mu[:, None]) ** 2).sum(axis=1) / total)
         sigma = np.maximum(sigma, 1e-3 * (np.abs(mu).max() + 1e-6))
-        z = (x - mu[:, None]) / sigma[:, None]
-        log_lik = np.log(p) - 0.5 * z**2 - np.log(sigma[:, None])
-        r = np.exp(log_lik - logsumexp(log_lik, axis=0, keepdims=True))
-        keep = np.abs(z).min(axis=0) <= _OUTLIER_Z
+        terms = _component_terms(x, p, mu, sigma, partial_volume)
+        r = np.exp(terms - logsumexp(terms, axis=0, keepdims=True))
+        keep = np.abs((x - mu[:, None]) / sigma[:, None]).min(axis=0) <= _OUTLIER_Z
     return mu, sigma
 
 
@@ -117,16 +174,16 @@ def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
         return out
     x = np.asarray(data, dtype=np.float64)[brain]
     p = _prepared_priors(priors, brain, spacing, settings)
-    mu, sigma = fit_tissue_mixture(x, p)
-    z = (x - mu[:, None]) / sigma[:, None]
-    log_dens = np.log(p) - 0.5 * z**2 - np.log(np.sqrt(2 * np.pi) * sigma[:, None])  # log domain: no underflow
-    log_mixture = logsumexp(log_dens, axis=0)
-    if settings.class_peak:  # each class against its own peak: p_c exp(-z^2/2) sums to <= 1, so nll >= 0
-        nll = -logsumexp(np.log(p) - 0.5 * z**2, axis=0)
+    pv = settings.partial_volume
+    mu, sigma = fit_tissue_mixture(x, p, partial_volume=pv)
+    terms = _component_terms(x, p, mu, sigma, pv)  # log domain: no underflow
+    log_mixture = logsumexp(terms, axis=0)
+    if settings.class_peak:  # each component against its own peak: the weights sum to 1, so nll >= 0
+        nll = -logsumexp(_component_terms(x, p, mu, sigma, pv, peak=True), axis=0)
     else:
-        log_best = np.max(-np.log(np.sqrt(2 * np.pi) * sigma))  # the density's largest possible value
+        log_best = np.max(-np.log(np.sqrt(2 * np.pi) * sigma))  # the densities' largest possible value
         nll = log_best - log_mixture
-    r = np.exp(log_dens - log_mixture)
-    expected = (r * mu[:, None]).sum(axis=0)
+    pure = np.exp(terms[:3] - logsumexp(terms[:3], axis=0))  # the sign: against the pure classes' expectation
+    expected = (pure * mu[:, None]).sum(axis=0)
     out[brain] = (np.sign(x - expected) * np.maximum(nll, 0.0)).astype(np.float32)
     return out

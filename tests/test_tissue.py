@@ -120,3 +120,67 @@ def test_smoothing_only_the_brains_box_equals_smoothing_the_whole_grid():
     boxed = tissue_outlier_map(data, brain, priors, spacing, settings)
     whole = tissue_outlier_map(data, brain, smooth_priors(priors, spacing, 4.0), spacing, TissueSettings())
     np.testing.assert_allclose(boxed, whole, rtol=1e-6, atol=1e-6)
+
+
+def _pv_terms_by_hand(x: float, p: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Mixture weight x density of each component at intensity x: pure classes p_c^2 N(x; mu_c, sd_c); pairs
+    2 p_a p_b times the density of m + e, m uniform on [lo, hi] (the class means), e ~ N(0, (sd_a^2 + sd_b^2) / 3),
+    by numerical integration over m."""
+    def gauss(m, s):
+        return np.exp(-0.5 * ((x - m) / s) ** 2) / (np.sqrt(2 * np.pi) * s)
+
+    dens = [p[c] ** 2 * gauss(mu[c], sd[c]) for c in range(3)]
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        m = np.linspace(min(mu[a], mu[b]), max(mu[a], mu[b]), 200001)
+        dens.append(2 * p[a] * p[b] * np.trapezoid(gauss(m, np.sqrt((sd[a] ** 2 + sd[b] ** 2) / 3)), m)
+                    / (m[-1] - m[0]))
+    return np.array(dens)
+
+
+def boundary_brain():
+    """6 x 6 x 4: slabs of CSF, a CSF/GM boundary (every voxel half CSF, half GM; priors 0.5 / 0.5, as smoothed
+    template priors say there), GM and WM, with soft priors elsewhere too."""
+    rng = np.random.default_rng(4)
+    shape = (6, 6, 4)
+    means, sds = np.array([10.0, 60.0, 80.0]), np.array([2.0, 3.0, 2.5])
+    slab_priors = [(0.9, 0.1, 0.0), (0.5, 0.5, 0.0), (0.0, 0.9, 0.1), (0.0, 0.1, 0.9)]
+    slab_mix = [(1.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]
+    priors, data = np.zeros((3, *shape)), np.zeros(shape)
+    for k in range(4):
+        priors[:, :, :, k] = np.asarray(slab_priors[k])[:, None, None]
+        pure = means[:, None, None] + sds[:, None, None] * rng.standard_normal((3, 6, 6))
+        data[:, :, k] = np.tensordot(slab_mix[k], pure, axes=1)
+    return data, np.ones(shape, bool), priors
+
+
+def test_partial_volume_map_equals_the_hand_computation():
+    data, brain, priors = boundary_brain()
+    data[2, 2, 3] = 400.0  # bright lesion in WM
+    settings = TissueSettings(partial_volume=True)
+    out = tissue_outlier_map(data, brain, priors, settings=settings)
+    mu, sd = fit_tissue_mixture(data[brain], priors[:, brain], partial_volume=True)
+    p = np.maximum(priors, 1e-3)
+    p /= p.sum(axis=0)
+    for v in [(1, 4, 1), (0, 0, 0), (5, 5, 2), (3, 1, 3)]:  # (densities in plain floats: no lesion here)
+        dens = _pv_terms_by_hand(data[v], p[(slice(None), *v)], mu, sd)
+        nll = np.log(np.max(1 / (np.sqrt(2 * np.pi) * sd))) - np.log(dens.sum())
+        expected = (dens[:3] * mu).sum() / dens[:3].sum()  # the sign: against the pure classes
+        assert out[v] == pytest.approx(np.sign(data[v] - expected) * max(nll, 0.0), rel=1e-5, abs=1e-6)
+    assert out[2, 2, 3] > 100
+
+
+def test_partial_volume_keeps_the_pure_classes_narrow_and_a_lesion_stands_out():
+    """Without the setting the CSF/GM boundary slab (intensities half way between CSF and GM) widens both classes
+    (sd ~12 instead of 2 and 3), so a bright lesion in grey matter barely stands out; with it CSF and GM keep
+    their own spread, the boundary voxels score like typical voxels of a 50-unit-wide mixture (~3) and the
+    lesion scores 3x higher than without, far above every boundary voxel."""
+    data, brain, priors = boundary_brain()
+    data[3, 3, 2] = 92.0  # bright lesion in GM (GM 60 +- 3, WM 80 +- 2.5)
+    mu, sd = fit_tissue_mixture(data[brain], priors[:, brain], partial_volume=True)
+    assert sd[0] < 2.5 and sd[1] < 3.5  # CSF's and GM's own spread (2, 3), not the boundary's
+    _, sd_plain = fit_tissue_mixture(data[brain], priors[:, brain])
+    assert sd_plain[0] > 8 and sd_plain[1] > 8
+    plain = tissue_outlier_map(data, brain, priors)
+    pv = tissue_outlier_map(data, brain, priors, settings=TissueSettings(partial_volume=True))
+    assert pv[3, 3, 2] > 3 * plain[3, 3, 2] > 0
+    assert np.abs(pv[:, :, 1]).max() < 4 < 0.25 * pv[3, 3, 2]
