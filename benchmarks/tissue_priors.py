@@ -3,14 +3,14 @@ hold on real anatomy?
 
 Usage: python benchmarks/tissue_priors.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 24]
        [--out runs/tissue_priors.json] [--sigmas 0,4] [--floors 0.001,0.05] [--class-peak no,yes]
-       [--partial-volume no]
+       [--partial-volume no] [--sign-from-prior no]
 
 Synthetic heads made from the held-out *validation* label maps (the last --val-maps maps: real subjects'
 anatomy, so the template fits them only as well as an affine alignment fits a patient; seeds 400000+; never the
 tumour test cases), clinical contrasts in turn (T1, T2, FLAIR, PD), every third head normal, the others with one
 disease-like lesion (``synth_lesions``). Each head is prepared once with the card's preprocessing and its known
 brain mask; then the tissue map (``napari_uad.tissue``) is computed for every variant of ``TissueSettings`` in
-the grid given (the product of the four lists).
+the grid given (the product of the lists).
 
 Per variant: pixel AP / AUROC (sklearn; brain voxels of the lesion heads pooled; non-lesion voxels subsampled
 1 in 4 with weight 4), AP per contrast family, and at one threshold per variant -- the 99.9 % quantile of the
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--floors", type=_floats, default=(1e-3, 0.05))
     parser.add_argument("--class-peak", type=_flags, default=(False, True), help="no,yes")
     parser.add_argument("--partial-volume", type=_flags, default=(False,), help="no,yes")
+    parser.add_argument("--sign-from-prior", type=_flags, default=(False,), help="no,yes")
     args = parser.parse_args()
     setup = validation_setup(args)
     if setup is None:
@@ -71,7 +72,8 @@ def main() -> None:
     from napari_uad.synth_labels import label_head
     from napari_uad.tissue import TissueSettings, smooth_priors, tissue_outlier_map
 
-    variants = list(itertools.product(args.sigmas, args.floors, args.class_peak, args.partial_volume))
+    variants = list(itertools.product(args.sigmas, args.floors, args.class_peak, args.partial_volume,
+                                          args.sign_from_prior))
     normal_maps: list[list[np.ndarray]] = [[] for _ in variants]  # per variant: the normal heads' cropped maps
     lesion_maps: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in variants]
     pooled: list[list[np.ndarray]] = [[] for _ in variants]
@@ -94,8 +96,9 @@ def main() -> None:
             weights.append(np.where(lesion[inside][keep], 1.0, float(SUBSAMPLE)))
             family_of.append(np.full(int(keep.sum()), family))
         smoothed = {s: smooth_priors(priors, volume.spacing, s) for s in args.sigmas}
-        for v, (sigma, floor, peak, pv) in enumerate(variants):
-            settings = TissueSettings(prior_sigma_mm=0.0, prior_floor=floor, class_peak=peak, partial_volume=pv)
+        for v, (sigma, floor, peak, pv, sign) in enumerate(variants):
+            settings = TissueSettings(prior_sigma_mm=0.0, prior_floor=floor, class_peak=peak, partial_volume=pv,
+                                      sign_from_prior=sign)
             m = tissue_outlier_map(prepared.standardised, brain, smoothed[sigma], volume.spacing, settings)[box]
             if normal:
                 normal_maps[v].append(m.astype(np.float16))
@@ -106,7 +109,7 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     truth_all, w_all, fam_all = np.concatenate(truth), np.concatenate(weights), np.concatenate(family_of)
     rows = []
-    for (v, (sigma, floor, peak, pv)), tail in itertools.product(enumerate(variants), ("bright", "both")):
+    for (v, (sigma, floor, peak, pv, sign)), tail in itertools.product(enumerate(variants), ("bright", "both")):
         look = (lambda m: m) if tail == "bright" else np.abs
         scores = look(np.concatenate(pooled[v]).astype(np.float64))
         threshold = float(np.quantile(look(np.concatenate([m[m != 0] for m in normal_maps[v]]).astype(np.float64)),
@@ -120,7 +123,8 @@ def main() -> None:
             overlaps, _ = finding_overlaps(labels, lesion)
             found += any(overlaps.values())
             fp_lesion.append(sum(1 for t in overlaps.values() if t == 0))
-        row = {"prior_sigma_mm": sigma, "prior_floor": floor, "class_peak": peak, "partial_volume": pv, "tail": tail,
+        row = {"prior_sigma_mm": sigma, "prior_floor": floor, "class_peak": peak, "partial_volume": pv,
+               "sign_from_prior": sign, "tail": tail,
                "ap": round(float(average_precision_score(truth_all, scores, sample_weight=w_all)), 4),
                "auroc": round(float(roc_auc_score(truth_all, scores, sample_weight=w_all)), 4),
                **{f"ap_{f}": round(float(average_precision_score(truth_all[fam_all == f], scores[fam_all == f],

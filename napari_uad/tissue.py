@@ -29,6 +29,11 @@ responsibilities, so boundary voxels no longer widen them (after Van Leemput et 
 for partial volume segmentation of brain MR images", with the mixing fraction integrated out). The sign stays
 that of x against the pure classes' expected intensity (a boundary voxel is not "hyperintense" merely for
 matching its boundary).
+
+Sign (``sign_from_prior``): by default the expectation is the posterior one above, so a voxel is measured against
+the class that explains it best -- on T2 a white-matter lesion whose intensity lies between WM and CSF is
+"explained" as improbable CSF and comes out hypointense. With the setting the expectation is the template's,
+sum_c p_c(v) mu_c (what the tissue at this place should look like), so that lesion reads as hyperintense.
 """
 
 from __future__ import annotations
@@ -57,12 +62,14 @@ class TissueSettings:
     class_peak: measure each class against its own peak density (width-invariant) instead of the mixture's
         global peak.
     partial_volume: add the two-tissue mixtures of boundary voxels to the model (module docstring).
+    sign_from_prior: sign against the priors' expected intensity instead of the posterior one (module docstring).
     """
 
     prior_sigma_mm: float = 0.0
     prior_floor: float = _PRIOR_FLOOR
     class_peak: bool = False
     partial_volume: bool = False
+    sign_from_prior: bool = False
 
 
 def smooth_priors(priors: np.ndarray, spacing: tuple[float, float, float], sigma_mm: float) -> np.ndarray:
@@ -183,7 +190,9 @@ def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
     else:
         log_best = np.max(-np.log(np.sqrt(2 * np.pi) * sigma))  # the densities' largest possible value
         nll = log_best - log_mixture
-    pure = np.exp(terms[:3] - logsumexp(terms[:3], axis=0))  # the sign: against the pure classes' expectation
-    expected = (pure * mu[:, None]).sum(axis=0)
+    if settings.sign_from_prior:  # the sign: against what the template expects here
+        expected = (p * mu[:, None]).sum(axis=0)
+    else:  # against the pure classes' posterior expectation
+        expected = (np.exp(terms[:3] - logsumexp(terms[:3], axis=0)) * mu[:, None]).sum(axis=0)
     out[brain] = (np.sign(x - expected) * np.maximum(nll, 0.0)).astype(np.float32)
     return out

@@ -184,3 +184,22 @@ def test_partial_volume_keeps_the_pure_classes_narrow_and_a_lesion_stands_out():
     pv = tissue_outlier_map(data, brain, priors, settings=TissueSettings(partial_volume=True))
     assert pv[3, 3, 2] > 3 * plain[3, 3, 2] > 0
     assert np.abs(pv[:, :, 1]).max() < 4 < 0.25 * pv[3, 3, 2]
+
+
+def test_sign_from_prior_reads_a_t2_like_white_matter_lesion_as_hyperintense():
+    """T2-like contrast (CSF 100, GM 60, WM 40): a WM lesion at 80 lies between WM and CSF. The posterior sign
+    explains it as improbable CSF (expected ~100) and calls it hypointense; against the priors' expectation
+    sum_c p_c mu_c (~WM here) it is hyperintense. The magnitude is the same nll either way."""
+    data, brain, priors = tiny_brain()
+    rng = np.random.default_rng(5)
+    for c, (m, sd) in enumerate([(100.0, 4.0), (60.0, 3.0), (40.0, 2.5)]):
+        data[:, :, c] = m + sd * rng.standard_normal((6, 6))
+    data[2, 2, 2] = 80.0
+    posterior = tissue_outlier_map(data, brain, priors)
+    prior = tissue_outlier_map(data, brain, priors, settings=TissueSettings(sign_from_prior=True))
+    assert posterior[2, 2, 2] < -5 and prior[2, 2, 2] == pytest.approx(-posterior[2, 2, 2])
+    mu, _ = fit_tissue_mixture(data[brain], priors[:, brain])
+    p = np.maximum(priors, 1e-3)
+    p /= p.sum(axis=0)
+    expected = np.tensordot(mu, p, axes=1)  # the template's expectation at every voxel
+    np.testing.assert_array_equal(np.sign(prior[brain]), np.sign((data - expected)[brain]) * (prior[brain] != 0))
