@@ -3,7 +3,7 @@
 #  1. fine-tune from the bundled cevae-brain-mr on synthetic heads from the first label maps (the last 4 held
 #     out), or continue OUT_DIR/checkpoint where it exists (--resume is added by itself);
 #  2. calibrate on 16 healthy + 16 lesion heads from the held-out maps, clinical contrasts, with the normal
-#     variants (periventricular rim, choroid plexus), as 3.3.0; training heads get the variants too;
+#     variants (periventricular rim, choroid plexus), as 3.3.0 and 3.4.0; training heads get the variants too;
 #  3. keep the bundled card's tissue-map settings (scoring.tissue_*), so the maps stay comparable.
 # Then: copy OUT_DIR/card.json and model.safetensors into models/cevae-brain-mr-heads (version set), run
 # benchmarks/real_scans.py once and benchmarks/quality.sh.
