@@ -109,7 +109,7 @@ def _log_diff_ndtr(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     upper = v > 0
     hi, lo = np.where(upper, -v, u), np.where(upper, -u, v)
     a, b = log_ndtr(hi), log_ndtr(lo)
-    return a + np.log1p(-np.exp(np.minimum(b - a, -1e-300)))
+    return a + np.log1p(-np.exp(b - a))
 
 
 def _pair_log_density(x: np.ndarray, mu_a: float, sd_a: float, mu_b: float, sd_b: float, peak: bool
