@@ -112,7 +112,9 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
-    which cannot choose them). ``edge_margin_mm``: the card's edge margin (findings keep this distance from the
+    which cannot choose them; with anomalies the trials are still recorded). ``detection_map``: with anomalies,
+    use this map instead of the best-Dice one (chosen on other validation data, e.g.
+    ``benchmarks/real_anatomy.py``); its operating point is searched as usual. ``edge_margin_mm``: the card's edge margin (findings keep this distance from the
     brain surface), applied when the operating point counts findings. Without anomalies (a site's normal scans)
     ``detection_map`` and ``min_volume_mm3`` are the card's, and the detection threshold becomes the lowest one
     (from the 1 % healthy-voxel FPR threshold up) that keeps false-positive findings per normal scan <= the
@@ -183,7 +185,9 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     if with_combined and (truths or combined_components):
         _add_combined(out, pools, scores, truths, kept, tuple(combined_components))
         maps = (*maps, COMBINED)
-    chosen = (max(maps, key=lambda m: out["maps"][m]["best_dice_validation"]) if truths
+    if truths and detection_map is not None and detection_map not in out["maps"]:
+        raise ValueError(f"detection map {detection_map!r} is not among the calibrated maps ({', '.join(maps)})")
+    chosen = ((detection_map or max(maps, key=lambda m: out["maps"][m]["best_dice_validation"])) if truths
               else detection_map if detection_map in out["maps"] else None)
     median_mm = float(scorer.card.scoring.detection_median_mm)
     if chosen is not None and median_mm > 0:
@@ -241,9 +245,7 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                   candidates: int = 4) -> None:
     """Add the combined map's entry (in place), its components chosen on the validation anomalies unless given."""
     trials = []
-    if components:
-        names = components
-    else:
+    if truths:
         singles = sorted((m for m in out["maps"] if m not in GRADIENT_MAPS),
                          key=lambda m: -out["maps"][m]["best_dice_validation"])[:candidates]
         truth = np.concatenate(truths)
@@ -251,7 +253,7 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
             for combo in combinations(singles, size):
                 values = combine({m: np.concatenate(scores[m]) for m in combo}, out, combo)
                 trials.append((best_dice_threshold(values, truth), combo))
-        _, names = max(trials, key=lambda t: t[0][1])
+    names = components or max(trials, key=lambda t: t[0][1])[1]
     healthy = combine({m: np.concatenate(pools[m]) for m in names}, out, names)
     entry = {"quantiles": quantile_table(healthy).tolist(),
              "threshold_fpr_1pct": float(np.quantile(healthy, 0.99)),
@@ -265,6 +267,8 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
     out["maps"][COMBINED] = entry
     out[COMBINED] = {"components": list(names),
                      "rule": "kept from the card (normal scans cannot choose them)" if not trials else
+                     "given by the caller (chosen on other validation data); the trials are this set's Dice"
+                     if components else
                      "mean healthy-quantile surprise (napari_uad.combined) of the pair or triple of the "
                      f"{candidates} best single maps with the best validation Dice",
                      "trials": [{"components": list(n), "best_dice_validation": d} for (_, d), n in trials]}

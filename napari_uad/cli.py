@@ -246,6 +246,12 @@ def _add_calibrate_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
     p.add_argument("--maps", default=None, metavar="LIST",
                    help="calibrate only these maps (default: all; the gradient maps take most of the time)")
+    p.add_argument("--detection-map", default=None, metavar="NAME",
+                   help="--synthetic: make NAME the default detection map instead of the best-Dice map (a choice "
+                        "made on other validation data, e.g. benchmarks/real_anatomy.py)")
+    p.add_argument("--combined", default=None, metavar="LIST",
+                   help="--synthetic: the combined map's components (comma list) instead of the best-Dice pair or "
+                        "triple")
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -550,8 +556,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                 label_maps = label_map_files(args.label_maps)[-args.val_maps:]
             calibrate_model(directory, synthetic_volumes=args.synthetic, seed=args.seed, device=args.device,
                             workers=_workers(args.workers), command=args.command_line, label_maps=label_maps,
-                            maps=maps, normal_variants=args.normal_variants, log=_log)
+                            maps=maps, normal_variants=args.normal_variants, detection_map=args.detection_map,
+                            combined=parse_maps(args.combined) if args.combined else (), log=_log)
         else:
+            if args.detection_map or args.combined:
+                raise CliError("--detection-map and --combined need --synthetic (normal scans keep the card's)")
             modality = ModelCard.read(directory / CARD_FILE).modality
             scans = read_scans(scan_files(args.data), modality, _log)
             if not scans:

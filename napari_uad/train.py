@@ -443,7 +443,8 @@ def _label_items(files: list[Path], seeds: Iterable[int], families: tuple[str, .
 def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out: Iterable[Volume] = (),
                     seed: int = 0, device: str = "auto", workers: int = 1, command: str = "",
                     label_maps: list[Path] | None = None, maps: tuple[str, ...] | None = None,
-                    normal_variants: bool = False, log: Callable[[str], None] = print) -> ModelCard:
+                    normal_variants: bool = False, detection_map: str | None = None,
+                    combined: tuple[str, ...] = (), log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
     ``synthetic_volumes`` > 0: that many synthetic healthy and as many toy-anomaly brains (seeds from
@@ -451,13 +452,26 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     ``label_maps`` (validation label maps, never trained on) these are synthetic heads made from them and go
     through brain extraction like a scan. Otherwise the ``held_out`` normal scans give the healthy-voxel
     quantiles and FPR thresholds only. ``maps``: the maps to calibrate (default: all). ``normal_variants``: the
-    label-map heads get the periventricular rim and choroid plexus (``synth_variants``)."""
+    label-map heads get the periventricular rim and choroid plexus (``synth_variants``). ``detection_map`` /
+    ``combined`` (synthetic only): the default detection map and the combined map's components, chosen on other
+    validation data, instead of by this set's Dice (``calibration.calibrate``)."""
     from .calibration import calibrate
     from .combined import combined_components
     from .model_card import load_model
     from .scoring import Scorer
     from .synth_labels import CLINICAL_FAMILIES
 
+    if synthetic_volumes <= 0 and (detection_map or combined):
+        raise ValueError("a detection map or combined components can be given only with synthetic validation volumes "
+                         "(normal scans keep the card's)")
+    from .scoring import MAP_NAMES
+
+    calibrated = tuple(maps or MAP_NAMES)
+    for name in (detection_map, *combined, *(("combined",) if combined else ())):
+        if name is not None and name not in calibrated:
+            raise ValueError(f"{name!r} is not among the maps to calibrate ({', '.join(calibrated)})")
+    if "combined" in combined:
+        raise ValueError("the combined map cannot be one of its own components")
     model, card = load_model(model_dir, device="cpu")
     options = SYNTHETIC_OPTIONS if synthetic_volumes > 0 and not label_maps else None
     scorer = Scorer(model, card, device=device, options=options)
@@ -483,7 +497,8 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     # the edge margin is chosen by its own validation experiment (benchmarks/edge_margin.py): kept
     kept = ["edge_margin_mm", "edge_margin_selection"]
     if synthetic_volumes > 0:
-        card.calibration = calibrate(scorer, healthy, anomalous, log=log,
+        card.calibration = calibrate(scorer, healthy, anomalous, log=log, detection_map=detection_map,
+                                     combined_components=tuple(combined),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      **({"maps": maps} if maps else {}))
         kinds = "disease-like (even seeds) or toy (odd) anomaly" if label_maps else "toy-anomaly"

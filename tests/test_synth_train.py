@@ -218,6 +218,22 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     # nor the combined map's components; its healthy table is new (from these scans)
     assert card["calibration"]["combined"]["components"] == before["combined"]["components"]
     assert card["calibration"]["maps"]["combined"]["quantiles"] != before["maps"]["combined"]["quantiles"]
+    # a detection map and combined components chosen elsewhere (benchmarks/real_anatomy.py) are honoured; the
+    # combinations are still tried and recorded, and the operating point is searched for the given map
+    assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--workers", "1", "--device", "cpu",
+                     "--maps", "residual,E,z,tissue,combined", "--detection-map", "z",
+                     "--combined", "tissue,residual"]) == 0
+    forced = json.loads((out / "card.json").read_text(encoding="utf-8"))["calibration"]
+    assert forced["detection_map"] == "z" and forced["operating_point"]["table"]
+    assert forced["maps"]["z"]["threshold"] == forced["operating_point"]["threshold"]
+    assert sorted(forced["combined"]["components"]) == ["residual", "tissue"]
+    assert forced["combined"]["rule"].startswith("given by the caller") and len(forced["combined"]["trials"]) == 10
+    # a map that is not calibrated cannot be the detection map or a component; normal scans cannot choose them
+    assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--maps", "residual,z",
+                     "--detection-map", "tissue"]) != 0
+    assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined", "combined,z"]) != 0
+    assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--detection-map", "z"]) != 0
+    assert json.loads((out / "card.json").read_text(encoding="utf-8"))["calibration"] == forced  # untouched
     load_model(out)
 
 
