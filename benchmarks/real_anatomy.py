@@ -25,7 +25,8 @@ scans. Writes --out (JSON) and prints one line per candidate.
 Decision rule, fixed before the first run (2026-11-24): the candidate with the best pooled pixel AP over both
 scans becomes the default detection map if it is not the card's; the model is then recalibrated with it on the
 same validation heads and by the same operating-point rule as the card (a new model version), and only then
-measured once on the test scans.
+measured once on the test scans. (Added after the first run, where two candidates tied at the four decimals
+reported: ties go to the higher pooled AUROC.)
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def main() -> None:
     report["seconds"] = round(time.time() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    for c in sorted(cands, key=lambda c: -report["pooled"][c]["pixel_ap"]):
+    for c in sorted(cands, key=lambda c: (-report["pooled"][c]["pixel_ap"], -report["pooled"][c]["pixel_auroc"])):
         per = " ".join(f"{n.split('.')[0]} {report['scans'][n]['candidates'][c]['pixel_ap']:.3f}" for n in SCANS)
         print(json.dumps({"candidate": c, **report["pooled"][c]}), f"# AP {per}")
 
