@@ -114,11 +114,11 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
     which cannot choose them; with anomalies the trials are still recorded). ``detection_map``: with anomalies,
     use this map instead of the best-Dice one (chosen on other validation data, e.g.
-    ``benchmarks/real_anatomy.py``); its operating point is searched as usual. ``edge_margin_mm``: the card's edge margin (findings keep this distance from the
-    brain surface), applied when the operating point counts findings. Without anomalies (a site's normal scans)
-    ``detection_map`` and ``min_volume_mm3`` are the card's, and the detection threshold becomes the lowest one
-    (from the 1 % healthy-voxel FPR threshold up) that keeps false-positive findings per normal scan <= the
-    bound at that minimum volume."""
+    ``benchmarks/real_anatomy.py``); its operating point is searched as usual. ``edge_margin_mm``: the card's
+    edge margin (findings keep this distance from the brain surface), applied when the operating point counts
+    findings. Without anomalies (a site's normal scans) ``detection_map`` and ``min_volume_mm3`` are the card's,
+    and the detection threshold becomes the lowest one (from the 1 % healthy-voxel FPR threshold up) that keeps
+    false-positive findings per normal scan <= the bound at that minimum volume."""
     with_combined = COMBINED in maps
     maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
     rng = np.random.default_rng(seed)

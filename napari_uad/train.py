@@ -458,14 +458,12 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     from .calibration import calibrate
     from .combined import combined_components
     from .model_card import load_model
-    from .scoring import Scorer
+    from .scoring import MAP_NAMES, Scorer
     from .synth_labels import CLINICAL_FAMILIES
 
     if synthetic_volumes <= 0 and (detection_map or combined):
         raise ValueError("a detection map or combined components can be given only with synthetic validation volumes "
                          "(normal scans keep the card's)")
-    from .scoring import MAP_NAMES
-
     calibrated = tuple(maps or MAP_NAMES)
     for name in (detection_map, *combined, *(("combined",) if combined else ())):
         if name is not None and name not in calibrated:
