@@ -196,6 +196,13 @@ class Scorer:
         except StopIteration as stop:
             return stop.value
 
+    def brain(self, volume: Volume) -> np.ndarray:
+        """The brain mask this scorer's preprocessing finds for ``volume`` (bool, canonical grid), without the
+        model pass."""
+        from .preprocessing import prepare_volume
+
+        return prepare_volume(volume, self.card.preprocessing, self.card.input_size, options=self.options).brain
+
     def iter_score(self, volume: Volume, maps: Iterable[str] | None = None, mask: np.ndarray | None = None,
                    postprocess: bool = True) -> Generator[Progress, None, ScoreResult]:
         """Generator form of :meth:`score`: yields a :class:`Progress` per batch, returns the ScoreResult.

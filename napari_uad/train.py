@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -429,6 +429,25 @@ def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
     return Volume.from_array(case.data, case.affine, modality="MR"), case.mask > 0
 
 
+SITE_ANOMALY_SEED = 700_000
+
+
+def site_anomaly_cases(scorer, scans: list[Volume], per_scan: int, seed: int = SITE_ANOMALY_SEED
+                       ) -> Iterator[tuple[Volume, np.ndarray]]:
+    """``per_scan`` copies of each normal scan with one toy anomaly (``synth.insert_anomaly``: a random kind, bright
+    or dark) inside the brain mask the scorer's preprocessing finds; copy c of scan i uses seed ``seed + 1000 i +
+    c``. Yields (copy, anomaly mask) pairs in the canonical grid, one at a time (memory); the scans themselves are
+    not changed."""
+    from .synth import SynthCase, insert_anomaly
+
+    for i, scan in enumerate(scans):
+        brain = scorer.brain(scan)
+        for c in range(per_scan):
+            case = insert_anomaly(SynthCase(scan.data, np.zeros(scan.shape, np.uint8), scan.affine),
+                                  seed + 1000 * i + c, brain=brain)
+            yield Volume.from_array(case.data, case.affine, modality=scan.modality), case.mask > 0
+
+
 def _label_items(files: list[Path], seeds: Iterable[int], families: tuple[str, ...] = (),
                  normal_variants: bool = False) -> list[tuple]:
     """(label map, seed, family, normal variants) per seed: maps and families taken in turn
@@ -444,14 +463,18 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     seed: int = 0, device: str = "auto", workers: int = 1, command: str = "",
                     label_maps: list[Path] | None = None, maps: tuple[str, ...] | None = None,
                     normal_variants: bool = False, detection_map: str | None = None,
-                    combined: tuple[str, ...] = (), log: Callable[[str], None] = print) -> ModelCard:
+                    combined: tuple[str, ...] = (), toy_anomalies: int = 0,
+                    log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
     ``synthetic_volumes`` > 0: that many synthetic healthy and as many toy-anomaly brains (seeds from
     100000 + ``seed`` and 100500 + ``seed``), giving best-Dice thresholds and the default detection map; with
     ``label_maps`` (validation label maps, never trained on) these are synthetic heads made from them and go
     through brain extraction like a scan. Otherwise the ``held_out`` normal scans give the healthy-voxel
-    quantiles and FPR thresholds only. ``maps``: the maps to calibrate (default: all). ``normal_variants``: the
+    quantiles and FPR thresholds only, unless ``toy_anomalies`` > 0: then that many copies of each normal scan get
+    one toy anomaly (``site_anomaly_cases``) and the card's detection map gets a searched operating point (best
+    recall within the false-finding bound, minimum volume included) on the site's own anatomy; the detection map
+    and combined components stay the card's. ``maps``: the maps to calibrate (default: all). ``normal_variants``: the
     label-map heads get the periventricular rim and choroid plexus (``synth_variants``). ``detection_map`` /
     ``combined`` (synthetic only): the default detection map and the combined map's components, chosen on other
     validation data, instead of by this set's Dice (``calibration.calibrate``)."""
@@ -470,7 +493,14 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
             raise ValueError(f"{name!r} is not among the maps to calibrate ({', '.join(calibrated)})")
     if "combined" in combined:
         raise ValueError("the combined map cannot be one of its own components")
+    if toy_anomalies and synthetic_volumes > 0:
+        raise ValueError("toy anomalies are put into your own normal scans; synthetic validation has its own")
     model, card = load_model(model_dir, device="cpu")
+    needed = (card.detection_map, *combined_components(card.calibration)) if toy_anomalies else ()
+    missing = [m for m in needed if m not in calibrated]
+    if missing:
+        raise ValueError(f"the card's detection map needs {', '.join(missing)}, which is not among the maps to "
+                         f"calibrate ({', '.join(calibrated)})")
     options = SYNTHETIC_OPTIONS if synthetic_volumes > 0 and not label_maps else None
     scorer = Scorer(model, card, device=device, options=options)
     if synthetic_volumes > 0:
@@ -504,14 +534,23 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                               f"{source}, seeds from {base}")
     else:
         held_out = list(held_out)
-        card.calibration = calibrate(scorer, held_out, log=log, combined_components=combined_components(previous),
+        anomalous = site_anomaly_cases(scorer, held_out, toy_anomalies) if toy_anomalies > 0 else ()
+        card.calibration = calibrate(scorer, held_out, anomalous, log=log,
+                                     combined_components=combined_components(previous),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      detection_map=previous.get("detection_map"),
                                      min_volume_mm3=float(previous.get("min_volume_mm3", 0.0)),
                                      **({"maps": maps} if maps else {}))
-        card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
-        # normal scans alone cannot choose a detection map, its components or minimum volume: keep the card's
-        kept += ["detection_map", "min_volume_mm3", "combined"]
+        if toy_anomalies > 0:
+            card.calibration["validation_set"] = (
+                f"{len(held_out)} held-out user scans + {len(held_out) * toy_anomalies} copies of them with one toy "
+                "anomaly each "
+                f"(napari_uad.synth.insert_anomaly, seeds from {SITE_ANOMALY_SEED})")
+            kept += ["detection_map"]  # the card's map and components, with an operating point searched here
+        else:
+            card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
+            # normal scans alone cannot choose a detection map, its components or minimum volume: keep the card's
+            kept += ["detection_map", "min_volume_mm3", "combined"]
     for key in kept:
         if key in previous:
             card.calibration[key] = previous[key]

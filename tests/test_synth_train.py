@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_uad import cli
-from napari_uad.calibration import best_dice_threshold, quantile_table, to_quantile
+from napari_uad.calibration import MIN_VOLUME_CANDIDATES_MM3, best_dice_threshold, quantile_table, to_quantile
 from napari_uad.model import ArchitectureConfig
 from napari_uad.model_card import ModelCard, load_model
 from napari_uad.synth import ANOMALY_KINDS, healthy_volume, insert_anomaly, synth_case
@@ -234,6 +234,21 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined", "combined,z"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--detection-map", "z"]) != 0
     assert json.loads((out / "card.json").read_text(encoding="utf-8"))["calibration"] == forced  # untouched
+    # a site's normal scans with toy anomalies put into copies of them: the card's detection map and components
+    # stay, the operating point (threshold and minimum volume) is searched for recall; the scans are not changed
+    scan_bytes = scan.read_bytes()
+    assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--toy-anomalies", "2",
+                     "--maps", "residual,E,z,tissue,combined", "--device", "cpu"]) == 0
+    site = json.loads((out / "card.json").read_text(encoding="utf-8"))["calibration"]
+    assert site["detection_map"] == "z" and site["combined"]["components"] == forced["combined"]["components"]
+    assert site["n_healthy_volumes"] == 1 and site["n_anomalous_volumes"] == 2
+    assert "2 copies of them with one toy anomaly each" in site["validation_set"]
+    assert site["operating_point"]["validation"]["object_recall"] is not None
+    assert {row["min_volume_mm3"] for row in site["operating_point"]["table"]} == set(MIN_VOLUME_CANDIDATES_MM3)
+    assert scan.read_bytes() == scan_bytes
+    assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--toy-anomalies", "1"]) != 0
+    assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--toy-anomalies", "1",
+                     "--maps", "residual"]) != 0  # the card's detection map (z) would not be calibrated
     load_model(out)
 
 
