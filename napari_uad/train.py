@@ -544,8 +544,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
         if toy_anomalies > 0:
             card.calibration["validation_set"] = (
                 f"{len(held_out)} held-out user scans + {len(held_out) * toy_anomalies} copies of them with one toy "
-                "anomaly each "
-                f"(napari_uad.synth.insert_anomaly, seeds from {SITE_ANOMALY_SEED})")
+                f"anomaly each (napari_uad.synth.insert_anomaly, seeds from {SITE_ANOMALY_SEED})")
             kept += ["detection_map"]  # the card's map and components, with an operating point searched here
         else:
             card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
