@@ -85,11 +85,11 @@ def main() -> None:
     import torch
 
     from napari_uad.findings import interior, label_components
-    from napari_uad.io import Volume, read_volume
+    from napari_uad.io import read_volume
     from napari_uad.metrics import pixel_metrics
     from napari_uad.model_card import load_model
     from napari_uad.scoring import Scorer
-    from napari_uad.synth import SynthCase, insert_anomaly
+    from napari_uad.synth import volume_with_anomaly
 
     torch.manual_seed(0)
     model, card = load_model(args.model)
@@ -120,10 +120,7 @@ def main() -> None:
         per_scan = {c: ([], []) for c in cands}
         found = others = 0
         for c in range(args.n):
-            case = insert_anomaly(SynthCase(clean.data, np.zeros(clean.shape, np.uint8), clean.affine),
-                                  300_000 + 1000 * s + c, brain=brain & ~own)
-            volume = Volume.from_array(case.data, case.affine, modality=clean.modality)
-            truth = case.mask > 0
+            volume, truth, params = volume_with_anomaly(clean, 300_000 + 1000 * s + c, brain & ~own)
             res = scorer.score(volume, needed, postprocess=False)
             keep = res.mask & ~own
             for cname, comps in cands.items():
@@ -136,10 +133,10 @@ def main() -> None:
             hits = set(np.unique(lab[truth])) - {0}
             found += bool(hits)
             others += int(lab.max()) - len(hits)
-            entry["copies"].append({"anomaly": case.params["anomaly"], "sign": case.params["anomaly_sign"],
-                                    "radius_mm": round(case.params["anomaly_radius_mm"], 1),
+            entry["copies"].append({"anomaly": params["anomaly"], "sign": params["anomaly_sign"],
+                                    "radius_mm": round(params["anomaly_radius_mm"], 1),
                                     "voxels": int(truth.sum()), "found": bool(hits)})
-            print(f"{name} copy {c} ({case.params['anomaly']}, {case.params['anomaly_sign']}) scored "
+            print(f"{name} copy {c} ({params['anomaly']}, {params['anomaly_sign']}) scored "
                   f"[{time.time() - t0:.0f} s]", flush=True)
         entry["detection_map"] = {"map": det, "components": list(det_comps), "threshold": thr,
                                   "min_volume_mm3": min_volume, "anomalies_found": f"{found}/{args.n}",

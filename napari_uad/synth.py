@@ -207,6 +207,16 @@ def case_volume(case: SynthCase):
     return Volume.from_array(case.data, case.affine, modality="MR")
 
 
+def volume_with_anomaly(volume, seed: int, brain: np.ndarray) -> tuple:
+    """A copy of ``volume`` (a :class:`napari_uad.io.Volume`) with one toy anomaly (:func:`insert_anomaly`, seed
+    ``seed``) inside ``brain`` (bool, canonical grid): (copy, anomaly mask (bool, canonical grid), the anomaly's
+    parameters). ``volume`` is not changed."""
+    from .io import Volume
+
+    case = insert_anomaly(SynthCase(volume.data, np.zeros(volume.shape, np.uint8), volume.affine), seed, brain=brain)
+    return Volume.from_array(case.data, case.affine, modality=volume.modality), case.mask > 0, case.params
+
+
 def case_volume_mask(case: SynthCase) -> np.ndarray:
     """The case's ground-truth mask (bool) in the canonical grid of :func:`case_volume`."""
     from .io import Volume

@@ -416,7 +416,7 @@ def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
     """Synthetic head with one anomaly inside its brain: a disease-like lesion (tumour, MS, infarct,
     haemorrhage; ``synth_lesions``) for even seeds, a toy shape (``synth.insert_anomaly``) for odd ones. Returns
     the Volume and the anomaly mask (canonical grid)."""
-    from .synth import SynthCase, insert_anomaly
+    from .synth import volume_with_anomaly
     from .synth_labels import label_head
 
     path, seed, family, variants = _head_args(item)
@@ -424,9 +424,7 @@ def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
         head = label_head(path, seed, family=family, lesion="any", normal_variants=variants)
         return Volume.from_array(head.data, head.affine, modality="MR"), head.lesion
     volume, brain = label_head_volume(item)
-    case = insert_anomaly(SynthCase(volume.data, np.zeros(volume.shape, np.uint8), volume.affine), seed + 7919,
-                          brain=brain)
-    return Volume.from_array(case.data, case.affine, modality="MR"), case.mask > 0
+    return volume_with_anomaly(volume, seed + 7919, brain)[:2]
 
 
 SITE_ANOMALY_SEED = 700_000
@@ -438,14 +436,12 @@ def site_anomaly_cases(scorer, scans: list[Volume], per_scan: int, seed: int = S
     or dark) inside the brain mask the scorer's preprocessing finds; copy c of scan i uses seed ``seed + 1000 i +
     c``. Yields (copy, anomaly mask) pairs in the canonical grid, one at a time (memory); the scans themselves are
     not changed."""
-    from .synth import SynthCase, insert_anomaly
+    from .synth import volume_with_anomaly
 
     for i, scan in enumerate(scans):
         brain = scorer.brain(scan)
         for c in range(per_scan):
-            case = insert_anomaly(SynthCase(scan.data, np.zeros(scan.shape, np.uint8), scan.affine),
-                                  seed + 1000 * i + c, brain=brain)
-            yield Volume.from_array(case.data, case.affine, modality=scan.modality), case.mask > 0
+            yield volume_with_anomaly(scan, seed + 1000 * i + c, brain)[:2]
 
 
 def _label_items(files: list[Path], seeds: Iterable[int], families: tuple[str, ...] = (),
