@@ -483,20 +483,19 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     if synthetic_volumes <= 0 and (detection_map or combined):
         raise ValueError("a detection map or combined components can be given only with synthetic validation volumes "
                          "(normal scans keep the card's)")
-    calibrated = tuple(maps or MAP_NAMES)
-    for name in (detection_map, *combined, *(("combined",) if combined else ())):
-        if name is not None and name not in calibrated:
-            raise ValueError(f"{name!r} is not among the maps to calibrate ({', '.join(calibrated)})")
     if "combined" in combined:
         raise ValueError("the combined map cannot be one of its own components")
     if toy_anomalies and synthetic_volumes > 0:
         raise ValueError("toy anomalies are put into your own normal scans; synthetic validation has its own")
     model, card = load_model(model_dir, device="cpu")
-    needed = (card.detection_map, *combined_components(card.calibration)) if toy_anomalies else ()
-    missing = [m for m in needed if m not in calibrated]
+    # the detection map and combined components the calibration will use must be among the maps it calibrates
+    needed = ((detection_map,) if detection_map else ()) + ((*combined, "combined") if combined else ())
+    if toy_anomalies:
+        needed += (card.detection_map, *combined_components(card.calibration))
+    calibrated = tuple(maps or MAP_NAMES)
+    missing = [m for m in dict.fromkeys(needed) if m not in calibrated]
     if missing:
-        raise ValueError(f"the card's detection map needs {', '.join(missing)}, which is not among the maps to "
-                         f"calibrate ({', '.join(calibrated)})")
+        raise ValueError(f"{', '.join(missing)}: not among the maps to calibrate ({', '.join(calibrated)})")
     options = SYNTHETIC_OPTIONS if synthetic_volumes > 0 and not label_maps else None
     scorer = Scorer(model, card, device=device, options=options)
     if synthetic_volumes > 0:
