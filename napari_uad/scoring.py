@@ -197,11 +197,12 @@ class Scorer:
             return stop.value
 
     def brain(self, volume: Volume) -> np.ndarray:
-        """The brain mask this scorer's preprocessing finds for ``volume`` (bool, canonical grid), without the
-        model pass."""
-        from .preprocessing import prepare_volume
+        """The brain mask this scorer's preprocessing finds for ``volume`` (bool, canonical grid): its brain
+        extraction step alone (no bias correction, alignment or model pass)."""
+        from .preprocessing import brain_extraction_mode, brain_mask
 
-        return prepare_volume(volume, self.card.preprocessing, self.card.input_size, options=self.options).brain
+        mode = brain_extraction_mode(self.card.preprocessing, self.options)
+        return brain_mask(volume.data, volume.affine, mode, self.options.device).mask
 
     def iter_score(self, volume: Volume, maps: Iterable[str] | None = None, mask: np.ndarray | None = None,
                    postprocess: bool = True) -> Generator[Progress, None, ScoreResult]:

@@ -25,7 +25,7 @@ from .config import PipelineOptions, PreprocessingConfig
 from .normalisation import clip_only, normalise_intensity
 from .template import load_atlas
 
-__all__ = ["PreparedVolume", "prepare_volume", "iter_prepare_volume", "STEP_NAMES"]
+__all__ = ["PreparedVolume", "prepare_volume", "iter_prepare_volume", "brain_extraction_mode", "STEP_NAMES"]
 
 STEP_NAMES = ("brain_extraction", "bias_correction", "normalisation", "alignment", "slicing")
 
@@ -101,6 +101,12 @@ def _skipped(steps: list[dict], name: str, reason: str) -> None:
     steps.append({"step": name, "settings": {}, "seconds": 0.0, "skipped": reason})
 
 
+def brain_extraction_mode(config: PreprocessingConfig, options: PipelineOptions) -> str:
+    """The ``brain_mask`` mode the pipeline uses: the options' choice for a model that expects brains, else the
+    foreground unless the user forces deepbet."""
+    return options.skull_strip if config.skull_strip else ("on" if options.skull_strip == "on" else "off")
+
+
 def prepare_volume(volume: Volume, config: PreprocessingConfig, size: int, mask: np.ndarray | None = None,
                    min_foreground_fraction: float = 0.0, options: PipelineOptions | None = None) -> PreparedVolume:
     """Run the preprocessing steps the model's ``config`` asks for, less those ``options`` switch off.
@@ -133,7 +139,7 @@ def iter_prepare_volume(volume: Volume, config: PreprocessingConfig, size: int, 
         found = BrainMask(mask, "user", None)  # the user's choice, even if it covers the whole image
         steps.append({"step": "brain_extraction", "settings": found.record(), "seconds": 0.0})
     else:
-        mode = options.skull_strip if config.skull_strip else ("on" if options.skull_strip == "on" else "off")
+        mode = brain_extraction_mode(config, options)
         found = _timed(steps, "brain_extraction", {"mode": mode}, brain_mask, data, affine, mode, options.device)
         steps[-1]["settings"].update(found.record())
     brain = found.mask
