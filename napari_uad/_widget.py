@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QEvent, Qt, Signal
-from qtpy.QtWidgets import QFileDialog, QLineEdit, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QFrame, QLineEdit, QScrollArea, QVBoxLayout, QWidget
 
 from ._widget_parts.findings_panel import TAG_COLORS, FindingsPanel
 from ._widget_parts.map_display import MapDisplay
@@ -46,6 +46,39 @@ _PART_CONTROLS = {
 }
 
 
+class _VerticalScroll(QScrollArea):
+    """Scrolls its content up and down only: asks for the content's width (plus the scroll bar), and asks again
+    whenever the content's layout changes."""
+
+    def __init__(self, parent: QWidget):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 (Qt's name)
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802
+        if watched is self.widget() and event.type() == QEvent.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
+
+    def _with_content_width(self, hint, content_width: int):
+        hint.setWidth(content_width + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth())
+        return hint
+
+    def sizeHint(self):  # noqa: N802
+        hint = super().sizeHint()
+        return hint if self.widget() is None else self._with_content_width(hint, self.widget().sizeHint().width())
+
+    def minimumSizeHint(self):  # noqa: N802
+        hint = super().minimumSizeHint()
+        return (hint if self.widget() is None
+                else self._with_content_width(hint, self.widget().minimumSizeHint().width()))
+
+
 class AnomalyReviewWidget(QWidget):
     """Dock widget; ``scoring_finished`` is emitted with True (layers added) or False (cancelled / failed)."""
 
@@ -61,7 +94,13 @@ class AnomalyReviewWidget(QWidget):
         self.pending_restore: ReviewSession | None = None
         self.current_row = -1
         self.image_layer = None
-        layout = QVBoxLayout(self)
+        # the parts sit in a scroll area: on a short screen the dock scrolls instead of squeezing a control (or
+        # the out-of-distribution banner's text) below the height it needs
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = _VerticalScroll(self)
+        body = QWidget(scroll)
+        layout = QVBoxLayout(body)
         self.worklist_panel = WorklistPanel(self)
         self.scoring_panel = ScoringPanel(napari_viewer, self._notify)
         self.map_display = MapDisplay(napari_viewer)
@@ -70,6 +109,8 @@ class AnomalyReviewWidget(QWidget):
         for part in (self.worklist_panel, self.scoring_panel, self.map_display, self.findings_panel,
                      self.review_panel):
             layout.addWidget(part, stretch=1 if part is self.findings_panel else 0)
+        scroll.setWidget(body)
+        outer.addWidget(scroll)
         for part, names in _PART_CONTROLS.items():
             for name in names:
                 setattr(self, name, getattr(getattr(self, part), name))

@@ -126,7 +126,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     kept: list[_Scored] = []  # every validation volume, for the object-level rules
     n_healthy = 0
     reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [], "masks": [],
-                       "template_brain_dice": []}
+                       "template_brain_dice": [], "contrast_enhanced": []}
     excluded: list[dict] = []
     for volume in healthy:
         result = scorer.score(volume, maps, postprocess=False)
@@ -140,6 +140,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         reference["brain_volume_ml"].append(float(result.mask.sum() * volume.voxel_volume_mm3 / 1000.0))
         reference["field_of_view_mm"].append(float((np.asarray(volume.shape) * volume.spacing).min()))
         reference["volume_scores"].append(result.volume_score)
+        reference["contrast_enhanced"].append(bool(volume.metadata.get("contrast_agent")))
         reference["masks"].append(result.mask)
         if result.template_brain_dice is not None:
             reference["template_brain_dice"].append(result.template_brain_dice)
@@ -289,9 +290,10 @@ def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:
             "max_fraction_above_threshold": fractions,
             "min_template_brain_dice": (min(reference["template_brain_dice"])
                                         if reference["template_brain_dice"] else None),
+            "contrast_enhanced": any(reference["contrast_enhanced"]),
             "rule": "healthy calibration volumes: brain volume range, smallest field-of-view side, volume "
                     "scores, largest fraction of brain voxels at or above each map's threshold, smallest Dice "
-                    "of the brain mask with the aligned template's brain"}
+                    "of the brain mask with the aligned template's brain, whether any had a contrast agent"}
 
 
 def _select_operating_point(kept, map_name: str, entry: dict, levels: list, max_fp: float,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +76,9 @@ class Volume:
         ornt: nibabel orientation transform from the original array to ``data``.
         path: source file or DICOM directory (None for in-memory volumes).
         modality: "MR" or "CT".
+        metadata: facts about the scan beyond its voxels: ``contrast_agent`` (str) when the DICOM series
+            (Contrast/Bolus Agent, 0018,0010) or its BIDS name/sidecar declares one; ``true_brain`` (bool mask,
+            canonical grid) for synthetic heads.
     """
 
     data: np.ndarray
@@ -233,7 +237,7 @@ def read_volume(path: str | os.PathLike, modality: str | None = None, allow_cons
     if modality is not None and modality not in ("MR", "CT"):
         raise VolumeError(path, f"unknown modality {modality!r} (use MR or CT)")
     if path.is_dir():
-        data, affine, tag_modality = _read_dicom_series(path)
+        data, affine, tag_modality, agent = _read_dicom_series(path)
     else:
         suffix = _suffix(path)
         if suffix in NIFTI_SUFFIXES:
@@ -245,10 +249,30 @@ def read_volume(path: str | os.PathLike, modality: str | None = None, allow_cons
                 path, f"unsupported file type {suffix or '(none)'}; use .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd "
                 "or a DICOM directory"
             )
-        tag_modality = None
-    return Volume.from_array(
+        tag_modality, agent = None, _bids_contrast_agent(path)
+    volume = Volume.from_array(
         data, affine, path=path, modality=modality or tag_modality, allow_constant=allow_constant
     )
+    if agent:
+        volume.metadata["contrast_agent"] = agent
+    return volume
+
+
+def _bids_contrast_agent(path: Path) -> str | None:
+    """The contrast agent a BIDS-named file declares: its JSON sidecar's ``ContrastBolusIngredient`` (e.g.
+    GADOLINIUM), else the ``ce-<label>`` entity of its name (``sub-01_ce-gd_T1w.nii.gz``); None when neither."""
+    import json
+
+    sidecar = path.with_name(file_stem(path) + ".json")
+    if sidecar.is_file():
+        try:
+            ingredient = json.loads(sidecar.read_text()).get("ContrastBolusIngredient")
+        except (OSError, ValueError, AttributeError):
+            ingredient = None  # an unreadable sidecar says nothing about the scan; the image is still read
+        if isinstance(ingredient, str) and ingredient.strip():
+            return ingredient.strip()
+    entity = re.search(r"(?:^|_)ce-([A-Za-z0-9]+)(?:_|$)", file_stem(path))
+    return entity.group(1) if entity else None
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -344,7 +368,8 @@ def _check_slice_positions(reader, img, path: Path) -> None:
                                 "duplicated); export the complete series")
 
 
-def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None, str | None]:
+    """(data, affine, modality tag, contrast agent tag (0018,0010) or None) of the directory's largest series."""
     import SimpleITK as sitk
 
     try:
@@ -370,8 +395,9 @@ def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     if reader.HasMetaDataKey(0, "0008|0060"):
         tag = reader.GetMetaData(0, "0008|0060").strip().upper()
         modality = tag if tag in ("MR", "CT") else None
+    agent = reader.GetMetaData(0, "0018|0010").strip() if reader.HasMetaDataKey(0, "0018|0010") else ""
     data, affine = _sitk_to_array_affine(img, path)
-    return data, affine, modality
+    return data, affine, modality, agent or None
 
 
 @contextmanager

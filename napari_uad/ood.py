@@ -2,7 +2,8 @@
 
 The card's ``calibration.ood`` block (written by :func:`napari_uad.calibration.calibrate` from its healthy
 validation volumes) holds: modality, brain volume range (ml), smallest field-of-view side (mm), the healthy
-volume scores and the largest fraction of brain voxels above the detection threshold. Each check returns
+volume scores, the largest fraction of brain voxels above the detection threshold and whether the healthy scans
+were contrast-enhanced (absent in older cards: ours were not). Each check returns
 human-readable warnings; a CT scan given to an MR model (or the reverse) is refused unless forced.
 """
 
@@ -40,7 +41,8 @@ def ood_reference(card: ModelCard) -> dict:
 
 
 def check_input(volume: Volume, card: ModelCard, force: bool = False) -> list[str]:
-    """Warnings about a scan before scoring (modality, field of view); raises ModalityMismatch unless ``force``."""
+    """Warnings about a scan before scoring (modality, field of view, a contrast agent the calibration scans did
+    not have); raises ModalityMismatch unless ``force``."""
     warnings: list[str] = []
     if volume.modality != card.modality:
         message = (f"{volume.modality} scan, but model {card.name!r} is made for {card.modality}; "
@@ -55,6 +57,10 @@ def check_input(volume: Volume, card: ModelCard, force: bool = False) -> list[st
         warnings.append(f"the volume is tiny ({' x '.join(map(str, volume.shape))} voxels, "
                         f"{' x '.join(f'{e:.0f}' for e in extent)} mm) for a model that reads "
                         f"{card.input_size} x {card.input_size}-pixel slices")
+    agent = volume.metadata.get("contrast_agent")
+    if agent and not ref.get("contrast_enhanced", False):
+        warnings.append(f"contrast-enhanced scan (agent: {agent}); the model was calibrated on scans without "
+                        "contrast agent: enhancing vessels, dura and choroid plexus may be flagged")
     min_side = ref.get("min_field_of_view_mm")
     if min_side is not None and extent.min() < 0.5 * min_side:
         warnings.append(f"field of view {' x '.join(f'{e:.0f}' for e in extent)} mm is much smaller than the "

@@ -208,6 +208,16 @@ def test_ct_scan_refused_by_mr_model_unless_forced(tmp_path, tiny_model_dir, cap
     assert any("forced" in w for w in report["warnings"]) and report["out_of_distribution"]["warnings"]
 
 
+def test_contrast_enhanced_scan_is_scored_with_a_visible_warning(tmp_path, tiny_model_dir, capsys):
+    """A scan whose BIDS name says it is contrast-enhanced: scored, with the warning on stderr and in S.json."""
+    scan = write_image_file(tmp_path / "sub-01_ce-gd_T1w.nii.gz", head_phantom((40, 44, 14)), affine_for("RAS"))
+    out = tmp_path / "out"
+    assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet") == 0
+    assert f"napari-uad: warning: {scan}: contrast-enhanced scan (agent: gd)" in capsys.readouterr().err
+    report = json.loads((out / "sub-01_ce-gd_T1w.json").read_text())
+    assert any("contrast-enhanced" in w for w in report["out_of_distribution"]["warnings"])
+
+
 def test_gradient_maps_only_when_asked(tmp_path, tiny_model_dir, scan):
     out = tmp_path / "out"
     assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--quiet") == 0

@@ -102,8 +102,9 @@ def test_sitk_world_convention_matches(tmp_path):
     np.testing.assert_allclose(vol.canonical_to_world(c_ijk)[0], lps_point * [-1, -1, 1], atol=1e-4)
 
 
-def write_dicom_series(directory: Path, data: np.ndarray, modality: str = "MR") -> Path:
-    """A DICOM series written by SimpleITK (axial LPS slices, 1 x 1 x 2.5 mm)."""
+def write_dicom_series(directory: Path, data: np.ndarray, modality: str = "MR", extra_tags: tuple = ()) -> Path:
+    """A DICOM series written by SimpleITK (axial LPS slices, 1 x 1 x 2.5 mm); ``extra_tags``: more (tag, value)
+    pairs on every slice."""
     directory.mkdir()
     img = sitk.GetImageFromArray(data.transpose(2, 1, 0).astype(np.int16).copy())
     img.SetSpacing((1.0, 1.0, 2.5))
@@ -119,7 +120,7 @@ def write_dicom_series(directory: Path, data: np.ndarray, modality: str = "MR") 
                            ("0020|0032", "\\".join(f"{c:f}" for c in point)),
                            ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", "1\\1"), ("0018|0050", "2.5"),
                            ("0008|0016", "1.2.840.10008.5.1.4.1.1.4"),
-                           ("0008|0018", f"1.2.826.0.1.3680043.2.1125.3.{z + 1}")]:
+                           ("0008|0018", f"1.2.826.0.1.3680043.2.1125.3.{z + 1}"), *extra_tags]:
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(directory / f"slice{z:03d}.dcm"))
         writer.Execute(sl)
@@ -137,6 +138,28 @@ def test_dicom_series(tmp_path):
     np.testing.assert_allclose(vol.canonical_to_world(c_ijk)[0], lps * [-1, -1, 1], atol=1e-3)
     out = write_like(vol, vol.data, tmp_path / "map.nii.gz")
     np.testing.assert_allclose(world_of_max(out), lps * [-1, -1, 1], atol=1e-3)
+
+
+def test_contrast_agent_is_read_from_dicom_and_bids(tmp_path):
+    """The scan says it is contrast-enhanced: the DICOM Contrast/Bolus Agent tag, a BIDS sidecar's
+    ContrastBolusIngredient or the BIDS ``ce-`` entity end up in ``metadata["contrast_agent"]``; plain scans and
+    an unreadable sidecar carry none."""
+    data, _ = marker_volume()
+    enhanced = read_volume(write_dicom_series(tmp_path / "t1c", data, extra_tags=(("0018|0010", "GADAVIST"),)))
+    assert enhanced.metadata["contrast_agent"] == "GADAVIST"
+    assert "contrast_agent" not in read_volume(write_dicom_series(tmp_path / "t1", data)).metadata
+    bids = write_image_file(tmp_path / "sub-01_ce-gd_T1w.nii.gz", data, np.eye(4))
+    assert read_volume(bids).metadata["contrast_agent"] == "gd"
+    (tmp_path / "sub-01_ce-gd_T1w.json").write_text('{"ContrastBolusIngredient": "GADOLINIUM"}')
+    assert read_volume(bids).metadata["contrast_agent"] == "GADOLINIUM"  # the sidecar names the agent
+    plain = write_image_file(tmp_path / "sub-01_T1w.nii.gz", data, np.eye(4))
+    assert "contrast_agent" not in read_volume(plain).metadata
+    (tmp_path / "sub-01_T1w.json").write_text("{not json")
+    assert "contrast_agent" not in read_volume(plain).metadata
+    (tmp_path / "sub-01_T1w.json").write_text('{"ContrastBolusIngredient": "GADOLINIUM"}')
+    assert read_volume(plain).metadata["contrast_agent"] == "GADOLINIUM"
+    assert "contrast_agent" not in read_volume(write_image_file(tmp_path / "space-T1w.nii.gz", data,
+                                                                np.eye(4))).metadata
 
 
 def test_pydicom_single_file_is_rejected(tmp_path):

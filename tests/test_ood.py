@@ -46,6 +46,17 @@ def test_ct_scan_is_refused_unless_forced():
     assert any("forced" in w for w in warnings)
 
 
+def test_contrast_enhanced_scan_fires_unless_the_calibration_scans_were_enhanced():
+    volume = brain_ball()[0]
+    assert check_input(volume, card_with_reference()) == []
+    volume.metadata["contrast_agent"] = "GADAVIST"
+    warnings = check_input(volume, card_with_reference())
+    assert len(warnings) == 1 and "contrast-enhanced scan (agent: GADAVIST)" in warnings[0]
+    enhanced = card_with_reference()
+    enhanced.calibration["ood"]["contrast_enhanced"] = True  # e.g. a site calibrated on its own T1c normals
+    assert check_input(volume, enhanced) == []
+
+
 def test_tiny_volume_fires():
     tiny = Volume.from_array(np.random.default_rng(0).normal(100, 10, (8, 8, 8)).astype(np.float32), np.eye(4))
     warnings = check_input(tiny, card_with_reference())

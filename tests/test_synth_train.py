@@ -518,6 +518,10 @@ def test_site_calibration_on_normal_scans_sets_the_lowest_threshold_that_keeps_t
     assert fp_per_scan(point["threshold"]) <= 1.0
     lower = [r["threshold"] for r in point["table"] if r["threshold"] < point["threshold"]]
     assert lower and fp_per_scan(max(lower)) > 1.0
+    # the reference records whether the site's normals were contrast-enhanced, so its T1c scans are not flagged
+    assert cal["ood"]["contrast_enhanced"] is False
+    healthy[0].metadata["contrast_agent"] = "GADAVIST"
+    assert calibrate(_MapScorer(make), healthy, maps=("nll",), detection_map="nll")["ood"]["contrast_enhanced"]
 
 
 def test_calibration_leaves_out_healthy_heads_whose_brain_extraction_failed():

@@ -281,6 +281,30 @@ def test_brain_mask_layer_skull_strip_choice_and_ood_banner(qtbot, widget, scan_
     viewer.window._qt_window.grab().save(str(tmp_path / "banner.png"))
 
 
+def test_contrast_enhanced_scan_gets_the_banner(qtbot, widget, tmp_path):
+    """A scan opened through the reader whose BIDS name says it is contrast-enhanced: the fact survives the
+    layer and the banner names it (the same phantom without it is quiet: test above)."""
+    path = write_image_file(tmp_path / "sub-01_ce-gd_T1w.nii.gz", head_phantom((40, 44, 14)), affine_for("aniso"))
+    open_scan(widget.viewer, path)
+    widget.skull_strip_selector.setCurrentText("off")
+    assert score(qtbot, widget) is True
+    banner = widget.ood_banner
+    assert not banner.isHidden() and "contrast-enhanced scan (agent: gd)" in banner.text()
+    # on a short window every control keeps the height it needs and the whole warning is readable: the dock
+    # scrolls instead of squeezing them
+    window = widget.viewer.window._qt_window
+    window.show()
+    window.resize(1000, 650)
+    qtbot.waitExposed(window)
+    qtbot.wait(200)
+    controls = [banner, widget.image_selector, widget.model_selector, widget.score_button, widget.threshold_slider,
+                widget.export_button]
+    assert all(c.height() >= c.minimumSizeHint().height() for c in controls), [
+        (c.objectName(), c.height(), c.minimumSizeHint().height()) for c in controls]
+    assert banner.height() >= banner.heightForWidth(banner.width())
+    widget.viewer.window._qt_window.grab().save(str(tmp_path / "contrast-banner.png"))
+
+
 def _add_edited_model(widget, directory, edit) -> None:
     """The widget's current model with ``edit(card)`` applied, written (card + weights) to ``directory`` and
     added to the widget's model list (selected)."""
