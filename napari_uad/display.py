@@ -17,7 +17,7 @@ import numpy as np
 from .io import Volume, file_stem
 
 __all__ = ["CT_WINDOWS", "MAP_COLORMAPS", "RADIOLOGICAL_ORIENTATION", "AXIS_LABELS", "to_display", "from_display",
-           "layer_geometry", "contrast_limits", "window_limits", "image_layer_kwargs", "volume_metadata",
+           "layer_geometry", "contrast_limits", "map_limits", "window_limits", "image_layer_kwargs", "volume_metadata",
            "volume_from_layer", "display_world_to_ras", "ras_to_display_world"]
 
 # (level, width) in HU
@@ -73,6 +73,26 @@ def contrast_limits(volume: Volume, ct_window: str = "brain") -> tuple[float, fl
     values = data[data != data.min()] if np.any(data != data.min()) else data.ravel()
     lo, hi = np.percentile(values[:: max(1, values.size // 500_000)], [0.5, 99.5])
     return (float(lo), float(hi if hi > lo else lo + 1))
+
+
+def map_limits(brain_values: np.ndarray, calibration: dict | None = None) -> tuple[float, float]:
+    """Display range of a raw score map (map units), from its values inside the brain.
+
+    With the card's calibration entry of the map: black at the healthy-voxel 99th percentile
+    (``threshold_fpr_1pct``: 1 % of a healthy brain shows any colour), full brightness at the detection threshold
+    (or at the scan's 99.9th percentile where that is higher), so a lit voxel means the same on every scan.
+    Without one: the median (at least 0, the background) to the 99.9th percentile."""
+    values = np.asarray(brain_values, dtype=np.float64)
+    entry = calibration or {}
+    if not values.size:
+        return (0.0, 1.0)
+    top = float(np.quantile(values, 0.999))
+    if "threshold_fpr_1pct" in entry and "threshold" in entry:
+        lo = float(entry["threshold_fpr_1pct"])
+        hi = max(float(entry["threshold"]), top)
+    else:
+        lo, hi = max(float(np.median(values)), 0.0), top
+    return (lo, hi if hi > lo else lo + 1.0)
 
 
 def volume_metadata(volume: Volume) -> dict:

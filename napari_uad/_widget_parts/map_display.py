@@ -7,7 +7,7 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QVBoxLayout, QWidget
 
-from ..display import MAP_COLORMAPS, RADIOLOGICAL_ORIENTATION, layer_geometry, to_display
+from ..display import MAP_COLORMAPS, RADIOLOGICAL_ORIENTATION, layer_geometry, map_limits, to_display
 from ..scoring import MAP_NAMES
 from ..session import ScoredScan
 
@@ -86,13 +86,9 @@ class MapDisplay(QWidget):
         self.calibrated_toggle.setEnabled(scan.has_calibration)
 
     def raw_limits(self, name: str) -> tuple[float, float]:
-        """Display range of a raw map: foreground median (black; at least 0, the background) to 99.9th pct."""
-        values = self.scan.result.maps[name][self.scan.result.mask]
-        if not values.size:
-            return (0.0, 1.0)
-        lo, hi = (float(v) for v in np.quantile(values, [0.5, 0.999]))
-        lo = max(lo, 0.0)
-        return (lo, hi if hi > lo else lo + 1.0)
+        """Display range of a raw map (``display.map_limits``, with the card's calibration of the map)."""
+        entry = (self.scan.card.calibration.get("maps") or {}).get(name)
+        return map_limits(self.scan.result.maps[name][self.scan.result.mask], entry)
 
     def show_maps(self, calibrated: bool | None = None) -> None:
         """Show raw or calibrated maps; only the detection map visible."""
