@@ -35,7 +35,7 @@ def main() -> None:
     from napari_uad.resources import sample_data_dir
 
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1700, 1000)
+    viewer.window._qt_window.resize(1700, 1200)  # tall enough to show the whole dock
     if args.scan:
         from napari_uad._reader import get_reader
 
