@@ -35,7 +35,7 @@ from .postprocess import median_filter_map
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 
 __all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SCAN", "MIN_BRAIN_MASK_DICE",
-           "quantile_table", "to_quantile", "best_dice_threshold", "validation_rates", "calibrate"]
+           "quantile_table", "to_quantile", "best_dice_threshold", "validation_rates", "validation_source", "calibrate"]
 
 # dense in the upper tail, where detection thresholds live
 QUANTILE_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -5, 41), [1.0]]))
@@ -88,12 +88,24 @@ def best_dice_threshold(scores: np.ndarray, truth: np.ndarray, weights: np.ndarr
     return float(s[best]), float(dice[best])
 
 
+def validation_source(calibration: Mapping) -> str:
+    """What the card's validation volumes were, in a few words for a reviewer: synthetic scans (the bundled
+    cards) or the site's own normal scans (``calibrate --data``), from the card's ``validation_set``."""
+    text = str(calibration.get("validation_set") or "")
+    if "synthetic" in text:
+        return "synthetic validation scans"
+    if "user scans" in text:
+        return "your site's normal scans"
+    return "validation scans"
+
+
 def validation_rates(calibration: Mapping, detection_map: str, threshold: float, min_volume_mm3: float
                      ) -> dict | None:
     """What a reviewer's setting meant on the card's validation volumes: the operating-point table's row that
     bounds it from the permissive side -- the highest tabulated threshold <= ``threshold`` (raw units of
     ``detection_map``) and with it the largest tabulated minimum volume <= ``min_volume_mm3`` -- with its
-    false-positive findings per normal volume and object recall. None when the card has no table for this
+    false-positive findings per normal volume and object recall, plus ``source`` (``validation_source``) and the
+    card's ``validation_set``. None when the card has no table for this
     detection map, or the setting is more permissive than every tabulated one."""
     table = (calibration.get("operating_point") or {}).get("table")
     if calibration.get("detection_map") != detection_map or not table:
@@ -101,7 +113,10 @@ def validation_rates(calibration: Mapping, detection_map: str, threshold: float,
     tolerance = 1e-6 * max(1.0, abs(threshold))
     rows = [r for r in table
             if r["threshold"] <= threshold + tolerance and r["min_volume_mm3"] <= min_volume_mm3 + 1e-6]
-    return max(rows, key=lambda r: (r["threshold"], r["min_volume_mm3"])) if rows else None
+    if not rows:
+        return None
+    row = max(rows, key=lambda r: (r["threshold"], r["min_volume_mm3"]))
+    return {**row, "source": validation_source(calibration), "validation_set": calibration.get("validation_set")}
 
 
 def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tuple[Volume, np.ndarray]] = (),

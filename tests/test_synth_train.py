@@ -295,6 +295,12 @@ def test_validation_rates_bound_a_setting_from_the_permissive_side():
     assert validation_rates(cal, "combined", 1.5, 50.0) is None  # more permissive than anything tabulated
     assert validation_rates(cal, "nll", 3.0, 50.0) is None  # the table is the detection map's
     assert validation_rates({"detection_map": "combined"}, "combined", 3.0, 50.0) is None  # older card
+    # the reviewer is told what the validation volumes were
+    assert validation_rates(cal, "combined", 3.0, 50.0)["source"] == "validation scans"
+    site = {**cal, "validation_set": "10 held-out user scans + 10 copies of them with one toy anomaly each"}
+    assert validation_rates(site, "combined", 3.0, 50.0)["source"] == "your site's normal scans"
+    synthetic = {**cal, "validation_set": "16 healthy + 16 toy-anomaly synthetic volumes, seeds from 100000"}
+    assert validation_rates(synthetic, "combined", 3.0, 50.0)["source"] == "synthetic validation scans"
 
 
 def test_train_refuses_unusable_scans_with_a_clear_message(tmp_path, capsys):

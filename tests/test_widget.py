@@ -328,17 +328,19 @@ def test_threshold_label_says_what_the_setting_meant_on_validation(qtbot, widget
     table = [{"threshold": 0.5, "min_volume_mm3": 0.0, "fp_objects_per_normal_scan": 6.0, "object_recall": 0.9},
              {"threshold": 1.0, "min_volume_mm3": 0.0, "fp_objects_per_normal_scan": 0.8, "object_recall": 0.25}]
     _add_edited_model(widget, tmp_path / "with-table",
-                      lambda card: card.calibration.update(operating_point={"table": table}))
+                      lambda card: card.calibration.update(operating_point={"table": table},
+                                                           validation_set="8 healthy + 8 synthetic heads"))
     open_scan(widget.viewer, scan_path)
     assert score(qtbot, widget) is True
     widget.map_selector.setCurrentText("residual")
     widget.update_findings()
     assert widget.threshold == 1.0
     text = widget.threshold_label.text()
-    assert "validation (≥ 1, ≥ 0 mm³): 0.8 false findings per normal scan, 25% of lesions found" in text
+    assert "on synthetic validation scans (≥ 1, ≥ 0 mm³): 0.8 false findings per normal scan, 25% of lesions found" in text
+    assert widget.threshold_label.toolTip() == "Validation set of the model card: 8 healthy + 8 synthetic heads"
     widget.threshold_slider.setValue(0)
     widget.update_findings()
-    assert "validation" not in widget.threshold_label.text()
+    assert "false findings" not in widget.threshold_label.text() and not widget.threshold_label.toolTip()
 
 
 def test_cohort_worklist_review_next_scan_resume_and_export(qtbot, make_napari_viewer, tiny_model_dir, tmp_path):

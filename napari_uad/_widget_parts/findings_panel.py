@@ -126,12 +126,15 @@ class FindingsPanel(QWidget):
         """The raw threshold, its healthy-voxel false-positive rate and, where the card has them, what a setting
         this permissive gave on the validation volumes (``ScoredScan.validation_rates``)."""
         text = f"{threshold:.4g}" + ("" if quantile is None else f"  (healthy-voxel FPR {1 - quantile:.2%})")
+        tip = ""
         if rates is not None and rates.get("fp_objects_per_normal_scan") is not None:
-            text += (f"\nvalidation (≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³): "
+            text += (f"\non {rates['source']} (≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³): "
                      f"{rates['fp_objects_per_normal_scan']:.1f} false findings per normal scan")
             if rates.get("object_recall") is not None:
                 text += f", {rates['object_recall']:.0%} of lesions found"
+            tip = f"Validation set of the model card: {rates.get('validation_set') or 'not recorded'}"
         self.threshold_label.setText(text)
+        self.threshold_label.setToolTip(tip)
 
     def fill(self, view: FindingsView, review_of) -> None:
         """One row per finding; ``review_of(finding_id)`` -> its tag/category/note."""
