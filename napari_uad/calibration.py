@@ -46,10 +46,12 @@ OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles trie
 
 
 class _Scored(NamedTuple):
-    """A validation volume as the object-level rules need it: its maps (float16), its anomaly mask (None:
-    healthy), where findings may lie (brain less the edge margin) and its brain mask, all in its canonical grid."""
+    """A validation volume as the object-level rules need it: the maps they read, whole (float16), its anomaly
+    mask (None: healthy), where findings may lie (brain less the edge margin) and its brain mask, all in its
+    canonical grid, and its voxel size (mm); not its intensities (memory)."""
 
-    volume: Volume
+    spacing: np.ndarray
+    voxel_volume_mm3: float
     maps: dict
     truth: np.ndarray | None
     allowed: np.ndarray
@@ -58,8 +60,18 @@ class _Scored(NamedTuple):
     @classmethod
     def of(cls, volume: Volume, result, maps: tuple[str, ...], truth: np.ndarray | None,
            edge_margin_mm: float) -> "_Scored":
-        return cls(volume, {m: result.maps[m].astype(np.float16) for m in maps}, truth,
-                   interior(result.mask, volume.spacing, edge_margin_mm), result.mask)
+        return cls(volume.spacing, volume.voxel_volume_mm3, {m: result.maps[m].astype(np.float16) for m in maps},
+                   truth, interior(result.mask, volume.spacing, edge_margin_mm), result.mask)
+
+
+def _maps_kept_whole(maps: tuple[str, ...], detection_map: str | None, components: tuple[str, ...]
+                     ) -> tuple[str, ...]:
+    """The maps whose whole volumes the object-level rules will read: the given detection map (with the
+    combined map's given components), or every map when the detection map or the components are still to be
+    chosen on this set."""
+    if detection_map is None or (detection_map == COMBINED and not components):
+        return maps
+    return tuple(components) if detection_map == COMBINED else (detection_map,)
 
 
 def quantile_table(values: np.ndarray, levels: np.ndarray = QUANTILE_LEVELS) -> np.ndarray:
@@ -136,11 +148,12 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     false-positive findings per normal scan <= the bound at that minimum volume."""
     with_combined = COMBINED in maps
     maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
+    whole = _maps_kept_whole(maps, detection_map, tuple(combined_components))
     rng = np.random.default_rng(seed)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     kept: list[_Scored] = []  # every validation volume, for the object-level rules
     n_healthy = 0
-    reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [], "masks": [],
+    reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [],
                        "template_brain_dice": [], "contrast_enhanced": []}
     excluded: list[dict] = []
     for volume in healthy:
@@ -151,12 +164,11 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
             excluded.append({"index": n_healthy + len(excluded), "brain_mask_dice": round(agreement, 4)})
             log(f"calibration: healthy volume left out (brain mask Dice {agreement:.2f} with its true brain)")
             continue
-        kept.append(_Scored.of(volume, result, maps, None, edge_margin_mm))
+        kept.append(_Scored.of(volume, result, whole, None, edge_margin_mm))
         reference["brain_volume_ml"].append(float(result.mask.sum() * volume.voxel_volume_mm3 / 1000.0))
         reference["field_of_view_mm"].append(float((np.asarray(volume.shape) * volume.spacing).min()))
         reference["volume_scores"].append(result.volume_score)
         reference["contrast_enhanced"].append(bool(volume.metadata.get("contrast_agent")))
-        reference["masks"].append(result.mask)
         if result.template_brain_dice is not None:
             reference["template_brain_dice"].append(result.template_brain_dice)
         fg = np.flatnonzero(result.mask)
@@ -172,7 +184,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     truths: list[np.ndarray] = []
     for volume, truth in anomalous:
         result = scorer.score(volume, maps, postprocess=False)
-        kept.append(_Scored.of(volume, result, maps, truth > 0, edge_margin_mm))
+        kept.append(_Scored.of(volume, result, whole, truth > 0, edge_margin_mm))
         fg = result.mask
         for m in maps:
             scores[m].append(result.maps[m][fg])
@@ -207,7 +219,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               else detection_map if detection_map in out["maps"] else None)
     median_mm = float(scorer.card.scoring.detection_median_mm)
     if chosen is not None and median_mm > 0:
-        _filter_detection_map(out, kept, n_healthy, chosen, median_mm, voxels_per_volume, rng)
+        _filter_detection_map(out, pools, kept, n_healthy, chosen, median_mm, voxels_per_volume, rng)
     if truths:
         name = out["detection_map"] = chosen
         entry = out["maps"][name]
@@ -228,22 +240,24 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     else:
         out["detection_map"] = "combi" if "combi" in maps else maps[0]
         out["min_volume_mm3"] = 0.0
-    out["ood"] = _ood_reference(kept[:n_healthy], reference, out["maps"], scorer.card.modality)
+    out["ood"] = _ood_reference(pools, reference, out["maps"], scorer.card.modality)
     return out
 
 
-def _filter_detection_map(out: dict, kept: list, n_healthy: int, name: str, size_mm: float,
+def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, name: str, size_mm: float,
                           voxels_per_volume: int, rng: np.random.Generator) -> None:
     """Median-filter the detection map ``name`` of every validation volume as scoring will
     (``napari_uad.postprocess``; in place) and recompute its entry -- healthy quantile table, FPR thresholds,
-    best-Dice threshold -- from the filtered maps, so the card describes the map the reviewer sees."""
+    best-Dice threshold -- and its healthy samples (``pools``) from the filtered maps, so the card describes the
+    map the reviewer sees."""
     for k in kept:
-        filtered = median_filter_map(k.maps[name].astype(np.float32), k.brain, k.volume.spacing, size_mm)
+        filtered = median_filter_map(k.maps[name].astype(np.float32), k.brain, k.spacing, size_mm)
         k.maps[name] = filtered.astype(np.float16)
     healthy = []
     for k in kept[:n_healthy]:
         values = k.maps[name][k.brain].astype(np.float32)
         healthy.append(rng.choice(values, size=min(voxels_per_volume, values.size), replace=False))
+    pools[name] = healthy
     values = np.concatenate(healthy)
     entry = out["maps"][name]
     entry.update(quantiles=quantile_table(values).tolist(), threshold_fpr_1pct=float(np.quantile(values, 0.99)),
@@ -259,7 +273,8 @@ def _filter_detection_map(out: dict, kept: list, n_healthy: int, name: str, size
 
 def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list, components: tuple[str, ...] = (),
                   candidates: int = 4) -> None:
-    """Add the combined map's entry (in place), its components chosen on the validation anomalies unless given."""
+    """Add the combined map's entry and healthy samples (in place), its components chosen on the validation
+    anomalies unless given."""
     trials = []
     if truths:
         singles = sorted((m for m in out["maps"] if m not in GRADIENT_MAPS),
@@ -270,7 +285,8 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                 values = combine({m: np.concatenate(scores[m]) for m in combo}, out, combo)
                 trials.append((best_dice_threshold(values, truth), combo))
     names = components or max(trials, key=lambda t: t[0][1])[1]
-    healthy = combine({m: np.concatenate(pools[m]) for m in names}, out, names)
+    pools[COMBINED] = [combine({m: pools[m][i] for m in names}, out, names) for i in range(len(pools[names[0]]))]
+    healthy = np.concatenate(pools[COMBINED])
     entry = {"quantiles": quantile_table(healthy).tolist(),
              "threshold_fpr_1pct": float(np.quantile(healthy, 0.99)),
              "threshold_fpr_0.1pct": float(np.quantile(healthy, 0.999))}
@@ -288,16 +304,17 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                      "mean healthy-quantile surprise (napari_uad.combined) of the pair or triple of the "
                      f"{candidates} best single maps with the best validation Dice",
                      "trials": [{"components": list(n), "best_dice_validation": d} for (_, d), n in trials]}
-    for k in kept:
-        k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in names}, out,
-                                      names).astype(np.float16)
+    for k in kept:  # whole combined maps where the operating point may need them (its components kept whole)
+        if all(m in k.maps for m in names):
+            k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in names}, out,
+                                          names).astype(np.float16)
 
 
-def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:
-    """What the out-of-distribution guard (``ood``) compares a scan with, from the healthy calibration volumes."""
-    fractions = {m: max(float((k.maps[m][mask] >= entries[m]["threshold"]).mean())
-                        for k, mask in zip(kept, reference["masks"]))
-                 for m in entries}
+def _ood_reference(pools: dict, reference: dict, entries: dict, modality: str) -> dict:
+    """What the out-of-distribution guard (``ood``) compares a scan with, from the healthy calibration volumes;
+    ``pools``: per map, each healthy volume's sample of brain voxels (as the map is shown: the detection map
+    median-filtered where the card asks for it)."""
+    fractions = {m: max(float((sample >= entries[m]["threshold"]).mean()) for sample in pools[m]) for m in entries}
     return {"modality": modality,
             "brain_volume_ml": [min(reference["brain_volume_ml"]), max(reference["brain_volume_ml"])],
             "min_field_of_view_mm": min(reference["field_of_view_mm"]),
@@ -307,7 +324,8 @@ def _ood_reference(kept, reference: dict, entries: dict, modality: str) -> dict:
                                         if reference["template_brain_dice"] else None),
             "contrast_enhanced": any(reference["contrast_enhanced"]),
             "rule": "healthy calibration volumes: brain volume range, smallest field-of-view side, volume "
-                    "scores, largest fraction of brain voxels at or above each map's threshold, smallest Dice "
+                    "scores, largest fraction of brain voxels at or above each map's threshold (from each volume's "
+                    "sample of its brain voxels), smallest Dice "
                     "of the brain mask with the aligned template's brain, whether any had a contrast agent"}
 
 
@@ -327,10 +345,10 @@ def _select_operating_point(kept, map_name: str, entry: dict, levels: list, max_
         matches = []  # per volume: component volumes (mm^3), their matched lesion, number of lesions
         for k in kept:
             score = np.where(k.allowed, k.maps[map_name].astype(np.float32), np.float32(-np.inf))
-            labels, _ = label_components(score, float(threshold), k.volume.voxel_volume_mm3)
+            labels, _ = label_components(score, float(threshold), k.voxel_volume_mm3)
             sizes, matched, n_true = component_matches(
                 labels, k.truth if k.truth is not None else np.zeros(labels.shape, bool))
-            matches.append((sizes * k.volume.voxel_volume_mm3, matched, n_true))
+            matches.append((sizes * k.voxel_volume_mm3, matched, n_true))
         for min_volume in min_volumes:
             m = object_metrics([counts_from_matches(matched[mm3 >= min_volume], n_true)
                                 for mm3, matched, n_true in matches])

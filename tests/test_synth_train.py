@@ -524,6 +524,10 @@ def test_site_calibration_on_normal_scans_sets_the_lowest_threshold_that_keeps_t
     assert fp_per_scan(point["threshold"]) <= 1.0
     lower = [r["threshold"] for r in point["table"] if r["threshold"] < point["threshold"]]
     assert lower and fp_per_scan(max(lower)) > 1.0
+    # the out-of-distribution reference: the largest fraction of a normal brain at or above the threshold (here
+    # every brain voxel is in the calibration's sample, so it is exact)
+    exact = max(float((make(v)["nll"] >= point["threshold"]).mean()) for v in healthy)
+    assert cal["ood"]["max_fraction_above_threshold"]["nll"] == pytest.approx(exact)
     # the reference records whether the site's normals were contrast-enhanced, so its T1c scans are not flagged
     assert cal["ood"]["contrast_enhanced"] is False
     healthy[0].metadata["contrast_agent"] = "GADAVIST"
