@@ -80,7 +80,8 @@ def map_limits(brain_values: np.ndarray, calibration: dict | None = None) -> tup
 
     With the card's calibration entry of the map: black at the healthy-voxel 99th percentile
     (``threshold_fpr_1pct``: 1 % of a healthy brain shows any colour), full brightness at the detection threshold
-    (or at the scan's 99.9th percentile where that is higher), so a lit voxel means the same on every scan.
+    (or at the scan's 99.9th percentile where that is higher, so a large lesion keeps its gradation): colour
+    means "above what 1 % of a healthy brain reaches" on every scan.
     Without one: the median (at least 0, the background) to the 99.9th percentile."""
     values = np.asarray(brain_values, dtype=np.float64)
     entry = calibration or {}
