@@ -368,6 +368,9 @@ def _check_slice_positions(reader, img, path: Path) -> None:
                                 "duplicated); export the complete series")
 
 
+_NO_AGENT = ("", "NONE", "NO", "N/A", "NA", "-")
+
+
 def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None, str | None]:
     """(data, affine, modality tag, contrast agent tag (0018,0010) or None) of the directory's largest series."""
     import SimpleITK as sitk
@@ -395,9 +398,10 @@ def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None, 
     if reader.HasMetaDataKey(0, "0008|0060"):
         tag = reader.GetMetaData(0, "0008|0060").strip().upper()
         modality = tag if tag in ("MR", "CT") else None
-    agent = reader.GetMetaData(0, "0018|0010").strip() if reader.HasMetaDataKey(0, "0018|0010") else ""
+    agent = reader.GetMetaData(0, "0018|0010").strip(" \0") if reader.HasMetaDataKey(0, "0018|0010") else ""
     data, affine = _sitk_to_array_affine(img, path)
-    return data, affine, modality, agent or None
+    # the tag is often present but empty (type 2), and some scanners write a word for "none"
+    return data, affine, modality, None if agent.upper() in _NO_AGENT else agent
 
 
 @contextmanager

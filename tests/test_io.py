@@ -148,6 +148,9 @@ def test_contrast_agent_is_read_from_dicom_and_bids(tmp_path):
     enhanced = read_volume(write_dicom_series(tmp_path / "t1c", data, extra_tags=(("0018|0010", "GADAVIST"),)))
     assert enhanced.metadata["contrast_agent"] == "GADAVIST"
     assert "contrast_agent" not in read_volume(write_dicom_series(tmp_path / "t1", data)).metadata
+    for i, none in enumerate(("", "NONE", "no")):  # an empty tag (type 2) or a word for none: not enhanced
+        series = write_dicom_series(tmp_path / f"t1-{i}", data, extra_tags=(("0018|0010", none),))
+        assert "contrast_agent" not in read_volume(series).metadata
     bids = write_image_file(tmp_path / "sub-01_ce-gd_T1w.nii.gz", data, np.eye(4))
     assert read_volume(bids).metadata["contrast_agent"] == "gd"
     (tmp_path / "sub-01_ce-gd_T1w.json").write_text('{"ContrastBolusIngredient": "GADOLINIUM"}')
