@@ -266,13 +266,23 @@ def _bids_contrast_agent(path: Path) -> str | None:
     sidecar = path.with_name(file_stem(path) + ".json")
     if sidecar.is_file():
         try:
-            ingredient = json.loads(sidecar.read_text()).get("ContrastBolusIngredient")
+            ingredient = json.loads(sidecar.read_text(encoding="utf-8")).get("ContrastBolusIngredient")
         except (OSError, ValueError, AttributeError):
             ingredient = None  # an unreadable sidecar says nothing about the scan; the image is still read
-        if isinstance(ingredient, str) and ingredient.strip():
-            return ingredient.strip()
+        if isinstance(ingredient, str) and _contrast_agent(ingredient):
+            return _contrast_agent(ingredient)
     entity = re.search(r"(?:^|_)ce-([A-Za-z0-9]+)(?:_|$)", file_stem(path))
-    return entity.group(1) if entity else None
+    return _contrast_agent(entity.group(1)) if entity else None
+
+
+_NO_AGENT = ("", "NONE", "NO", "N/A", "NA", "-")
+
+
+def _contrast_agent(text: str) -> str | None:
+    """A declared contrast agent, or None for an empty value or a word for none (DICOM's Contrast/Bolus Agent
+    is often present but empty, and some scanners write NONE)."""
+    text = text.strip(" \0")
+    return None if text.upper() in _NO_AGENT else text
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -368,9 +378,6 @@ def _check_slice_positions(reader, img, path: Path) -> None:
                                 "duplicated); export the complete series")
 
 
-_NO_AGENT = ("", "NONE", "NO", "N/A", "NA", "-")
-
-
 def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None, str | None]:
     """(data, affine, modality tag, contrast agent tag (0018,0010) or None) of the directory's largest series."""
     import SimpleITK as sitk
@@ -398,10 +405,9 @@ def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None, 
     if reader.HasMetaDataKey(0, "0008|0060"):
         tag = reader.GetMetaData(0, "0008|0060").strip().upper()
         modality = tag if tag in ("MR", "CT") else None
-    agent = reader.GetMetaData(0, "0018|0010").strip(" \0") if reader.HasMetaDataKey(0, "0018|0010") else ""
+    agent = _contrast_agent(reader.GetMetaData(0, "0018|0010")) if reader.HasMetaDataKey(0, "0018|0010") else None
     data, affine = _sitk_to_array_affine(img, path)
-    # the tag is often present but empty (type 2), and some scanners write a word for "none"
-    return data, affine, modality, None if agent.upper() in _NO_AGENT else agent
+    return data, affine, modality, agent
 
 
 @contextmanager
