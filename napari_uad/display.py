@@ -17,7 +17,8 @@ import numpy as np
 from .io import Volume, file_stem
 
 __all__ = ["CT_WINDOWS", "MAP_COLORMAPS", "RADIOLOGICAL_ORIENTATION", "AXIS_LABELS", "to_display", "from_display",
-           "layer_geometry", "contrast_limits", "map_limits", "window_limits", "image_layer_kwargs", "volume_metadata",
+           "layer_geometry", "contrast_limits", "map_limits", "QUANTILE_LIMITS", "window_limits", "image_layer_kwargs",
+           "volume_metadata",
            "volume_from_layer", "display_world_to_ras", "ras_to_display_world"]
 
 # (level, width) in HU
@@ -73,6 +74,11 @@ def contrast_limits(volume: Volume, ct_window: str = "brain") -> tuple[float, fl
     values = data[data != data.min()] if np.any(data != data.min()) else data.ravel()
     lo, hi = np.percentile(values[:: max(1, values.size // 500_000)], [0.5, 99.5])
     return (float(lo), float(hi if hi > lo else lo + 1))
+
+
+# colour range of a map shown as healthy-voxel quantiles: black up to the 99th percentile of healthy voxels, as
+# for a raw map (``map_limits``)
+QUANTILE_LIMITS = (0.99, 1.0)
 
 
 def map_limits(brain_values: np.ndarray, calibration: dict | None = None) -> tuple[float, float]:

@@ -305,6 +305,36 @@ def test_contrast_enhanced_scan_gets_the_banner(qtbot, widget, tmp_path):
     widget.viewer.window._qt_window.grab().save(str(tmp_path / "contrast-banner.png"))
 
 
+def test_heatmap_colours_raw_and_as_healthy_quantiles(qtbot, widget, scan_path, tmp_path):
+    """With a calibrated card the detection map is shown black up to the healthy 99th percentile and bright from
+    the detection threshold; the quantile toggle shows every map as healthy-voxel quantiles on the same range, only
+    the detection map visible, and switching back restores the raw map."""
+    levels = [0.0, 0.5, 0.99, 1.0]
+
+    def calibrated(card):
+        for name in ("residual", "signed_residual", "U", "E", "z", "nll", "tissue"):
+            card.calibration.setdefault("maps", {}).setdefault(name, {}).update(quantiles=[0.0, 0.05, 0.3, 2.0])
+        card.calibration["levels"] = levels
+        card.calibration["maps"]["residual"].update(threshold=0.8, threshold_fpr_1pct=0.3)
+
+    _add_edited_model(widget, tmp_path / "calibrated", calibrated)
+    open_scan(widget.viewer, scan_path)
+    assert score(qtbot, widget) is True and widget.scan.has_calibration
+    layer = widget.viewer.layers["phantom residual"]
+    raw = widget.scan.result.maps["residual"]
+    low, high = layer.contrast_limits
+    # the lesion makes the scan's 99.9th percentile the top, above the threshold
+    assert low == 0.3 and high == pytest.approx(np.quantile(raw[widget.scan.result.mask].astype(np.float64), 0.999))
+    assert high > 0.8
+    widget.calibrated_toggle.setChecked(True)
+    assert tuple(layer.contrast_limits) == (0.99, 1.0) and layer.visible
+    assert 0.0 <= layer.data.min() and layer.data.max() <= 1.0 and layer.data.max() > 0.99  # the lesion
+    assert not widget.viewer.layers["phantom nll"].visible
+    widget.calibrated_toggle.setChecked(False)
+    np.testing.assert_array_equal(layer.data, raw.transpose(2, 1, 0))
+    assert tuple(layer.contrast_limits) == (low, high)
+
+
 def _add_edited_model(widget, directory, edit) -> None:
     """The widget's current model with ``edit(card)`` applied, written (card + weights) to ``directory`` and
     added to the widget's model list (selected)."""

@@ -7,7 +7,8 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QVBoxLayout, QWidget
 
-from ..display import MAP_COLORMAPS, RADIOLOGICAL_ORIENTATION, layer_geometry, map_limits, to_display
+from ..display import (MAP_COLORMAPS, QUANTILE_LIMITS, RADIOLOGICAL_ORIENTATION, layer_geometry, map_limits,
+                       to_display)
 from ..scoring import MAP_NAMES
 from ..session import ScoredScan
 
@@ -99,7 +100,7 @@ class MapDisplay(QWidget):
             layer = self.viewer.layers[self.layer_name(name)]
             if calibrated and self.scan.has_calibration:
                 layer.data = to_display(self.scan.calibrated(name))
-                layer.contrast_limits = (0.9, 1.0)
+                layer.contrast_limits = QUANTILE_LIMITS
             else:
                 layer.data = to_display(self.scan.result.maps[name])
                 layer.contrast_limits = self.raw_limits(name)
