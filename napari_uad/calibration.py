@@ -71,7 +71,8 @@ def _maps_kept_whole(maps: tuple[str, ...], detection_map: str | None, component
     chosen on this set."""
     if detection_map is None or (detection_map == COMBINED and not components):
         return maps
-    return tuple(components) if detection_map == COMBINED else (detection_map,)
+    # only maps that are scored: a detection map that is not among them is refused once the tables exist
+    return tuple(m for m in (components if detection_map == COMBINED else (detection_map,)) if m in maps)
 
 
 def quantile_table(values: np.ndarray, levels: np.ndarray = QUANTILE_LEVELS) -> np.ndarray:

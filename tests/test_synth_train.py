@@ -460,6 +460,11 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
     fresh = [make(_coded_volume(shape, s, False))["nll"] for s in range(50, 58)]
     counts = [label_components(m, point["threshold"], 1.0, point["min_volume_mm3"])[1] for m in fresh]
     assert np.mean(counts) <= 1.5  # held-out normal volumes stay about as quiet
+    # a detection map chosen elsewhere gets its operating point here; one that is not calibrated is refused
+    given = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"), detection_map="residual")
+    assert given["detection_map"] == "residual" and given["operating_point"]["table"]
+    with pytest.raises(ValueError, match="detection map 'z' is not among the calibrated maps"):
+        calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"), detection_map="z")
     # a margin wider than the volume leaves nowhere to find anything: no lesion found, nothing to report
     blind = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll", "residual"), edge_margin_mm=50.0)
     assert blind["operating_point"]["validation"]["object_recall"] == 0.0
