@@ -269,8 +269,9 @@ def _bids_contrast_agent(path: Path) -> str | None:
             ingredient = json.loads(sidecar.read_text(encoding="utf-8")).get("ContrastBolusIngredient")
         except (OSError, ValueError, AttributeError):
             ingredient = None  # an unreadable sidecar says nothing about the scan; the image is still read
-        if isinstance(ingredient, str) and _contrast_agent(ingredient):
-            return _contrast_agent(ingredient)
+        agent = _contrast_agent(ingredient) if isinstance(ingredient, str) else None
+        if agent:
+            return agent
     entity = re.search(r"(?:^|_)ce-([A-Za-z0-9]+)(?:_|$)", file_stem(path))
     return _contrast_agent(entity.group(1)) if entity else None
 
