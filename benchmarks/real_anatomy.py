@@ -1,6 +1,7 @@
 """Validation on real anatomy: which detection map carries over from the synthetic validation heads to real brains?
 
 Usage: python benchmarks/real_anatomy.py [--model NAME|DIR] [--n 8] [--data-dir DIR] [--out FILE]
+       [--singles tissue,E,nll,z] [--no-combinations]
 
 The calibration chooses the combined map's components on synthetic heads only, where the model has seen the
 anatomy's generator; on real brains its maps (E, nll) carry the domain shift. This experiment puts toy anomalies
@@ -15,9 +16,10 @@ hyperintensities -- brain voxels above the brain's mean + 2 standard deviations 
 anomalies and left out of the evaluation, so no candidate is rewarded or punished for the scan's own findings.
 Then --n copies, copy c with one anomaly of seed 300000 + 1000 * scan + c.
 
-Candidates: the single maps tissue, E, nll, z and every combination the card's calibration tried
-(``calibration.combined.trials``: mean healthy-quantile surprise, ``napari_uad.combined``), from the same
-scoring pass. Reported per candidate: pooled pixel AP / AUROC and best Dice over the copies' brain voxels (the
+Candidates: the single maps tissue, E, nll, z (or --singles) and every combination the card's calibration
+tried (``calibration.combined.trials``: mean healthy-quantile surprise, ``napari_uad.combined``; left out with
+--no-combinations, e.g. to compare model-free maps alone, which needs no model pass), from the same scoring
+pass. Reported per candidate: pooled pixel AP / AUROC and best Dice over the copies' brain voxels (the
 scan's own hyperintensities left out), per scan and over both. For the card's detection map also: anomalies
 found (a finding overlapping the anomaly) and other findings, at its operating point, and findings on the clean
 scans. Writes --out (JSON) and prints one line per candidate.
@@ -57,10 +59,10 @@ def own_hyperintensities(data: np.ndarray, brain: np.ndarray, spacing) -> np.nda
     return ndimage.binary_dilation(bright, structure=ball)
 
 
-def candidates(card) -> dict[str, tuple[str, ...]]:
+def candidates(card, singles: tuple[str, ...] = SINGLES, combinations: bool = True) -> dict[str, tuple[str, ...]]:
     """name -> components: the single maps and the combinations the card's calibration tried."""
-    out = {m: (m,) for m in SINGLES}
-    for trial in card.calibration.get("combined", {}).get("trials", []):
+    out = {m: (m,) for m in singles}
+    for trial in (card.calibration.get("combined", {}).get("trials", []) if combinations else []):
         comps = tuple(trial["components"])
         out["+".join(comps)] = comps
     return out
@@ -78,6 +80,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="copies with one anomaly per scan (default 8)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "real_heads")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "real_anatomy.json")
+    parser.add_argument("--singles", default=",".join(SINGLES), help="single maps to compare (comma-separated)")
+    parser.add_argument("--no-combinations", action="store_true", help="leave out the card's combinations")
     args = parser.parse_args()
     if not args.data_dir.is_dir():
         print(f"{args.data_dir}: not found; nothing to measure")
@@ -88,16 +92,16 @@ def main() -> None:
     from napari_uad.io import read_volume
     from napari_uad.metrics import pixel_metrics
     from napari_uad.model_card import load_model
-    from napari_uad.scoring import Scorer
+    from napari_uad.scoring import Scorer, parse_maps
     from napari_uad.synth import volume_with_anomaly
 
     torch.manual_seed(0)
     model, card = load_model(args.model)
     scorer = Scorer(model, card, device="cpu")
-    cands = candidates(card)
-    needed = tuple(sorted({m for comps in cands.values() for m in comps}))
+    cands = candidates(card, parse_maps(args.singles), not args.no_combinations)
     det = card.detection_map
     det_comps = tuple(card.calibration.get("combined", {}).get("components", ())) if det == "combined" else (det,)
+    needed = tuple(sorted({m for comps in cands.values() for m in comps} | set(det_comps)))
     thr, min_volume = card.default_threshold(), float(card.calibration.get("min_volume_mm3", 0.0))
     margin = float(card.calibration.get("operating_point", {}).get("edge_margin_mm", 0.0))
     pooled = {name: ([], []) for name in cands}

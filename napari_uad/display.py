@@ -28,7 +28,7 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 }
 # colormaps that start at black, so additive blending leaves low scores (and the background) invisible
 MAP_COLORMAPS = {"residual": "inferno", "signed_residual": "red", "U": "bone", "E": "magma", "z": "magenta",
-                 "nll": "afmhot", "tissue": "viridis", "combined": "yellow", "kl_grad": "gist_heat",
+                 "nll": "afmhot", "tissue": "viridis", "asymmetry": "cyan", "combined": "yellow", "kl_grad": "gist_heat",
                  "elbo_grad": "copper", "combi": "hot"}
 RADIOLOGICAL_ORIENTATION = ("up", "left")  # camera.orientation2d: anterior up, patient right on screen left
 AXIS_LABELS = ("S (mm)", "A (mm)", "R (mm)")

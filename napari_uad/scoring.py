@@ -14,6 +14,7 @@ then a Gaussian filter against checkerboard artefacts):
     kl_grad = |d KL / d x|         elbo_grad = |d (KL + Rec) / d x| (Rec: Gaussian NLL summed over pixels)
     combi = residual * kl_grad
 and, without the model, ``tissue``: each voxel against its own tissue class in the same scan (``tissue``);
+``asymmetry``: each voxel against its mirror across the midsagittal plane in the same scan (``asymmetry``);
 ``combined``: the mean healthy-quantile surprise of the maps the card's calibration chose (``combined``).
 Slice scores: KL + Rec (nats; Rec summed over the slice's foreground pixels in model space). Volume score:
 mean of the top-k slice scores. No map is normalised over a batch, so results do not depend on batch size.
@@ -41,14 +42,17 @@ from .slices import SliceGeometry, gaussian_blur2d
 from .combined import COMBINED, combine, combined_components
 from .postprocess import median_filter_map, median_footprint
 from .tissue import tissue_outlier_map
+from .asymmetry import asymmetry_map
 
 __all__ = ["default_maps", "DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
            "parse_maps"]
 
-MAP_NAMES: tuple[str, ...] = ("residual", "signed_residual", "U", "E", "z", "nll", "tissue", COMBINED,
+MAP_NAMES: tuple[str, ...] = ("residual", "signed_residual", "U", "E", "z", "nll", "tissue", "asymmetry", COMBINED,
                                "kl_grad", "elbo_grad", "combi")
-MODEL_FREE_MAPS: tuple[str, ...] = ("tissue", COMBINED)
+MODEL_FREE_MAPS: tuple[str, ...] = ("tissue", "asymmetry", COMBINED)
 """Not a model output: ``tissue`` from the scan and the aligned template alone (``napari_uad.tissue``),
+``asymmetry`` from the scan and its mirror across the aligned template's midsagittal plane
+(``napari_uad.asymmetry``),
 ``combined`` from other maps and the card's calibration (``napari_uad.combined``)."""
 GRADIENT_MAPS: tuple[str, ...] = ("kl_grad", "elbo_grad", "combi")
 """SmoothGrad maps: ~80 % of the CPU time and below chance on the held-out set (docs/RESULTS.md): only when asked."""
@@ -276,6 +280,14 @@ class Scorer:
             else:
                 out["tissue"] = tissue_outlier_map(prepared.standardised, brain, priors, volume.spacing,
                                                    self.card.scoring.tissue())
+        if "asymmetry" in computed:
+            mirror = prepared.midsagittal_mirror()
+            if mirror is None:
+                notes.append("asymmetry map not computed (all zero): it needs the template alignment of a brain "
+                             "model")
+                out["asymmetry"] = np.zeros(brain.shape, np.float32)
+            else:
+                out["asymmetry"] = asymmetry_map(prepared.standardised, brain, mirror, volume.spacing)
         if COMBINED in maps:
             if components:
                 out[COMBINED] = combine(out, self.card.calibration, components)

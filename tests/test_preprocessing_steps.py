@@ -262,3 +262,52 @@ def test_card_tissue_settings_reach_the_tissue_map(brain, tiny_model_dir, tmp_pa
     np.testing.assert_allclose(got, expected, atol=1e-5)
     first = tissue_outlier_map(prepared.standardised, prepared.brain, prepared.tissue_priors())
     assert np.abs(got - first).max() > 0.1
+
+
+def _grid_variant(data: np.ndarray, affine: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The same brain stored another way: LPS (i, j reversed), permuted axes, oblique (rotated 20 degrees about
+    the superior axis) or anisotropic (every other axial slice: 2 x 2 x 4 mm)."""
+    a = affine.copy()
+    if kind == "LPS":
+        flip = np.eye(4)
+        flip[:2, :2] = -np.eye(2)
+        flip[:2, 3] = np.array(data.shape[:2]) - 1
+        return data[::-1, ::-1].copy(), a @ flip
+    if kind == "permuted":  # array axes (k, i, j)
+        return np.ascontiguousarray(data.transpose(2, 0, 1)), a[:, [2, 0, 1, 3]]
+    if kind == "oblique":
+        c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+        rot = np.eye(4)
+        rot[:2, :2] = [[c, -s], [s, c]]
+        return data, rot @ a
+    if kind == "aniso":
+        return data[:, :, ::2].copy(), a @ np.diag([1.0, 1.0, 2.0, 1.0])
+    return data, a
+
+
+@pytest.mark.parametrize("kind", ["RAS", "LPS", "permuted", "oblique", "aniso"])
+def test_asymmetry_map_flags_a_one_sided_lesion_in_any_grid(brain, tiny_model_dir, kind):
+    """Through the scorer: the mirror comes from the alignment to the (symmetric) template, so in every storage
+    of the scan a bright blob in one hemisphere is the map's top and its healthy mirror reads darker; the map
+    lands on the scan's own grid."""
+    from napari_uad.model_card import load_model
+    from napari_uad.scoring import Scorer
+
+    data, mask, affine = brain
+    data = data.copy()
+    i, j, k = np.indices(data.shape)
+    centre = np.array(np.nonzero(mask)).mean(axis=1).astype(int) + [9, 0, 4]  # right hemisphere
+    blob = ((i - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2 <= 9) & mask
+    data[blob] = 2.5 * np.percentile(data[mask], 99)
+    stored, stored_affine = _grid_variant(data, affine, kind)
+    blob_stored = _grid_variant(blob, affine, kind)[0]
+    model, card = load_model(tiny_model_dir)
+    card.preprocessing = PreprocessingConfig(template="mni152-2009")
+    volume = Volume.from_array(stored, stored_affine)
+    result = Scorer(model, card, device="cpu", options=PipelineOptions(skull_strip="off")).score(volume, ("asymmetry",))
+    a = volume.to_original(result.maps["asymmetry"])
+    assert a.shape == stored.shape
+    assert np.median(a[blob_stored]) > 2.5
+    assert blob_stored[np.unravel_index(np.argmax(a), a.shape)]
+    assert np.quantile(a[(volume.to_original(result.mask) > 0) & ~blob_stored], 0.99) < np.median(a[blob_stored])
+    assert a.min() < -2.5  # the blob's healthy mirror: darker than its other side

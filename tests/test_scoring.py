@@ -145,12 +145,13 @@ def test_maps_are_zero_outside_foreground(tiny_model_dir, phantom_volume):
         assert m.shape == phantom_volume.shape and m.dtype == np.float32
         assert np.all(m[~result.mask] == 0), name
         assert np.all(np.isfinite(m)), name
-        if name not in ("tissue", "combined", "signed_residual", "z"):
+        if name not in ("tissue", "asymmetry", "combined", "signed_residual", "z"):
             assert m[result.mask].max() > 0, name
         if name in ("signed_residual", "z"):  # signed: brighter and darker than expected
             assert m[result.mask].max() > 0 > m[result.mask].min(), name
     # the tiny model has no template space: the tissue map cannot be made, and the result says so
     assert not result.maps["tissue"].any() and any("tissue map not computed" in w for w in result.warnings)
+    assert not result.maps["asymmetry"].any() and any("asymmetry map not computed" in w for w in result.warnings)
     # nor a calibrated combined map
     assert not result.maps["combined"].any() and any("combined map not computed" in w for w in result.warnings)
     empty = ~result.mask.any(axis=(0, 1))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..io import LPS_TO_RAS, to_sitk_image
 
-__all__ = ["register_to_template", "resample", "voxel_map", "AlignmentError"]
+__all__ = ["register_to_template", "register_rigid", "resample", "voxel_map", "AlignmentError"]
 
 _SCALE_RANGE = (0.6, 1.6)  # per-axis scale a real brain can need to fit the template; else registration failed
 _REGISTRATION_MM = 3.0  # masks are block-averaged to about this voxel size before registration
@@ -88,6 +88,37 @@ def register_to_template(mask: np.ndarray, affine: np.ndarray, template_mask: np
         raise AlignmentError(f"alignment to the template failed (scales {np.round(scales, 2).tolist()}); "
                              "the brain mask or field of view may be incomplete")
     return template_to_scan
+
+
+def register_rigid(fixed: np.ndarray, moving: np.ndarray, affine: np.ndarray, target_mm: float = _REGISTRATION_MM
+                   ) -> np.ndarray:
+    """Rigid ``T`` (4x4, world RAS mm -> world RAS mm) with moving(T p) ~ fixed(p): two images of the same content
+    in one grid (voxel->RAS ``affine``), e.g. a brain and its mirror image.
+
+    Both are block-averaged to ~``target_mm``, then mean squares, initialised by the identity about the grid's
+    centre and refined over two resolutions; regular sampling and one thread, so deterministic.
+    """
+    import SimpleITK as sitk
+
+    fixed_img = to_sitk_image(*_block_mean(fixed, affine, target_mm))
+    moving_img = to_sitk_image(*_block_mean(moving, affine, target_mm))
+    init = sitk.CenteredTransformInitializer(fixed_img, moving_img, sitk.Euler3DTransform(),
+                                             sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMeanSquares()
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(0.5, 1)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=200,
+                                                 relaxationFactor=0.5)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([2.0 * target_mm, 0.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetInitialTransform(init, inPlace=False)
+    reg.SetNumberOfThreads(1)
+    transform = reg.Execute(fixed_img, moving_img)
+    return LPS_TO_RAS @ _matrix(transform) @ LPS_TO_RAS
 
 
 def voxel_map(out_affine: np.ndarray, in_affine: np.ndarray, out_to_in_world: np.ndarray | None = None

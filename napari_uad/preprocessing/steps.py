@@ -82,6 +82,15 @@ class PreparedVolume:
         template = self.template_maps()
         return None if template is None else template[3] >= 0.5
 
+    def midsagittal_mirror(self) -> np.ndarray | None:
+        """4x4 canonical voxel -> its mirror across the aligned template's midsagittal plane
+        (``napari_uad.asymmetry.mirror_voxel_map``), or None when the scan was not aligned to a template."""
+        if not self.aligned or self.model_affine is None:
+            return None
+        from ..asymmetry import mirror_voxel_map
+
+        return mirror_voxel_map(self.native_to_model, self.model_affine)
+
     def to_native(self, arrays: np.ndarray) -> np.ndarray:
         """Model-grid arrays [C, ...] -> the scan's canonical grid [C, ni, nj, nk] (trilinear; identity if not
         aligned). Values outside the model grid become 0."""
