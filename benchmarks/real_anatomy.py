@@ -1,7 +1,7 @@
 """Validation on real anatomy: which detection map carries over from the synthetic validation heads to real brains?
 
 Usage: python benchmarks/real_anatomy.py [--model NAME|DIR] [--n 8] [--data-dir DIR] [--out FILE]
-       [--singles tissue,E,nll,z] [--no-combinations]
+       [--singles tissue,E,nll,z] [--no-combinations | --all-combinations]
 
 The calibration chooses the combined map's components on synthetic heads only, where the model has seen the
 anatomy's generator; on real brains its maps (E, nll) carry the domain shift. This experiment puts toy anomalies
@@ -18,8 +18,8 @@ Then --n copies, copy c with one anomaly of seed 300000 + 1000 * scan + c.
 
 Candidates: the single maps tissue, E, nll, z (or --singles) and every combination the card's calibration
 tried (``calibration.combined.trials``: mean healthy-quantile surprise, ``napari_uad.combined``; left out with
---no-combinations, e.g. to compare model-free maps alone, which needs no model pass), from the same scoring
-pass. Reported per candidate: pooled pixel AP / AUROC and best Dice over the copies' brain voxels (the
+--no-combinations; with --all-combinations every pair and triple of the singles instead, e.g. for a map the
+calibration's own trials left out), from the same scoring pass. Reported per candidate: pooled pixel AP / AUROC and best Dice over the copies' brain voxels (the
 scan's own hyperintensities left out), per scan and over both. For the card's detection map also: anomalies
 found (a finding overlapping the anomaly) and other findings, at its operating point, and findings on the clean
 scans. Writes --out (JSON) and prints one line per candidate.
@@ -59,11 +59,18 @@ def own_hyperintensities(data: np.ndarray, brain: np.ndarray, spacing) -> np.nda
     return ndimage.binary_dilation(bright, structure=ball)
 
 
-def candidates(card, singles: tuple[str, ...] = SINGLES, combinations: bool = True) -> dict[str, tuple[str, ...]]:
-    """name -> components: the single maps and the combinations the card's calibration tried."""
+def candidates(card, singles: tuple[str, ...] = SINGLES, combinations: str = "card") -> dict[str, tuple[str, ...]]:
+    """name -> components: the single maps and the combinations ("card": those the card's calibration tried;
+    "all": every pair and triple of the singles; "none")."""
+    from itertools import combinations as subsets
+
     out = {m: (m,) for m in singles}
-    for trial in (card.calibration.get("combined", {}).get("trials", []) if combinations else []):
-        comps = tuple(trial["components"])
+    if combinations == "all":
+        combos = [c for size in (2, 3) for c in subsets(singles, size)]
+    else:
+        trials = card.calibration.get("combined", {}).get("trials", []) if combinations == "card" else []
+        combos = [tuple(t["components"]) for t in trials]
+    for comps in combos:
         out["+".join(comps)] = comps
     return out
 
@@ -81,7 +88,10 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "real_heads")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "real_anatomy.json")
     parser.add_argument("--singles", default=",".join(SINGLES), help="single maps to compare (comma-separated)")
-    parser.add_argument("--no-combinations", action="store_true", help="leave out the card's combinations")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--no-combinations", action="store_true", help="leave out the card's combinations")
+    group.add_argument("--all-combinations", action="store_true",
+                       help="every pair and triple of the singles instead of the card's combinations")
     args = parser.parse_args()
     if not args.data_dir.is_dir():
         print(f"{args.data_dir}: not found; nothing to measure")
@@ -98,7 +108,8 @@ def main() -> None:
     torch.manual_seed(0)
     model, card = load_model(args.model)
     scorer = Scorer(model, card, device="cpu")
-    cands = candidates(card, parse_maps(args.singles), not args.no_combinations)
+    cands = candidates(card, parse_maps(args.singles),
+                       "none" if args.no_combinations else "all" if args.all_combinations else "card")
     det = card.detection_map
     det_comps = tuple(card.calibration.get("combined", {}).get("components", ())) if det == "combined" else (det,)
     needed = tuple(sorted({m for comps in cands.values() for m in comps} | set(det_comps)))

@@ -101,14 +101,22 @@ def best_dice_threshold(scores: np.ndarray, truth: np.ndarray, weights: np.ndarr
     return float(s[best]), float(dice[best])
 
 
+VALIDATION_SOURCES = {"synthetic": "synthetic validation scans", "site": "your site's normal scans"}
+"""The card's ``calibration.validation_source`` (written by ``train.calibrate_model``) -> words for a reviewer."""
+
+
 def validation_source(calibration: Mapping) -> str:
     """What the card's validation volumes were, in a few words for a reviewer: synthetic scans (the bundled
-    cards) or the site's own normal scans (``calibrate --data``), from the card's ``validation_set``."""
+    cards) or the site's own normal scans (``calibrate --data``), from the card's ``validation_source``; a card
+    calibrated before that field existed is read from its free-text ``validation_set``."""
+    source = calibration.get("validation_source")
+    if source in VALIDATION_SOURCES:
+        return VALIDATION_SOURCES[source]
     text = str(calibration.get("validation_set") or "")
     if "synthetic" in text:
-        return "synthetic validation scans"
+        return VALIDATION_SOURCES["synthetic"]
     if "user scans" in text:
-        return "your site's normal scans"
+        return VALIDATION_SOURCES["site"]
     return "validation scans"
 
 

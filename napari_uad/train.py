@@ -527,6 +527,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
         kinds = "disease-like (even seeds) or toy (odd) anomaly" if label_maps else "toy-anomaly"
         card.calibration["validation_set"] = (f"{synthetic_volumes} healthy + {synthetic_volumes} {kinds} "
                                               f"{source}, seeds from {base}")
+        card.calibration["validation_source"] = "synthetic"
     else:
         held_out = list(held_out)
         anomalous = site_anomaly_cases(scorer, held_out, toy_anomalies) if toy_anomalies > 0 else ()
@@ -545,6 +546,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
             card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
             # normal scans alone cannot choose a detection map, its components or minimum volume: keep the card's
             kept += ["detection_map", "min_volume_mm3", "combined"]
+        card.calibration["validation_source"] = "site"
     for key in kept:
         if key in previous:
             card.calibration[key] = previous[key]

@@ -202,12 +202,14 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
                      "--seed", "7"]) == 0
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert card["calibration"]["n_healthy_volumes"] == 2 and "seeds from 100007" in card["calibration"]["validation_set"]
+    assert card["calibration"]["validation_source"] == "synthetic"
     assert card["calibration"]["command"].startswith("napari-uad calibrate --model")
     assert card["weights"]["sha256"] == sha
     before = card["calibration"]
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans")]) == 0
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert card["calibration"]["validation_set"] == "1 held-out user scans (no anomalies)"
+    assert card["calibration"]["validation_source"] == "site"
     # normal scans cannot choose the detection map or the minimum volume: the card's stay
     assert card["calibration"]["detection_map"] == before["detection_map"]
     assert card["calibration"]["min_volume_mm3"] == before["min_volume_mm3"]
@@ -243,6 +245,7 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert site["detection_map"] == "z" and site["combined"]["components"] == forced["combined"]["components"]
     assert site["n_healthy_volumes"] == 1 and site["n_anomalous_volumes"] == 2
     assert "2 copies of them with one toy anomaly each" in site["validation_set"]
+    assert site["validation_source"] == "site"
     assert site["operating_point"]["validation"]["object_recall"] is not None
     assert {row["min_volume_mm3"] for row in site["operating_point"]["table"]} == set(MIN_VOLUME_CANDIDATES_MM3)
     assert scan.read_bytes() == scan_bytes
@@ -301,6 +304,9 @@ def test_validation_rates_bound_a_setting_from_the_permissive_side():
     assert validation_rates(site, "combined", 3.0, 50.0)["source"] == "your site's normal scans"
     synthetic = {**cal, "validation_set": "16 healthy + 16 toy-anomaly synthetic volumes, seeds from 100000"}
     assert validation_rates(synthetic, "combined", 3.0, 50.0)["source"] == "synthetic validation scans"
+    # the card's structured field decides (the free text above is how cards before it are read)
+    recorded = {**synthetic, "validation_source": "site"}
+    assert validation_rates(recorded, "combined", 3.0, 50.0)["source"] == "your site's normal scans"
 
 
 def test_train_refuses_unusable_scans_with_a_clear_message(tmp_path, capsys):
