@@ -5,6 +5,7 @@
 #   .dev/site.tar.xz  nibabel, nilearn (tests and surface data dropped), dask, distributed and their small needs
 #   .dev/sitk.tar.xz  SimpleITK (its 53 MB wheel is ~28 MB as xz)
 #   .dev/maps.tar.xz  the 20 whole-head label maps, uncompressed .nii (xz compresses label maps ~3x better than gz)
+#   .dev1/*.whl       deepbet and its compiled needs (cp312), for a first, short call (gpu_session.sh's header)
 # Usage: bash benchmarks/gpu_kit.sh [LABEL_MAPS_DIR]   (a few minutes, mostly xz)
 set -euo pipefail
 MAPS=${1:-../shared/data/synthseg_label_maps}
@@ -14,6 +15,7 @@ PLATFORM=(--no-deps --only-binary=:all: --python-version 3.12 --implementation c
           --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$KIT/wheels")
 python3 -m pip download -q "${PLATFORM[@]}" SimpleITK==2.5.7 nibabel==5.4.2 nilearn==0.14.1 dask==2026.8.0 \
   distributed==2026.8.0 partd locket tblib tornado zict
+python3 -m pip download -q "${PLATFORM[@]:0:12}" -d .dev1 deepbet==1.0.2 connected-components-3d fill_voids fastremap
 python3 -m pip install -q --no-deps --no-compile --target "$KIT/sitk" "$KIT"/wheels/simpleitk-*.whl
 rm "$KIT"/wheels/simpleitk-*.whl
 python3 -m pip install -q --no-deps --no-compile --target "$KIT/site" "$KIT"/wheels/*.whl

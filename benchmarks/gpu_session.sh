@@ -7,8 +7,10 @@
 #     until the time left runs out (the best weights are written at each improvement, so a hard stop keeps them).
 # Needs .dev/ from benchmarks/gpu_kit.sh (carried: `run(carry=[".dev"])`). Everything lands in OUT_DIR.
 # deepbet (brain extraction, 17 MB of weights) does not fit in the same 64 MiB call: a first, short call on the
-# same warm machine installs .dev1/ (the deepbet, connected-components-3d and fill_voids wheels) into .devsite/:
-#   pip install -q --no-deps --no-compile --target .devsite .dev1/*.whl
+# same warm machine (the next call must follow within its 30 s) installs .dev1/ (the deepbet,
+# connected-components-3d, fill_voids and fastremap wheels) outside the repository, where it survives between calls:
+#   pip install -q --no-deps --no-compile --target /tmp/napari-uad-gpu/site .dev1/*.whl
+# (2026-12-04: installed into the repository's ignored .devsite/ instead, it was gone by the next call.)
 # Without it the benchmarks are skipped and the training still runs (its heads carry their own brain masks).
 # Usage: bash benchmarks/gpu_session.sh OUT_DIR [BUDGET_SECONDS=520] [N_HEADS=128] [DEVICE=cuda]
 #   (BENCH_N, default 8 volumes, and BENCH_REPEATS, default 3, size the benchmarks; the fit's --max-minutes
@@ -31,7 +33,7 @@ for kit in site sitk maps; do
   dest="$WORK/site"; [ "$kit" = maps ] && dest="$WORK/maps"
   tar -C "$dest" -xJf ".dev/$kit.tar.xz" || { echo "cannot unpack .dev/$kit.tar.xz"; exit 2; }
 done
-export PYTHONPATH="$WORK/site:$PWD/.devsite:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 $PY -c "import torch, SimpleITK, nibabel, nilearn, distributed, napari_uad; print('torch', torch.__version__, \
@@ -44,7 +46,7 @@ if $PY -c "import deepbet"; then
   timeout 170 $PY benchmarks/bench_cohort.py --n "${BENCH_N:-8}" --device "$DEVICE" --workers 1 --work "$WORK/bench_cohort"
   cp "$WORK/bench_cohort/bench_cohort.json" "$OUT/" 2>/dev/null || echo "bench_cohort did not finish"
 else
-  stamp "no deepbet (.devsite missing): benchmarks skipped"
+  stamp "no deepbet (not staged in $WORK/site): benchmarks skipped"
 fi
 
 stamp "training on $HEADS heads, $(left) s left"
