@@ -13,7 +13,8 @@
 # (2026-12-04: installed into the repository's ignored .devsite/ instead, it was gone by the next call.)
 # Without it the benchmarks are skipped and the training still runs (its heads carry their own brain masks).
 # Usage: bash benchmarks/gpu_session.sh OUT_DIR [BUDGET_SECONDS=520] [N_HEADS=128] [DEVICE=cuda]
-#   (BENCH_N, default 8 volumes, and BENCH_REPEATS, default 3, size the benchmarks; the fit's --max-minutes
+#   (BENCH_N, default 8 volumes, BENCH_REPEATS, default 3, BENCH_COHORT_SECONDS, default 240, and
+#   BENCH_COHORT_ARGS, e.g. --no-score where the baseline was measured before, size the benchmarks; the fit's --max-minutes
 #   leaves ~0.9 s per head for making the heads, and `timeout` stops the training at the budget regardless)
 # Then, on the CPU: copy OUT_DIR/model.safetensors + card.json into a model directory and calibrate it.
 set -uo pipefail
@@ -43,7 +44,8 @@ if $PY -c "import deepbet"; then
   stamp "bench_score ($DEVICE)"
   timeout 100 $PY benchmarks/bench_score.py --device "$DEVICE" --repeats "${BENCH_REPEATS:-3}" | tee "$OUT/bench_score.json"
   stamp "bench_cohort ($DEVICE, 1 worker)"
-  timeout 170 $PY benchmarks/bench_cohort.py --n "${BENCH_N:-8}" --device "$DEVICE" --workers 1 --work "$WORK/bench_cohort"
+  timeout "${BENCH_COHORT_SECONDS:-240}" $PY benchmarks/bench_cohort.py --n "${BENCH_N:-8}" --device "$DEVICE" \
+    --workers 1 --work "$WORK/bench_cohort" ${BENCH_COHORT_ARGS:-}
   cp "$WORK/bench_cohort/bench_cohort.json" "$OUT/" 2>/dev/null || echo "bench_cohort did not finish"
 else
   stamp "no deepbet (not staged in $WORK/site): benchmarks skipped"
