@@ -12,10 +12,10 @@ MAPS=${1:-../shared/data/synthseg_label_maps}
 KIT=$(mktemp -d)
 trap 'rm -rf "$KIT"' EXIT
 PLATFORM=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
-          --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$KIT/wheels")
-python3 -m pip download -q "${PLATFORM[@]}" SimpleITK==2.5.7 nibabel==5.4.2 nilearn==0.14.1 dask==2026.8.0 \
-  distributed==2026.8.0 partd locket tblib tornado zict
-python3 -m pip download -q "${PLATFORM[@]:0:12}" -d .dev1 deepbet==1.0.2 connected-components-3d fill_voids fastremap
+          --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+python3 -m pip download -q "${PLATFORM[@]}" -d "$KIT/wheels" SimpleITK==2.5.7 nibabel==5.4.2 nilearn==0.14.1 \
+  dask==2026.8.0 distributed==2026.8.0 partd locket tblib tornado zict
+python3 -m pip download -q "${PLATFORM[@]}" -d .dev1 deepbet==1.0.2 connected-components-3d fill_voids fastremap
 python3 -m pip install -q --no-deps --no-compile --target "$KIT/sitk" "$KIT"/wheels/simpleitk-*.whl
 rm "$KIT"/wheels/simpleitk-*.whl
 python3 -m pip install -q --no-deps --no-compile --target "$KIT/site" "$KIT"/wheels/*.whl

@@ -2,9 +2,10 @@
 # One lent-GPU session, as one time-boxed command (the device tool lends ~15 minutes, start included):
 #  1. GPU benchmarks of issue 14: one 1 mm brain end to end (bench_score.py) and a cohort with one GPU worker
 #     against `score` in one process (bench_cohort.py);
-#  2. training of cevae-brain-mr-heads continued on the GPU (issue 13): heads made from label maps 01-16 in
-#     one process per core, validation heads from the held-out maps 17-20, as benchmarks/train_heads_model.sh,
-#     until the time left runs out (the best weights are written at each improvement, so a hard stop keeps them).
+#  2. training of cevae-brain-mr-heads continued on the GPU (issue 13): benchmarks/train_heads_model.sh's training
+#     (heads from label maps 01-16 in one process per core, validation heads from the held-out maps 17-20) without
+#     its calibration, until the time left runs out (the best weights are written at each improvement, so a hard
+#     stop keeps them).
 # Needs .dev/ from benchmarks/gpu_kit.sh (carried: `run(carry=[".dev"])`). Everything lands in OUT_DIR.
 # deepbet (brain extraction, 17 MB of weights) does not fit in the same 64 MiB call: a first, short call on the
 # same warm machine (the next call must follow within its 30 s) installs .dev1/ (the deepbet,
@@ -54,10 +55,9 @@ fi
 stamp "training on $HEADS heads, $(left) s left"
 TRAIN_LIMIT=$(( $(left) - 15 ))
 if [ "$TRAIN_LIMIT" -gt 60 ]; then
-  timeout "$TRAIN_LIMIT" $PY -m napari_uad.cli train --label-maps "$WORK/maps" --val-maps 4 \
-    --init-from cevae-brain-mr-heads --out "$WORK/train" --n-volumes "$HEADS" --val-fraction 0.17 --epochs 1000 \
-    --steps-per-epoch 100 --batch-size 64 --learning-rate 1e-4 --patience 20 --lr-patience 4 \
-    --calibration-volumes 0 --normal-variants --workers "$(nproc)" --device "$DEVICE" \
+  PYTHON="$PY" NAPARI_UAD="$PY -m napari_uad.cli" INIT_FROM=cevae-brain-mr-heads N_HEADS="$HEADS" CALIBRATE=0 \
+    timeout "$TRAIN_LIMIT" bash benchmarks/train_heads_model.sh "$WORK/train" "$WORK/maps" \
+    --workers "$(nproc)" --device "$DEVICE" \
     --max-minutes "$(awk -v t="$TRAIN_LIMIT" -v n="$HEADS" 'BEGIN { print (t - 30 - 0.9 * n) / 60 }')" 2>&1 | tee "$OUT/train.log"
   cp "$WORK/train/model.safetensors" "$WORK/train/card.json" "$OUT/" 2>/dev/null || echo "no model written"
 else

@@ -10,7 +10,9 @@
 # Usage: bash benchmarks/train_heads_model.sh OUT_DIR [MAPS_DIR] [train options, e.g. --device cuda --max-minutes 15]
 # On the lent GPU machine, which cannot see ../shared: copy the label maps into a git-ignored folder of the
 # repository (e.g. .labelmaps/), carry it, and pass it as MAPS_DIR.
-# NAPARI_UAD overrides the command; CALIBRATE_ARGS adds calibration options (e.g. "--device cuda").
+# NAPARI_UAD overrides the command, PYTHON the interpreter; CALIBRATE_ARGS adds calibration options (e.g. "--device cuda"); INIT_FROM
+# (default cevae-brain-mr) is the model fine-tuned from, N_HEADS (default 64) the number of heads made, and
+# CALIBRATE=0 stops after training and the tissue-settings copy (benchmarks/gpu_session.sh: no time on the GPU).
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/train_heads_model.sh OUT_DIR [MAPS_DIR] [train options]}
 MAPS=${2:-../shared/data/synthseg_label_maps}
@@ -19,12 +21,12 @@ UAD=${NAPARI_UAD:-napari-uad}
 if [ -f "$OUT/checkpoint/state.json" ]; then
   START=(--resume)
 else
-  START=(--init-from cevae-brain-mr)
+  START=(--init-from "${INIT_FROM:-cevae-brain-mr}")
 fi
-$UAD train --label-maps "$MAPS" --val-maps 4 "${START[@]}" --out "$OUT" --n-volumes 64 --val-fraction 0.17 \
+$UAD train --label-maps "$MAPS" --val-maps 4 "${START[@]}" --out "$OUT" --n-volumes "${N_HEADS:-64}" --val-fraction 0.17 \
   --epochs 1000 --steps-per-epoch 100 --batch-size 64 --learning-rate 1e-4 --patience 20 --lr-patience 4 \
   --calibration-volumes 0 --normal-variants "$@"
-python - "$OUT/card.json" <<'EOF'
+${PYTHON:-python} - "$OUT/card.json" <<'EOF'
 import json, sys
 from napari_uad.model_card import resolve_model
 bundled = json.loads((resolve_model("cevae-brain-mr-heads") / "card.json").read_text())
@@ -33,4 +35,5 @@ card = json.loads(open(path).read())
 card["scoring"].update({k: v for k, v in bundled["scoring"].items() if k.startswith("tissue_")})
 open(path, "w").write(json.dumps(card, indent=2) + "\n")
 EOF
+[ "${CALIBRATE:-1}" = 0 ] && exit 0
 $UAD calibrate --model "$OUT" --synthetic 16 --label-maps "$MAPS" --normal-variants ${CALIBRATE_ARGS:-}
