@@ -25,7 +25,7 @@ from scipy import ndimage
 from .synth import _smooth_field
 
 __all__ = ["LabelHead", "label_head", "label_map_files", "load_label_map", "write_label_head_dataset", "TISSUE_CLASSES",
-           "CONTRAST_FAMILIES", "CLINICAL_FAMILIES", "family_in_turn", "parse_families"]
+           "HOMOLOGUES", "CONTRAST_FAMILIES", "CLINICAL_FAMILIES", "family_in_turn", "parse_families"]
 
 CONTRAST_FAMILIES = ("t1", "t2", "flair", "pd", "random")
 CLINICAL_FAMILIES = ("t1", "t2", "flair", "pd")  # what a scanner makes; "random" only widens training
@@ -36,6 +36,11 @@ TISSUE_CLASSES = {
     "csf": (4, 5, 14, 15, 24, 43, 44, 72),
 }
 # mean intensity of (CSF, GM, WM, deep GM) per contrast family before per-label jitter
+# right-hemisphere FreeSurfer label -> its left homologue (cerebrum, cerebellum, deep nuclei, vessel, choroid
+# plexus, white-matter hypointensities, and the SynthSeg maps' extra pairs 136/163, 137/164): a brain's two sides
+# share one intensity per structure, as on a real scan; only the bias field and the noise differ between them
+HOMOLOGUES = {41: 2, 42: 3, 43: 4, 44: 5, 46: 7, 47: 8, 49: 10, 50: 11, 51: 12, 52: 13, 53: 17, 54: 18, 57: 25,
+              58: 26, 60: 28, 62: 30, 63: 31, 163: 136, 164: 137}
 _FAMILY_MEANS = {"t1": (0.2, 0.55, 0.8, 0.65), "t2": (1.0, 0.6, 0.45, 0.5), "flair": (0.1, 0.7, 0.55, 0.6),
                  "pd": (0.85, 0.75, 0.6, 0.7)}
 
@@ -100,8 +105,9 @@ def _deform_labels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> tuple[dict[int, float], dict]:
     """One mean intensity per (anatomical) label: around its tissue class' mean for a contrast family
-    (x0.9-1.1 per class, x0.95-1.05 per label: classes keep their order), or uniform in [0.02, 1] for "random";
-    extra-cerebral labels are random in every family. Also returns the class means (csf, gm, wm, deep)."""
+    (x0.9-1.1 per class, x0.95-1.05 per label: classes keep their order; a right-hemisphere label takes its
+    left homologue's, ``HOMOLOGUES``), or uniform in [0.02, 1] per label for "random" (SynthSeg's full
+    randomisation, a training augmentation); extra-cerebral labels are random in every family. Also returns the class means (csf, gm, wm, deep)."""
     means = {}
     class_of = {lab: name for name, labs in TISSUE_CLASSES.items() for lab in labs}
     base = dict(zip(("csf", "gm", "wm", "deep"), _FAMILY_MEANS.get(family, (0.5, 0.5, 0.5, 0.5))))
@@ -115,6 +121,8 @@ def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> 
         else:
             name = class_of.get(lab, "deep")
             means[lab] = float(base[name] * jitter[name] * rng.uniform(0.95, 1.05))
+            if HOMOLOGUES.get(lab) in means:  # drawn all the same: the rest of the head keeps its draws
+                means[lab] = means[HOMOLOGUES[lab]]
     return means, {name: base[name] * jitter[name] for name in base}
 
 
@@ -157,6 +165,8 @@ def label_head(path: str | Path, seed: int, family: str | None = None, slice_thi
     for lab, m in means.items():
         lut[lab] = m
         stds[lab] = m * rng.uniform(0.01, 0.06)
+        if family != "random" and HOMOLOGUES.get(lab) in means:  # one texture per structure, like its intensity
+            stds[lab] = stds[HOMOLOGUES[lab]]
     for lab, m in extra.items():  # from the lesion's own stream
         lut[lab] = m
         stds[lab] = m * lesion_rng.uniform(0.02, 0.08)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_uad.io import write_image_file
-from napari_uad.synth_labels import TISSUE_CLASSES, label_head, label_map_files
+from napari_uad.synth_labels import HOMOLOGUES, TISSUE_CLASSES, label_head, label_map_files
 
 SHARED_MAPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthseg_label_maps"
 
@@ -55,6 +55,21 @@ def test_contrast_families_keep_tissue_order(toy_label_map, family, order):
 def test_unknown_family_is_refused(toy_label_map):
     with pytest.raises(ValueError, match="unknown contrast family"):
         label_head(toy_label_map, 0, family="dwi")
+
+
+@pytest.mark.parametrize("family", ["t1", "t2", "flair", "pd"])
+def test_both_sides_of_a_brain_share_one_intensity_per_structure(family):
+    """A real brain's left and right putamen (cortex, white matter, ...) have one intensity; drawing them apart
+    would make every normal head asymmetric (and every asymmetry map fire on it)."""
+    from napari_uad.synth_labels import _label_means
+
+    present = np.array([0, *sorted(set(HOMOLOGUES) | set(HOMOLOGUES.values())), 14, 16, 24, 507], np.int16)
+    means, _ = _label_means(present, family, np.random.default_rng(3))
+    for right, left in HOMOLOGUES.items():
+        assert means[right] == means[left]
+    assert len({means[left] for left in HOMOLOGUES.values()}) > 10  # structures still differ from each other
+    random_means, _ = _label_means(present, "random", np.random.default_rng(3))
+    assert any(random_means[r] != random_means[le] for r, le in HOMOLOGUES.items())  # full randomisation stays
 
 
 @pytest.mark.skipif(not SHARED_MAPS.is_dir(), reason="../shared/data not present")
