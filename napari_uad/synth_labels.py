@@ -25,7 +25,7 @@ from scipy import ndimage
 from .synth import _smooth_field
 
 __all__ = ["LabelHead", "label_head", "label_map_files", "load_label_map", "write_label_head_dataset", "TISSUE_CLASSES",
-           "HOMOLOGUES", "CONTRAST_FAMILIES", "CLINICAL_FAMILIES", "family_in_turn", "parse_families"]
+           "HOMOLOGUES", "same_intensity_group", "CONTRAST_FAMILIES", "CLINICAL_FAMILIES", "family_in_turn", "parse_families"]
 
 CONTRAST_FAMILIES = ("t1", "t2", "flair", "pd", "random")
 CLINICAL_FAMILIES = ("t1", "t2", "flair", "pd")  # what a scanner makes; "random" only widens training
@@ -103,15 +103,23 @@ def _deform_labels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         np.int16)
 
 
+def same_intensity_group(label: int) -> int | str:
+    """Labels that a real scan shows with one intensity: every CSF space ("csf": one fluid, ventricles and sulci
+    alike) and a structure with its other-hemisphere homologue (``HOMOLOGUES``: the left label); else itself."""
+    return "csf" if label in TISSUE_CLASSES["csf"] else HOMOLOGUES.get(label, label)
+
+
 def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> tuple[dict[int, float], dict]:
     """One mean intensity per (anatomical) label: around its tissue class' mean for a contrast family
-    (x0.9-1.1 per class, x0.95-1.05 per label: classes keep their order; a right-hemisphere label takes its
-    left homologue's, ``HOMOLOGUES``), or uniform in [0.02, 1] per label for "random" (SynthSeg's full
-    randomisation, a training augmentation); extra-cerebral labels are random in every family. Also returns the class means (csf, gm, wm, deep)."""
+    (x0.9-1.1 per class, x0.95-1.05 per label: classes keep their order; the labels of one
+    ``same_intensity_group`` share the first one's), or uniform in [0.02, 1] per label for "random" (SynthSeg's
+    full randomisation, a training augmentation); extra-cerebral labels are random in every family. Also returns
+    the class means (csf, gm, wm, deep)."""
     means = {}
     class_of = {lab: name for name, labs in TISSUE_CLASSES.items() for lab in labs}
     base = dict(zip(("csf", "gm", "wm", "deep"), _FAMILY_MEANS.get(family, (0.5, 0.5, 0.5, 0.5))))
     jitter = {name: rng.uniform(0.9, 1.1) for name in base}
+    shared: dict = {}  # intensity group -> its first label
     for lab in present:
         lab = int(lab)
         if lab == 0 or lab >= 900:  # background; lesion labels get theirs from synth_lesions
@@ -121,8 +129,8 @@ def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> 
         else:
             name = class_of.get(lab, "deep")
             means[lab] = float(base[name] * jitter[name] * rng.uniform(0.95, 1.05))
-            if HOMOLOGUES.get(lab) in means:  # drawn all the same: the rest of the head keeps its draws
-                means[lab] = means[HOMOLOGUES[lab]]
+            first = shared.setdefault(same_intensity_group(lab), lab)
+            means[lab] = means[first]  # drawn all the same: the rest of the head keeps its draws
     return means, {name: base[name] * jitter[name] for name in base}
 
 
@@ -160,13 +168,15 @@ def label_head(path: str | Path, seed: int, family: str | None = None, slice_thi
         variant_rng = np.random.default_rng([seed, 313])
         labels, variant_params = insert_normal_variants(labels, affine, variant_rng)  # where lesions left tissue
         variants = variant_means(family, tissue, variant_rng)
+    textures: dict = {}  # intensity group -> its first label
     lut = np.zeros(max(int(present.max()), *means, *extra, *variants) + 1, np.float32)
     stds = np.zeros_like(lut)
     for lab, m in means.items():
         lut[lab] = m
         stds[lab] = m * rng.uniform(0.01, 0.06)
-        if family != "random" and HOMOLOGUES.get(lab) in means:  # one texture per structure, like its intensity
-            stds[lab] = stds[HOMOLOGUES[lab]]
+        first = textures.setdefault(same_intensity_group(lab), lab)
+        if family != "random":  # one texture per intensity group, like its intensity
+            stds[lab] = stds[first]
     for lab, m in extra.items():  # from the lesion's own stream
         lut[lab] = m
         stds[lab] = m * lesion_rng.uniform(0.02, 0.08)

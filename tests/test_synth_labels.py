@@ -58,15 +58,18 @@ def test_unknown_family_is_refused(toy_label_map):
 
 
 @pytest.mark.parametrize("family", ["t1", "t2", "flair", "pd"])
-def test_both_sides_of_a_brain_share_one_intensity_per_structure(family):
-    """A real brain's left and right putamen (cortex, white matter, ...) have one intensity; drawing them apart
-    would make every normal head asymmetric (and every asymmetry map fire on it)."""
+def test_both_sides_of_a_brain_and_all_its_csf_share_one_intensity(family):
+    """A real brain's left and right putamen (cortex, white matter, ...) have one intensity, and its ventricles
+    and sulci hold one fluid; drawing them apart would make every normal head asymmetric (and every asymmetry
+    map fire on it) and its ventricles outliers of their own tissue."""
     from napari_uad.synth_labels import _label_means
 
-    present = np.array([0, *sorted(set(HOMOLOGUES) | set(HOMOLOGUES.values())), 14, 16, 24, 507], np.int16)
+    present = np.array([0, *sorted(set(HOMOLOGUES) | set(HOMOLOGUES.values()) | set(TISSUE_CLASSES["csf"])), 16,
+                        507], np.int16)
     means, _ = _label_means(present, family, np.random.default_rng(3))
     for right, left in HOMOLOGUES.items():
         assert means[right] == means[left]
+    assert len({means[lab] for lab in TISSUE_CLASSES["csf"]}) == 1
     assert len({means[left] for left in HOMOLOGUES.values()}) > 10  # structures still differ from each other
     random_means, _ = _label_means(present, "random", np.random.default_rng(3))
     assert any(random_means[r] != random_means[le] for r, le in HOMOLOGUES.items())  # full randomisation stays
