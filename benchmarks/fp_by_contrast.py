@@ -1,0 +1,96 @@
+"""Validation experiment: which contrasts and tissues carry the false findings on normal heads?
+
+Usage: python benchmarks/fp_by_contrast.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 3]
+       [--seed 600000] [--out runs/fp_by_contrast.json]
+
+--n healthy heads per clinical contrast (T1, T2, FLAIR, PD) from the held-out *validation* label maps (the last
+--val-maps maps, never the tumour test cases), with normal variants (periventricular rim, choroid plexus), seeds
+from --seed (calibration uses 100000+), each scored like a clinical scan (deepbet brain extraction on the head
+with skull, N4, alignment, the card's default maps) and its findings made exactly as ``napari-uad score`` makes
+them (card threshold, minimum volume and edge margin). Every finding on a normal head is false; each is
+attributed to the tissue its voxels mostly lie in (the head's own labels: CSF, GM, WM, deep grey matter, normal
+variant, outside the true brain). Heads whose brain mask has Dice < 0.9 with the true brain are counted apart,
+as calibration leaves them out. Prints a line per head and writes the per-contrast totals to --out (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
+
+
+def tissue_of(labels: np.ndarray) -> str:
+    """The tissue most of a finding's head labels (FreeSurfer numbering) belong to."""
+    from napari_uad.synth_labels import TISSUE_CLASSES
+    from napari_uad.synth_variants import VARIANT_LABELS
+
+    names = []
+    for lab in labels.ravel().tolist():
+        if lab == 0 or lab >= 500:
+            names.append("outside brain")
+        elif lab in VARIANT_LABELS:
+            names.append("normal variant")
+        else:
+            names.append(next((n for n, labs in TISSUE_CLASSES.items() if lab in labs), "deep"))
+    return Counter(names).most_common(1)[0][0]
+
+
+def main() -> None:
+    parser = validation_parser(__doc__.splitlines()[0], n=3)
+    parser.add_argument("--seed", type=int, default=600_000)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fp_by_contrast.json")
+    args = parser.parse_args()
+    setup = validation_setup(args)
+    if setup is None:
+        return
+    model, card, files = setup
+    from napari_uad.findings import find_findings, interior
+    from napari_uad.mask import dice
+    from napari_uad.scoring import Scorer
+    from napari_uad.io import Volume
+    from napari_uad.synth_labels import CLINICAL_FAMILIES, label_head
+
+    scorer = Scorer(model, card, device="cpu")
+    threshold, min_volume = card.default_threshold(), float(card.calibration.get("min_volume_mm3", 0.0))
+    margin = float(card.calibration.get("edge_margin_mm", 0.0))
+    totals = {f: {"heads": 0, "findings": 0, "by_tissue": Counter(), "failed_brain_masks": 0,
+                  "findings_on_failed": 0} for f in CLINICAL_FAMILIES}
+    for i in range(args.n * len(CLINICAL_FAMILIES)):
+        family = CLINICAL_FAMILIES[i % len(CLINICAL_FAMILIES)]
+        seed = args.seed + i
+        path = files[(i + i // len(CLINICAL_FAMILIES)) % len(files)]  # every contrast meets every map
+        head = label_head(path, seed, family=family, normal_variants=True)
+        volume = Volume.from_array(head.data, head.affine, modality="MR")
+        result = scorer.score(volume)
+        labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
+                                         allowed=interior(result.mask, volume.spacing, margin))
+        where = [tissue_of(head.labels[labels == f.finding_id]) for f in findings]
+        brain_dice = float(dice(result.mask, head.brain))
+        t = totals[family]
+        if brain_dice < 0.9:
+            t["failed_brain_masks"] += 1
+            t["findings_on_failed"] += len(findings)
+        else:
+            t["heads"] += 1
+            t["findings"] += len(findings)
+            t["by_tissue"].update(where)
+        print(json.dumps({"seed": seed, "family": family, "label_map": path.name,
+                          "brain_mask_dice": round(brain_dice, 3), "findings": len(findings),
+                          "tissues": dict(Counter(where))}), flush=True)
+    out = {"model": f"{card.name} {card.version}", "threshold": threshold, "min_volume_mm3": min_volume,
+           "edge_margin_mm": margin, "seeds_from": args.seed,
+           "per_contrast": {f: {**t, "by_tissue": dict(t["by_tissue"]),
+                                "findings_per_normal_head": t["findings"] / t["heads"] if t["heads"] else None}
+                            for f, t in totals.items()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out["per_contrast"]))
+
+
+if __name__ == "__main__":
+    main()
