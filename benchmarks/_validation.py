@@ -39,3 +39,14 @@ def validation_args(description: str, n: int, out: str):
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / out)
     args = parser.parse_args()
     return args, validation_setup(args)
+
+
+def validation_scorer(args: argparse.Namespace):
+    """(CPU scorer of the model, its card, the validation label maps), or None where ../shared is absent."""
+    setup = validation_setup(args)
+    if setup is None:
+        return None
+    from napari_uad.scoring import Scorer
+
+    model, card, files = setup
+    return Scorer(model, card, device="cpu"), card, files

@@ -24,7 +24,7 @@ import json
 import numpy as np
 from scipy import ndimage
 
-from _validation import validation_parser, validation_setup  # noqa: E402
+from _validation import validation_parser, validation_scorer  # noqa: E402
 
 
 def main() -> None:
@@ -33,16 +33,14 @@ def main() -> None:
     parser.add_argument("--median-sizes", default="0")
     parser.add_argument("--contrast", choices=("any", "clinical"), default="any")
     args = parser.parse_args()
-    setup = validation_setup(args)
+    setup = validation_scorer(args)
     if setup is None:
         return
-    model, card, files = setup
+    scorer, card, files = setup
     from napari_uad.findings import interior, label_components
     from napari_uad.io import Volume
-    from napari_uad.scoring import Scorer
     from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
 
-    scorer = Scorer(model, card, device="cpu")
     det, thr = card.detection_map, card.default_threshold()
     min_volume = float(card.calibration.get("min_volume_mm3", 0.0))
     margins = [float(m) for m in args.margins.split(",")]

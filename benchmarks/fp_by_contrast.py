@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
+from _validation import ROOT, validation_parser, validation_scorer  # noqa: E402
 
 
 def tissue_of(labels: np.ndarray) -> str:
@@ -45,17 +45,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=600_000)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fp_by_contrast.json")
     args = parser.parse_args()
-    setup = validation_setup(args)
+    setup = validation_scorer(args)
     if setup is None:
         return
-    model, card, files = setup
+    scorer, card, files = setup
     from napari_uad.findings import find_findings, interior
-    from napari_uad.mask import dice
-    from napari_uad.scoring import Scorer
     from napari_uad.io import Volume
+    from napari_uad.mask import dice
     from napari_uad.synth_labels import CLINICAL_FAMILIES, label_head
 
-    scorer = Scorer(model, card, device="cpu")
     threshold, min_volume = card.default_threshold(), float(card.calibration.get("min_volume_mm3", 0.0))
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     totals = {f: {"heads": 0, "findings": 0, "by_tissue": Counter(), "failed_brain_masks": 0,
