@@ -144,8 +144,14 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               maps: tuple[str, ...] = MAP_NAMES, voxels_per_volume: int = 400_000, seed: int = 0,
               combined_components: tuple[str, ...] = (), edge_margin_mm: float = 0.0,
               max_fp_per_normal_scan: float = MAX_FP_PER_NORMAL_SCAN, detection_map: str | None = None,
-              min_volume_mm3: float = 0.0, log=lambda m: None) -> dict:
+              min_volume_mm3: float = 0.0, healthy_quota: Mapping[str, int] | None = None,
+              log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
+
+    ``healthy_quota``: healthy volumes to keep per stratum (``Volume.metadata["stratum"]``, e.g. the contrast);
+    the healthy iterable is then a supply, read lazily: a volume of a full stratum is skipped unscored and reading
+    stops once every quota is met, so heads left out by the brain-mask check are made up within their own stratum
+    (the card records the strata kept, and any quota the supply could not fill).
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
     which cannot choose them; with anomalies the trials are still recorded). ``detection_map``: with anomalies,
@@ -165,14 +171,23 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [],
                        "template_brain_dice": [], "contrast_enhanced": []}
     excluded: list[dict] = []
-    for volume in healthy:
+    strata: dict[str, int] = {}  # healthy volumes kept per stratum
+    for index, volume in enumerate(healthy):
+        stratum = str(volume.metadata.get("stratum"))
+        if healthy_quota is not None:
+            if all(strata.get(k, 0) >= n for k, n in healthy_quota.items()):
+                break
+            if strata.get(stratum, 0) >= healthy_quota.get(stratum, 0):
+                continue  # its stratum is full: not scored
         result = scorer.score(volume, maps, postprocess=False)
         true_brain = volume.metadata.get("true_brain")
         if true_brain is not None and (agreement := mask_dice(result.mask, true_brain)) < MIN_BRAIN_MASK_DICE:
             # the pipeline failed on this head (e.g. brain extraction kept the scalp): not a healthy reference
-            excluded.append({"index": n_healthy + len(excluded), "brain_mask_dice": round(agreement, 4)})
+            excluded.append({"index": index, "brain_mask_dice": round(agreement, 4),
+                             **({"stratum": stratum} if "stratum" in volume.metadata else {})})
             log(f"calibration: healthy volume left out (brain mask Dice {agreement:.2f} with its true brain)")
             continue
+        strata[stratum] = strata.get(stratum, 0) + 1
         kept.append(_Scored.of(volume, result, whole, None, edge_margin_mm))
         reference["brain_volume_ml"].append(float(result.mask.sum() * volume.voxel_volume_mm3 / 1000.0))
         reference["field_of_view_mm"].append(float((np.asarray(volume.shape) * volume.spacing).min()))
@@ -207,6 +222,11 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
                                                 "reference", "volumes": excluded},
            "rule": "threshold = best pooled Dice on synthetic toy anomalies (validation); "
                    "threshold_fpr_* = healthy-voxel quantiles"}
+    if healthy_quota is not None:
+        out["healthy_strata"] = {"quota": dict(healthy_quota), "kept": strata}
+        unmet = {k: strata.get(k, 0) for k, n in healthy_quota.items() if strata.get(k, 0) < n}
+        if unmet:
+            log(f"calibration: the supply of healthy volumes did not fill every stratum (kept: {unmet})")
     for m in maps:
         values = np.concatenate(pools[m])
         table = quantile_table(values)

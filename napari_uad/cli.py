@@ -241,6 +241,10 @@ def _add_calibrate_parser(sub) -> None:
     p.add_argument("--normal-variants", action="store_true",
                    help="label-map heads get the periventricular rim and the choroid plexus (normal anatomy the "
                         "label maps lack; napari_uad.synth_variants)")
+    p.add_argument("--balance-contrasts", action="store_true",
+                   help="--label-maps: keep --synthetic / 4 healthy heads of each clinical contrast, making up "
+                        "those left out by the brain-mask check with further heads of the same contrast (up to "
+                        "3 x --synthetic heads are made)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
@@ -552,6 +556,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         directory = resolve_model(args.model)  # calibrate_model verifies the weights before scoring
         if args.toy_anomalies < 0:
             raise CliError("--toy-anomalies must be >= 0")
+        if args.balance_contrasts and not (args.synthetic is not None and args.label_maps):
+            raise CliError("--balance-contrasts needs --synthetic with --label-maps (synthetic heads of known "
+                           "contrast)")
         if args.synthetic is not None:
             if args.synthetic < 1:
                 raise CliError("--synthetic needs at least 1 volume")
@@ -565,7 +572,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             calibrate_model(directory, synthetic_volumes=args.synthetic, seed=args.seed, device=args.device,
                             workers=_workers(args.workers), command=args.command_line, label_maps=label_maps,
                             maps=maps, normal_variants=args.normal_variants, detection_map=args.detection_map,
-                            combined=parse_maps(args.combined) if args.combined else (), log=_log)
+                            combined=parse_maps(args.combined) if args.combined else (),
+                            balance_contrasts=args.balance_contrasts, log=_log)
         else:
             if args.detection_map or args.combined:
                 raise CliError("--detection-map and --combined need --synthetic (normal scans keep the card's)")

@@ -397,6 +397,7 @@ def label_head_volume(item: tuple) -> tuple[Volume, np.ndarray]:
     head = label_head(path, seed, family=family, normal_variants=variants)
     volume = Volume.from_array(head.data, head.affine, modality="MR")
     volume.metadata["true_brain"] = head.brain  # lets calibration leave out heads whose brain extraction failed
+    volume.metadata["stratum"] = head.params["contrast_family"]  # lets calibration balance the contrasts
     return volume, head.brain
 
 
@@ -459,7 +460,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     seed: int = 0, device: str = "auto", workers: int = 1, command: str = "",
                     label_maps: list[Path] | None = None, maps: tuple[str, ...] | None = None,
                     normal_variants: bool = False, detection_map: str | None = None,
-                    combined: tuple[str, ...] = (), toy_anomalies: int = 0,
+                    combined: tuple[str, ...] = (), toy_anomalies: int = 0, balance_contrasts: bool = False,
                     log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
@@ -473,7 +474,9 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     and combined components stay the card's. ``maps``: the maps to calibrate (default: all). ``normal_variants``: the
     label-map heads get the periventricular rim and choroid plexus (``synth_variants``). ``detection_map`` /
     ``combined`` (synthetic only): the default detection map and the combined map's components, chosen on other
-    validation data, instead of by this set's Dice (``calibration.calibrate``)."""
+    validation data, instead of by this set's Dice (``calibration.calibrate``). ``balance_contrasts`` (label
+    maps only): keep ``synthetic_volumes`` / 4 healthy heads per clinical contrast, heads left out by the
+    brain-mask check made up by further heads of their contrast (seeds continue; at most 3 x as many made)."""
     from .calibration import calibrate
     from .combined import combined_components
     from .model_card import load_model
@@ -485,6 +488,8 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                          "(normal scans keep the card's)")
     if "combined" in combined:
         raise ValueError("the combined map cannot be one of its own components")
+    if balance_contrasts and not (synthetic_volumes > 0 and label_maps):
+        raise ValueError("balancing the contrasts needs synthetic heads from label maps (--synthetic, --label-maps)")
     if toy_anomalies and synthetic_volumes > 0:
         raise ValueError("toy anomalies are put into your own normal scans; synthetic validation has its own")
     model, card = load_model(model_dir, device="cpu")
@@ -502,10 +507,15 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
         base = 100_000 + seed
         healthy_seeds, anomalous_seeds = range(base, base + synthetic_volumes), range(base + 500,
                                                                                        base + 500 + synthetic_volumes)
+        quota = None
         if label_maps:
             # clinical contrasts only: thresholds and the out-of-distribution reference are for real scans
+            if balance_contrasts:  # a supply three times as long; calibrate reads what each contrast needs
+                healthy_seeds = range(base, base + 3 * synthetic_volumes)
+                share, extra = divmod(synthetic_volumes, len(CLINICAL_FAMILIES))
+                quota = {f: share + (i < extra) for i, f in enumerate(CLINICAL_FAMILIES)}
             healthy = map_in_workers(label_head_volume_only, _label_items(label_maps, healthy_seeds, CLINICAL_FAMILIES,
-                                                                          normal_variants), workers)
+                                                                          normal_variants), 1 if quota else workers)
             anomalous = map_in_workers(label_head_anomaly_case, _label_items(label_maps, anomalous_seeds,
                                                                              CLINICAL_FAMILIES, normal_variants),
                                        workers)
@@ -521,12 +531,14 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     kept = ["edge_margin_mm", "edge_margin_selection"]
     if synthetic_volumes > 0:
         card.calibration = calibrate(scorer, healthy, anomalous, log=log, detection_map=detection_map,
+                                     healthy_quota=quota,
                                      combined_components=tuple(combined),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      **({"maps": maps} if maps else {}))
         kinds = "disease-like (even seeds) or toy (odd) anomaly" if label_maps else "toy-anomaly"
+        balanced = ", healthy heads balanced by contrast after the brain-mask check" if balance_contrasts else ""
         card.calibration["validation_set"] = (f"{synthetic_volumes} healthy + {synthetic_volumes} {kinds} "
-                                              f"{source}, seeds from {base}")
+                                              f"{source}{balanced}, seeds from {base}")
         card.calibration["validation_source"] = "synthetic"
     else:
         held_out = list(held_out)

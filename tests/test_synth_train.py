@@ -571,3 +571,47 @@ def test_calibration_leaves_out_healthy_heads_whose_brain_extraction_failed():
     assert [v["index"] for v in cal["healthy_volumes_left_out"]["volumes"]] == [1]
     with pytest.raises(ValueError, match="1 left out"):
         calibrate(_MapScorer(make), [volume(3, small)], maps=("nll",))
+
+
+def test_calibration_can_balance_strata_making_up_heads_left_out_within_their_own_stratum():
+    """With a quota per stratum (the contrast), a head left out by the brain-mask check is replaced by the next
+    head of the same stratum, heads of a full stratum are not scored, and reading the supply stops once every
+    quota is met: a contrast on which brain extraction often fails still sets the operating point."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.io import Volume
+
+    shape = (16, 16, 16)
+    small = np.zeros(shape, bool)
+    small[4:8, 4:8, 4:8] = True
+    scored: list[int] = []
+
+    def supply():
+        # strata in turn a, b, a, b, ...; every "b" head but the third fails its brain-mask check
+        for seed in range(40):
+            stratum = "ab"[seed % 2]
+            data = np.zeros(shape, np.float32)
+            data[0, 0, 0] = seed + 1
+            v = Volume.from_array(data, np.eye(4))
+            v.metadata["stratum"] = stratum
+            v.metadata["true_brain"] = small if stratum == "b" and seed not in (5, 9) else np.ones(shape, bool)
+            yield v
+
+    def make(v):
+        scored.append(int(v.data[0, 0, 0]) - 1)
+        return {"nll": np.random.default_rng(int(v.data[0, 0, 0])).normal(size=shape).astype(np.float32)}
+
+    cal = calibrate(_MapScorer(make), supply(), maps=("nll",), healthy_quota={"a": 2, "b": 2})
+    assert cal["n_healthy_volumes"] == 4
+    assert cal["healthy_strata"] == {"quota": {"a": 2, "b": 2}, "kept": {"a": 2, "b": 2}}
+    assert [v["index"] for v in cal["healthy_volumes_left_out"]["volumes"]] == [1, 3, 7]
+    assert all(v["stratum"] == "b" for v in cal["healthy_volumes_left_out"]["volumes"])
+    assert scored == [0, 1, 2, 3, 5, 7, 9]  # a-heads 4, 6, 8 skipped unscored; the supply read no further
+    # without the quota the same supply keeps every head that passes its check
+    assert calibrate(_MapScorer(make), list(supply())[:10], maps=("nll",))["n_healthy_volumes"] == 7
+
+
+def test_balance_contrasts_is_refused_without_label_map_heads(tmp_path, tiny_model_dir, capsys):
+    from napari_uad.cli import main
+
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--data", str(tmp_path), "--balance-contrasts"]) == 2
+    assert "--balance-contrasts needs --synthetic with --label-maps" in capsys.readouterr().err
