@@ -25,7 +25,8 @@ from scipy import ndimage
 from .synth import _smooth_field
 
 __all__ = ["LabelHead", "label_head", "label_map_files", "load_label_map", "write_label_head_dataset", "TISSUE_CLASSES",
-           "HOMOLOGUES", "same_intensity_group", "CONTRAST_FAMILIES", "CLINICAL_FAMILIES", "family_in_turn", "parse_families"]
+           "HOMOLOGUES", "same_intensity_group", "CONTRAST_FAMILIES", "CLINICAL_FAMILIES", "family_in_turn",
+           "parse_families"]
 
 CONTRAST_FAMILIES = ("t1", "t2", "flair", "pd", "random")
 CLINICAL_FAMILIES = ("t1", "t2", "flair", "pd")  # what a scanner makes; "random" only widens training
@@ -35,12 +36,12 @@ TISSUE_CLASSES = {
     "gm": (3, 8, 17, 18, 42, 47, 53, 54),
     "csf": (4, 5, 14, 15, 24, 43, 44, 72),
 }
-# mean intensity of (CSF, GM, WM, deep GM) per contrast family before per-label jitter
 # right-hemisphere FreeSurfer label -> its left homologue (cerebrum, cerebellum, deep nuclei, vessel, choroid
 # plexus, white-matter hypointensities, and the SynthSeg maps' extra pairs 136/163, 137/164): a brain's two sides
 # share one intensity per structure, as on a real scan; only the bias field and the noise differ between them
 HOMOLOGUES = {41: 2, 42: 3, 43: 4, 44: 5, 46: 7, 47: 8, 49: 10, 50: 11, 51: 12, 52: 13, 53: 17, 54: 18, 57: 25,
               58: 26, 60: 28, 62: 30, 63: 31, 163: 136, 164: 137}
+# mean intensity of (CSF, GM, WM, deep GM) per contrast family before per-label jitter
 _FAMILY_MEANS = {"t1": (0.2, 0.55, 0.8, 0.65), "t2": (1.0, 0.6, 0.45, 0.5), "flair": (0.1, 0.7, 0.55, 0.6),
                  "pd": (0.85, 0.75, 0.6, 0.7)}
 
@@ -109,6 +110,15 @@ def same_intensity_group(label: int) -> int | str:
     return "csf" if label in TISSUE_CLASSES["csf"] else HOMOLOGUES.get(label, label)
 
 
+def _representatives(labels, family: str) -> dict[int, int]:
+    """Each label -> the first of ``labels`` (in their order) in its ``same_intensity_group``, whose intensity and
+    texture it takes; itself in the "random" family (every label drawn on its own)."""
+    if family == "random":
+        return {lab: lab for lab in labels}
+    first: dict = {}
+    return {lab: first.setdefault(same_intensity_group(lab), lab) for lab in labels}
+
+
 def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> tuple[dict[int, float], dict]:
     """One mean intensity per (anatomical) label: around its tissue class' mean for a contrast family
     (x0.9-1.1 per class, x0.95-1.05 per label: classes keep their order; the labels of one
@@ -119,7 +129,6 @@ def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> 
     class_of = {lab: name for name, labs in TISSUE_CLASSES.items() for lab in labs}
     base = dict(zip(("csf", "gm", "wm", "deep"), _FAMILY_MEANS.get(family, (0.5, 0.5, 0.5, 0.5))))
     jitter = {name: rng.uniform(0.9, 1.1) for name in base}
-    shared: dict = {}  # intensity group -> its first label
     for lab in present:
         lab = int(lab)
         if lab == 0 or lab >= 900:  # background; lesion labels get theirs from synth_lesions
@@ -129,8 +138,8 @@ def _label_means(present: np.ndarray, family: str, rng: np.random.Generator) -> 
         else:
             name = class_of.get(lab, "deep")
             means[lab] = float(base[name] * jitter[name] * rng.uniform(0.95, 1.05))
-            first = shared.setdefault(same_intensity_group(lab), lab)
-            means[lab] = means[first]  # drawn all the same: the rest of the head keeps its draws
+    # every label was drawn all the same, so the rest of the head keeps its draws
+    means = {lab: means[first] for lab, first in _representatives(means, family).items()}
     return means, {name: base[name] * jitter[name] for name in base}
 
 
@@ -168,15 +177,13 @@ def label_head(path: str | Path, seed: int, family: str | None = None, slice_thi
         variant_rng = np.random.default_rng([seed, 313])
         labels, variant_params = insert_normal_variants(labels, affine, variant_rng)  # where lesions left tissue
         variants = variant_means(family, tissue, variant_rng)
-    textures: dict = {}  # intensity group -> its first label
     lut = np.zeros(max(int(present.max()), *means, *extra, *variants) + 1, np.float32)
     stds = np.zeros_like(lut)
     for lab, m in means.items():
         lut[lab] = m
         stds[lab] = m * rng.uniform(0.01, 0.06)
-        first = textures.setdefault(same_intensity_group(lab), lab)
-        if family != "random":  # one texture per intensity group, like its intensity
-            stds[lab] = stds[first]
+    for lab, first in _representatives(means, family).items():  # one texture per intensity group, like its mean
+        stds[lab] = stds[first]
     for lab, m in extra.items():  # from the lesion's own stream
         lut[lab] = m
         stds[lab] = m * lesion_rng.uniform(0.02, 0.08)
