@@ -174,11 +174,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     strata: dict[str, int] = {}  # healthy volumes kept per stratum
     for index, volume in enumerate(healthy):
         stratum = str(volume.metadata.get("stratum"))
-        if healthy_quota is not None:
-            if all(strata.get(k, 0) >= n for k, n in healthy_quota.items()):
-                break
-            if strata.get(stratum, 0) >= healthy_quota.get(stratum, 0):
-                continue  # its stratum is full: not scored
+        if healthy_quota is not None and strata.get(stratum, 0) >= healthy_quota.get(stratum, 0):
+            continue  # its stratum is full: not scored
         result = scorer.score(volume, maps, postprocess=False)
         true_brain = volume.metadata.get("true_brain")
         if true_brain is not None and (agreement := mask_dice(result.mask, true_brain)) < MIN_BRAIN_MASK_DICE:
@@ -201,6 +198,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
             pools[m].append(result.maps[m].ravel()[pick])
         n_healthy += 1
         log(f"calibration: healthy volume {n_healthy} scored")
+        if healthy_quota is not None and all(strata.get(k, 0) >= n for k, n in healthy_quota.items()):
+            break  # every quota met: the supply's next head is not even made
     if n_healthy == 0:
         raise ValueError("calibration needs at least one healthy volume"
                          + (f" whose brain mask matches its true brain ({len(excluded)} left out)" if excluded else ""))

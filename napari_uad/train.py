@@ -510,7 +510,8 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
         quota = None
         if label_maps:
             # clinical contrasts only: thresholds and the out-of-distribution reference are for real scans
-            if balance_contrasts:  # a supply three times as long; calibrate reads what each contrast needs
+            if balance_contrasts:  # a supply three times as long, made one head at a time (worker processes
+                # would make all of it): calibrate reads only what each contrast needs
                 healthy_seeds = range(base, base + 3 * synthetic_volumes)
                 share, extra = divmod(synthetic_volumes, len(CLINICAL_FAMILIES))
                 quota = {f: share + (i < extra) for i, f in enumerate(CLINICAL_FAMILIES)}

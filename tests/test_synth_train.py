@@ -584,10 +584,12 @@ def test_calibration_can_balance_strata_making_up_heads_left_out_within_their_ow
     small = np.zeros(shape, bool)
     small[4:8, 4:8, 4:8] = True
     scored: list[int] = []
+    made: list[int] = []
 
     def supply():
         # strata in turn a, b, a, b, ...; every "b" head but the third fails its brain-mask check
         for seed in range(40):
+            made.append(seed)
             stratum = "ab"[seed % 2]
             data = np.zeros(shape, np.float32)
             data[0, 0, 0] = seed + 1
@@ -606,6 +608,7 @@ def test_calibration_can_balance_strata_making_up_heads_left_out_within_their_ow
     assert [v["index"] for v in cal["healthy_volumes_left_out"]["volumes"]] == [1, 3, 7]
     assert all(v["stratum"] == "b" for v in cal["healthy_volumes_left_out"]["volumes"])
     assert scored == [0, 1, 2, 3, 5, 7, 9]  # a-heads 4, 6, 8 skipped unscored; the supply read no further
+    assert made[-1] == 9  # the quotas were met at head 9: no head after it was made
     # without the quota the same supply keeps every head that passes its check
     assert calibrate(_MapScorer(make), list(supply())[:10], maps=("nll",))["n_healthy_volumes"] == 7
 
