@@ -10,7 +10,8 @@ with skull, N4, alignment, the card's default maps) and its findings made exactl
 them (card threshold, minimum volume and edge margin). Every finding on a normal head is false; each is
 attributed to the tissue its voxels mostly lie in (the head's own labels: CSF, GM, WM, deep grey matter, normal
 variant, outside the true brain). Heads whose brain mask has Dice < 0.9 with the true brain are counted apart,
-as calibration leaves them out. Prints a line per head and writes the per-contrast totals to --out (JSON).
+as calibration leaves them out (``calibration.MIN_BRAIN_MASK_DICE``). Prints a line per head and writes the
+per-contrast totals to --out (JSON).
 """
 
 from __future__ import annotations
@@ -49,19 +50,20 @@ def main() -> None:
     if setup is None:
         return
     scorer, card, files = setup
+    from napari_uad.calibration import MIN_BRAIN_MASK_DICE
     from napari_uad.findings import find_findings, interior
     from napari_uad.io import Volume
     from napari_uad.mask import dice
-    from napari_uad.synth_labels import CLINICAL_FAMILIES, label_head
+    from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
 
     threshold, min_volume = card.default_threshold(), float(card.calibration.get("min_volume_mm3", 0.0))
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     totals = {f: {"heads": 0, "findings": 0, "by_tissue": Counter(), "failed_brain_masks": 0,
                   "findings_on_failed": 0} for f in CLINICAL_FAMILIES}
     for i in range(args.n * len(CLINICAL_FAMILIES)):
-        family = CLINICAL_FAMILIES[i % len(CLINICAL_FAMILIES)]
+        family = family_in_turn(i, len(files), CLINICAL_FAMILIES)  # maps in turn, as calibration takes them
         seed = args.seed + i
-        path = files[(i + i // len(CLINICAL_FAMILIES)) % len(files)]  # every contrast meets every map
+        path = files[i % len(files)]
         head = label_head(path, seed, family=family, normal_variants=True)
         volume = Volume.from_array(head.data, head.affine, modality="MR")
         result = scorer.score(volume)
@@ -70,7 +72,7 @@ def main() -> None:
         where = [tissue_of(head.labels[labels == f.finding_id]) for f in findings]
         brain_dice = float(dice(result.mask, head.brain))
         t = totals[family]
-        if brain_dice < 0.9:
+        if brain_dice < MIN_BRAIN_MASK_DICE:
             t["failed_brain_masks"] += 1
             t["findings_on_failed"] += len(findings)
         else:
