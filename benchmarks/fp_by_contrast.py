@@ -1,17 +1,19 @@
 """Validation experiment: which contrasts and tissues carry the false findings on normal heads?
 
 Usage: python benchmarks/fp_by_contrast.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 3]
-       [--seed 600000] [--out runs/fp_by_contrast.json]
+       [--seed 600000] [--skull-stripped] [--out runs/fp_by_contrast.json]
 
 --n healthy heads per clinical contrast (T1, T2, FLAIR, PD) from the held-out *validation* label maps (the last
 --val-maps maps, never the tumour test cases), with normal variants (periventricular rim, choroid plexus), seeds
-from --seed (calibration uses 100000+), each scored like a clinical scan (deepbet brain extraction on the head
-with skull, N4, alignment, the card's default maps) and its findings made exactly as ``napari-uad score`` makes
-them (card threshold, minimum volume and edge margin). Every finding on a normal head is false; each is
-attributed to the tissue its voxels mostly lie in (the head's own labels: CSF, GM, WM, deep grey matter, normal
-variant, outside the true brain). Heads whose brain mask has Dice < 0.9 with the true brain are counted apart,
-as calibration leaves them out (``calibration.MIN_BRAIN_MASK_DICE``). Prints a line per head and writes the
-per-contrast totals to --out (JSON).
+from --seed (calibration uses 100000+), each scored like a clinical scan (deepbet brain extraction on the head with
+skull, N4, alignment, the card's default maps) and its findings made exactly as ``napari-uad score`` makes them (the
+card's operating point for the head's recognised contrast, and its edge margin). Every finding on a normal head is
+false; each is attributed to the tissue its voxels mostly lie in (the head's own labels: CSF, GM, WM, deep grey
+matter, normal variant, outside the true brain). Heads whose brain mask has Dice < 0.9 with the true brain are
+counted apart, as calibration leaves them out (``calibration.MIN_BRAIN_MASK_DICE``). --skull-stripped presents each
+head as a skull-stripped scan instead (its true brain, background 0: how the real test gliomas come), which
+separates false findings caused by a failed brain extraction from those of the maps themselves. Prints a line per
+head and writes the per-contrast totals to --out (JSON).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def tissue_of(labels: np.ndarray) -> str:
 def main() -> None:
     parser = validation_parser(__doc__.splitlines()[0], n=3)
     parser.add_argument("--seed", type=int, default=600_000)
+    parser.add_argument("--skull-stripped", action="store_true",
+                        help="score each head's true brain on a zero background instead of the head with skull")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fp_by_contrast.json")
     args = parser.parse_args()
     setup = validation_scorer(args)
@@ -56,7 +60,6 @@ def main() -> None:
     from napari_uad.mask import dice
     from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
 
-    threshold, min_volume = card.default_threshold(), float(card.calibration.get("min_volume_mm3", 0.0))
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     totals = {f: {"heads": 0, "findings": 0, "by_tissue": Counter(), "failed_brain_masks": 0,
                   "findings_on_failed": 0} for f in CLINICAL_FAMILIES}
@@ -65,8 +68,11 @@ def main() -> None:
         seed = args.seed + i
         path = files[i % len(files)]
         head = label_head(path, seed, family=family, normal_variants=True)
-        volume = Volume.from_array(head.data, head.affine, modality="MR")
+        data = np.where(head.brain, head.data, 0).astype(head.data.dtype) if args.skull_stripped else head.data
+        volume = Volume.from_array(data, head.affine, modality="MR")
         result = scorer.score(volume)
+        # the card's operating point for the head's recognised contrast, as `napari-uad score` uses
+        threshold, min_volume = card.default_threshold(contrast=result.contrast), card.default_min_volume(result.contrast)
         labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
                                          allowed=interior(result.mask, volume.spacing, margin))
         where = [tissue_of(head.labels[labels == f.finding_id]) for f in findings]
@@ -79,11 +85,15 @@ def main() -> None:
             t["heads"] += 1
             t["findings"] += len(findings)
             t["by_tissue"].update(where)
-        print(json.dumps({"seed": seed, "family": family, "label_map": path.name,
+        print(json.dumps({"seed": seed, "family": family, "recognised_contrast": result.contrast,
+                          "threshold": round(threshold, 4), "min_volume_mm3": min_volume, "label_map": path.name,
                           "brain_mask_dice": round(brain_dice, 3), "findings": len(findings),
                           "tissues": dict(Counter(where))}), flush=True)
-    out = {"model": f"{card.name} {card.version}", "threshold": threshold, "min_volume_mm3": min_volume,
-           "edge_margin_mm": margin, "seeds_from": args.seed,
+    out = {"model": f"{card.name} {card.version}", "threshold": card.default_threshold(),
+           "min_volume_mm3": card.default_min_volume(),
+           "by_contrast": {c: [p["threshold"], p["min_volume_mm3"]] for c, p in
+                           ((card.calibration.get("operating_point") or {}).get("by_contrast") or {}).items()},
+           "edge_margin_mm": margin, "seeds_from": args.seed, "skull_stripped": args.skull_stripped,
            "per_contrast": {f: {**t, "by_tissue": dict(t["by_tissue"]),
                                 "findings_per_normal_head": t["findings"] / t["heads"] if t["heads"] else None}
                             for f, t in totals.items()}}

@@ -3,7 +3,7 @@
 Usage: python benchmarks/real_scans.py [--model NAME|PATH] [--out DIR] [--shared DIR] [--maps LIST]
        [--robex-reference]
 
-Per scan it reports: findings (card threshold and minimum volume), findings inside / outside a reference brain
+Per scan it reports: findings (the card's operating point for the scan's recognised contrast), findings inside / outside a reference brain
 mask, findings overlapping the tumour mask, pixel AP / AUROC of the --report-maps and of the raw intensity
 (baseline) against the tumour mask, the pipeline's brain-mask Dice against the reference, and preprocessing
 seconds. Writes DIR/real_scans.csv, DIR/real_scans.md (the table) and one PNG per scan (scan, detection map,
@@ -168,7 +168,7 @@ def main() -> int:
     model, card = load_model(args.model)
     scorer = Scorer(model, card, device=args.device)
     det_name = card.detection_map
-    threshold, min_volume = card.default_threshold(), float(card.calibration.get("min_volume_mm3", 0.0))
+    pooled = card.default_threshold(), card.default_min_volume()
     maps = parse_maps(set(DEFAULT_MAPS if args.maps is None else parse_maps(args.maps)) | {det_name})
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -181,6 +181,8 @@ def main() -> int:
         found, facts = check_score(result, volume.voxel_volume_mm3, card, det_name)
         warnings += found
         margin = float(card.calibration.get("edge_margin_mm", 0.0))
+        # the card's operating point for the scan's recognised contrast, as `napari-uad score` uses
+        threshold, min_volume = card.default_threshold(contrast=result.contrast), card.default_min_volume(result.contrast)
         labels, findings = find_findings(det, volume, threshold, min_volume,
                                          allowed=interior(result.mask, volume.spacing, margin))
         ref, ref_name = reference_mask(path, volume, result.mask, args.out, args.robex_reference)
@@ -192,6 +194,7 @@ def main() -> int:
                "spacing_mm": "x".join(f"{s:.2g}" for s in volume.spacing),
                "skull_strip": next(s["settings"]["method"] for s in result.preprocessing
                                    if s["step"] == "brain_extraction"),
+               "contrast": result.contrast, "threshold": round(threshold, 4), "min_volume_mm3": min_volume,
                "findings": len(findings), "inside_brain": sum(inside), "outside_brain": len(inside) - sum(inside),
                "reference_mask": ref_name,
                "brain_mask_dice": round(2 * float((ref & result.mask).sum()) / float(ref.sum() + result.mask.sum()), 4),
@@ -218,8 +221,10 @@ def main() -> int:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    lines = [f"model {card.name} {card.version}, detection map {det_name}, threshold {threshold:.4g}, "
-             f"min volume {min_volume:g} mm3, edge margin {card.calibration.get('edge_margin_mm', 0.0):g} mm", "",
+    points = "; ".join(f"{c}: {p['threshold']:.4g} / {p['min_volume_mm3']:g} mm3"
+                       for c, p in ((card.calibration.get("operating_point") or {}).get("by_contrast") or {}).items())
+    lines = [f"model {card.name} {card.version}, detection map {det_name}, threshold {pooled[0]:.4g}, "
+             f"min volume {pooled[1]:g} mm3{f' (per contrast: {points})' if points else ''}, edge margin {card.calibration.get('edge_margin_mm', 0.0):g} mm", "",
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, ""))

@@ -188,7 +188,7 @@ class AnomalyReviewWidget(QWidget):
         self.image_layer, self.scan = layer, scan
         self.scoring_panel.show_warnings(scan.warnings)
         self.map_display.show_scan(scan, layer)
-        self.findings_panel.set_min_volume(float(scan.card.calibration.get("min_volume_mm3", 0.0)))
+        self.findings_panel.set_min_volume(scan.default_min_volume)
         self.findings_panel.reset(scan, self.map_display.current)
         self.map_display.show_maps()
         self.findings_panel.profile.set_scores(scan.result.slice_scores)

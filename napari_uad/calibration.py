@@ -14,6 +14,11 @@
   Where no pair meets the bound, the one with the fewest (``operating_point.fp_target_met`` = false).
 - The out-of-distribution reference (``ood``): brain volumes, fields of view, volume scores and the largest
   fraction of brain above each threshold over the healthy volumes (see ``napari_uad.ood``).
+- Operating points per contrast (``operating_point.by_contrast``): the same search on the validation volumes of
+  each contrast the tissue fit recognises (``tissue.scan_contrast``: t1, flair, t2), for contrasts with at least
+  ``MIN_VOLUMES_PER_CONTRAST`` healthy and as many anomalous volumes; a scan of that contrast gets that point,
+  any other scan the pooled one (``ModelCard.contrast_point``). One pooled threshold cannot serve contrasts
+  whose normal anatomy looks different to the maps (CSF is bright on T2, dark on FLAIR).
 - Healthy volumes that carry their true brain mask (``Volume.metadata["true_brain"]``, synthetic heads) are
   left out when the pipeline's brain mask disagrees with it (Dice < ``MIN_BRAIN_MASK_DICE``): a failed brain
   extraction is what the out-of-distribution guard should flag, not part of the healthy reference.
@@ -35,6 +40,7 @@ from .postprocess import median_filter_map
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 
 __all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SCAN", "MIN_BRAIN_MASK_DICE",
+           "MIN_VOLUMES_PER_CONTRAST",
            "quantile_table", "to_quantile", "best_dice_threshold", "validation_rates", "validation_source", "calibrate"]
 
 # dense in the upper tail, where detection thresholds live
@@ -42,13 +48,15 @@ QUANTILE_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.
 MIN_VOLUME_CANDIDATES_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0)
 MAX_FP_PER_NORMAL_SCAN = 1.0  # what a reviewer can afford on a scan with nothing to find
 MIN_BRAIN_MASK_DICE = 0.9  # healthy volumes with a known brain whose pipeline mask agrees less are left out
+MIN_VOLUMES_PER_CONTRAST = 3  # healthy and anomalous validation volumes a contrast needs for its own point
 OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles tried above the Dice threshold
 
 
 class _Scored(NamedTuple):
     """A validation volume as the object-level rules need it: the maps they read, whole (float16), its anomaly
     mask (None: healthy), where findings may lie (brain less the edge margin) and its brain mask, all in its
-    canonical grid, and its voxel size (mm); not its intensities (memory)."""
+    canonical grid, its voxel size (mm) and recognised contrast (``ScoreResult.contrast``); not its intensities
+    (memory)."""
 
     spacing: np.ndarray
     voxel_volume_mm3: float
@@ -56,12 +64,13 @@ class _Scored(NamedTuple):
     truth: np.ndarray | None
     allowed: np.ndarray
     brain: np.ndarray
+    contrast: str | None = None
 
     @classmethod
     def of(cls, volume: Volume, result, maps: tuple[str, ...], truth: np.ndarray | None,
            edge_margin_mm: float) -> "_Scored":
         return cls(volume.spacing, volume.voxel_volume_mm3, {m: result.maps[m].astype(np.float16) for m in maps},
-                   truth, interior(result.mask, volume.spacing, edge_margin_mm), result.mask)
+                   truth, interior(result.mask, volume.spacing, edge_margin_mm), result.mask, result.contrast)
 
 
 def _maps_kept_whole(maps: tuple[str, ...], detection_map: str | None, components: tuple[str, ...]
@@ -120,15 +129,18 @@ def validation_source(calibration: Mapping) -> str:
     return "validation scans"
 
 
-def validation_rates(calibration: Mapping, detection_map: str, threshold: float, min_volume_mm3: float
-                     ) -> dict | None:
+def validation_rates(calibration: Mapping, detection_map: str, threshold: float, min_volume_mm3: float,
+                     contrast: str | None = None) -> dict | None:
     """What a reviewer's setting meant on the card's validation volumes: the operating-point table's row that
     bounds it from the permissive side -- the highest tabulated threshold <= ``threshold`` (raw units of
     ``detection_map``) and with it the largest tabulated minimum volume <= ``min_volume_mm3`` -- with its
     false-positive findings per normal volume and object recall, plus ``source`` (``validation_source``) and the
-    card's ``validation_set``. None when the card has no table for this
+    card's ``validation_set``; for a scan of a ``contrast`` with its own operating point, the table of that
+    contrast's validation volumes (``contrast`` is then in the answer). None when the card has no table for this
     detection map, or the setting is more permissive than every tabulated one."""
-    table = (calibration.get("operating_point") or {}).get("table")
+    point = calibration.get("operating_point") or {}
+    own = (point.get("by_contrast") or {}).get(contrast) if contrast else None
+    table = (own or point).get("table")
     if calibration.get("detection_map") != detection_map or not table:
         return None
     tolerance = 1e-6 * max(1.0, abs(threshold))
@@ -137,7 +149,8 @@ def validation_rates(calibration: Mapping, detection_map: str, threshold: float,
     if not rows:
         return None
     row = max(rows, key=lambda r: (r["threshold"], r["min_volume_mm3"]))
-    return {**row, "source": validation_source(calibration), "validation_set": calibration.get("validation_set")}
+    return {**row, "source": validation_source(calibration), "validation_set": calibration.get("validation_set"),
+            **({"contrast": contrast} if own else {})}
 
 
 def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tuple[Volume, np.ndarray]] = (),
@@ -145,13 +158,18 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               combined_components: tuple[str, ...] = (), edge_margin_mm: float = 0.0,
               max_fp_per_normal_scan: float = MAX_FP_PER_NORMAL_SCAN, detection_map: str | None = None,
               min_volume_mm3: float = 0.0, healthy_quota: Mapping[str, int] | None = None,
-              log=lambda m: None) -> dict:
+              true_brain_masks: bool = False, log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``healthy_quota``: healthy volumes to keep per stratum (``Volume.metadata["stratum"]``, e.g. the contrast);
     the healthy iterable is then a supply, read lazily: a volume of a full stratum is skipped unscored and reading
     stops once every quota is met, so heads left out by the brain-mask check are made up within their own stratum
     (the card records the strata kept, and any quota the supply could not fill).
+
+    ``true_brain_masks``: volumes that carry their true brain mask (``Volume.metadata["true_brain"]``, synthetic
+    heads) are scored on it instead of the pipeline's brain extraction, as a skull-stripped scan is: no head is
+    then left out for a failed extraction, so every contrast sets the thresholds (brain extraction fails on far
+    more synthetic T2 heads than on real ones).
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
     which cannot choose them; with anomalies the trials are still recorded). ``detection_map``: with anomalies,
@@ -176,7 +194,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         stratum = str(volume.metadata.get("stratum"))
         if healthy_quota is not None and strata.get(stratum, 0) >= healthy_quota.get(stratum, 0):
             continue  # its stratum is full: not scored
-        result = scorer.score(volume, maps, postprocess=False)
+        result = _score(scorer, volume, maps, true_brain_masks)
         true_brain = volume.metadata.get("true_brain")
         if true_brain is not None and (agreement := mask_dice(result.mask, true_brain)) < MIN_BRAIN_MASK_DICE:
             # the pipeline failed on this head (e.g. brain extraction kept the scalp): not a healthy reference
@@ -206,7 +224,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     scores: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     truths: list[np.ndarray] = []
     for volume, truth in anomalous:
-        result = scorer.score(volume, maps, postprocess=False)
+        result = _score(scorer, volume, maps, true_brain_masks)
         kept.append(_Scored.of(volume, result, whole, truth > 0, edge_margin_mm))
         fg = result.mask
         for m in maps:
@@ -253,6 +271,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         entry = out["maps"][name]
         point = _select_operating_point(kept, name, entry, out["levels"], max_fp_per_normal_scan)
         point["edge_margin_mm"] = edge_margin_mm
+        point["by_contrast"] = _contrast_points(kept, name, entry, out["levels"], max_fp_per_normal_scan)
         entry["threshold_best_dice"], entry["threshold"] = entry["threshold"], point["threshold"]
         out["min_volume_mm3"], out["operating_point"] = point["min_volume_mm3"], point
     elif detection_map in out["maps"]:
@@ -270,6 +289,28 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         out["min_volume_mm3"] = 0.0
     out["ood"] = _ood_reference(pools, reference, out["maps"], scorer.card.modality)
     return out
+
+
+def _score(scorer: Scorer, volume: Volume, maps: tuple[str, ...], true_brain_masks: bool):
+    """The calibration's scoring of one volume: raw maps (no post-processing), on its true brain mask where asked
+    for and known."""
+    mask = volume.metadata.get("true_brain") if true_brain_masks else None
+    return scorer.score(volume, maps, mask, postprocess=False)
+
+
+def _contrast_points(kept: list, map_name: str, entry: dict, levels: list, max_fp: float) -> dict:
+    """Operating point of each recognised contrast with >= ``MIN_VOLUMES_PER_CONTRAST`` healthy and anomalous
+    validation volumes (same search and rule as the pooled point, on that contrast's volumes only), with the
+    numbers of volumes it rests on."""
+    points = {}
+    for contrast in sorted({k.contrast for k in kept if k.contrast is not None}):
+        group = [k for k in kept if k.contrast == contrast]
+        n_healthy = sum(k.truth is None for k in group)
+        if min(n_healthy, len(group) - n_healthy) < MIN_VOLUMES_PER_CONTRAST:
+            continue
+        point = _select_operating_point(group, map_name, entry, levels, max_fp)
+        points[contrast] = {**point, "n_healthy_volumes": n_healthy, "n_anomalous_volumes": len(group) - n_healthy}
+    return points
 
 
 def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, name: str, size_mm: float,

@@ -245,6 +245,9 @@ def _add_calibrate_parser(sub) -> None:
                    help="--label-maps: keep --synthetic / 4 healthy heads of each clinical contrast, making up "
                         "those left out by the brain-mask check with further heads of the same contrast (up to "
                         "3 x --synthetic heads are made)")
+    p.add_argument("--true-brain-masks", action="store_true",
+                   help="--label-maps: score each head on its true brain mask, as a skull-stripped scan, instead of "
+                        "brain-extracting it (no head is left out for a failed extraction)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
@@ -556,9 +559,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         directory = resolve_model(args.model)  # calibrate_model verifies the weights before scoring
         if args.toy_anomalies < 0:
             raise CliError("--toy-anomalies must be >= 0")
-        if args.balance_contrasts and not (args.synthetic is not None and args.label_maps):
-            raise CliError("--balance-contrasts needs --synthetic with --label-maps (synthetic heads of known "
-                           "contrast)")
+        for option, given in (("--balance-contrasts", args.balance_contrasts),
+                              ("--true-brain-masks", args.true_brain_masks)):
+            if given and not (args.synthetic is not None and args.label_maps):
+                raise CliError(f"{option} needs --synthetic with --label-maps (synthetic heads of known contrast "
+                               "and brain)")
         if args.synthetic is not None:
             if args.synthetic < 1:
                 raise CliError("--synthetic needs at least 1 volume")
@@ -573,7 +578,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                             workers=_workers(args.workers), command=args.command_line, label_maps=label_maps,
                             maps=maps, normal_variants=args.normal_variants, detection_map=args.detection_map,
                             combined=parse_maps(args.combined) if args.combined else (),
-                            balance_contrasts=args.balance_contrasts, log=_log)
+                            balance_contrasts=args.balance_contrasts, true_brain_masks=args.true_brain_masks,
+                            log=_log)
         else:
             if args.detection_map or args.combined:
                 raise CliError("--detection-map and --combined need --synthetic (normal scans keep the card's)")

@@ -124,11 +124,26 @@ class ModelCard:
         """Default detection map: the card's calibrated choice, else 'combi'."""
         return self.calibration.get("detection_map", "combi")
 
-    def default_threshold(self, map_name: str | None = None) -> float | None:
-        """Calibrated detection threshold (raw score units) of ``map_name``, or None if not calibrated."""
-        entry = self.calibration.get("maps", {}).get(map_name or self.detection_map, {})
-        value = entry.get("threshold")
+    def default_threshold(self, map_name: str | None = None, contrast: str | None = None) -> float | None:
+        """Calibrated detection threshold (raw score units) of ``map_name``, or None if not calibrated; for the
+        detection map on a scan of a ``contrast`` with its own operating point, that point's threshold."""
+        name = map_name or self.detection_map
+        own = self.contrast_point(contrast) if name == self.detection_map else None
+        value = own["threshold"] if own else self.calibration.get("maps", {}).get(name, {}).get("threshold")
         return None if value is None else float(value)
+
+    def default_min_volume(self, contrast: str | None = None) -> float:
+        """Calibrated minimum finding volume (mm^3) of the detection map, that of the ``contrast``'s own
+        operating point where it has one; 0 if not calibrated."""
+        own = self.contrast_point(contrast)
+        return float(own["min_volume_mm3"] if own else self.calibration.get("min_volume_mm3", 0.0))
+
+    def contrast_point(self, contrast: str | None) -> dict | None:
+        """The operating point calibrated for scans of ``contrast`` (``tissue.scan_contrast``), or None where the
+        card has none for it (the pooled point applies)."""
+        if not contrast:
+            return None
+        return ((self.calibration.get("operating_point") or {}).get("by_contrast") or {}).get(contrast)
 
     def to_dict(self) -> dict:
         return {

@@ -42,6 +42,8 @@ class ScoreJob:
     """Settings shared by every scan of one ``napari-uad score`` run.
 
     threshold: detection threshold in raw units of ``detection_map``; min_volume_mm3: smallest finding kept.
+    Each came from the card where ``*_from_card``: the card's point for the scan's recognised contrast then
+    replaces it once the scan is scored (``ModelCard.contrast_point``).
     """
 
     scorer: Scorer
@@ -55,6 +57,8 @@ class ScoreJob:
     log: Callable[[str], None] | None = None  # receives one line per out-of-distribution warning
     command: str = ""  # the command line, recorded in S.json
     exports: tuple[str, ...] = ()  # extra formats: "slicer" (S.seg.nrrd + S.mrk.json), "dicom-seg" (S.seg.dcm)
+    threshold_from_card: bool = False
+    min_volume_from_card: bool = False
 
     @classmethod
     def from_card(cls, scorer: Scorer, maps: tuple[str, ...], detection_map: str | None = None,
@@ -65,6 +69,7 @@ class ScoreJob:
         """A job whose unset settings come from the model card (detection map, its calibrated threshold, minimum
         volume, edge margin); ValueError with a one-line reason when one is missing or invalid."""
         card = scorer.card
+        threshold_from_card, min_volume_from_card = threshold is None, min_volume_mm3 is None
         detection_map = detection_map or card.detection_map
         if detection_map not in MAP_NAMES:
             raise ValueError(f"unknown detection map {detection_map!r}; choose from {', '.join(MAP_NAMES)}")
@@ -88,7 +93,25 @@ class ScoreJob:
             raise ValueError(f"--edge-margin-mm must be a finite number >= 0, not {edge_margin_mm}")
         return cls(scorer=scorer, maps=maps, detection_map=detection_map, threshold=threshold,
                    min_volume_mm3=min_volume_mm3, connectivity=connectivity, force=force,
-                   edge_margin_mm=edge_margin_mm, log=log, command=command, exports=tuple(exports))
+                   edge_margin_mm=edge_margin_mm, log=log, command=command, exports=tuple(exports),
+                   threshold_from_card=threshold_from_card, min_volume_from_card=min_volume_from_card)
+
+    def operating_point(self, contrast: str | None) -> tuple[float, float]:
+        """(threshold, minimum volume mm^3) for a scan of the recognised ``contrast``: the settings given, and
+        for those taken from the card the card's point for that contrast (its pooled point where it has none)."""
+        card = self.scorer.card
+        threshold = card.default_threshold(self.detection_map, contrast) if self.threshold_from_card else None
+        own = self.detection_map == card.detection_map and self.min_volume_from_card
+        return (self.threshold if threshold is None else threshold,
+                card.default_min_volume(contrast) if own else self.min_volume_mm3)
+
+    def sources(self, contrast: str | None) -> dict[str, str]:
+        """Where the threshold and the minimum volume of a scan of ``contrast`` came from (recorded in S.json)."""
+        card = self.scorer.card
+        own = card.contrast_point(contrast) is not None and self.detection_map == card.detection_map
+        source = "card, this scan's contrast" if own else "card, pooled"
+        return {"threshold": source if self.threshold_from_card else "given",
+                "min_volume_mm3": source if self.min_volume_from_card else "given"}
 
     def run(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None, modality: str | None = None,
             progress: Callable[[Progress], None] | None = None) -> list[Path]:
@@ -112,8 +135,9 @@ class ScoreJob:
             for warning in ood_warnings:
                 (self.log or (lambda m: None))(f"napari-uad: warning: {path}: {warning}")
         t1 = time.perf_counter()
-        labels, findings = find_findings(result.maps[self.detection_map], volume, self.threshold,
-                                         self.min_volume_mm3, self.connectivity,
+        threshold, min_volume = self.operating_point(result.contrast)
+        labels, findings = find_findings(result.maps[self.detection_map], volume, threshold, min_volume,
+                                         self.connectivity,
                                          interior(result.mask, volume.spacing, self.edge_margin_mm))
         t_findings = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -121,15 +145,14 @@ class ScoreJob:
         written = [write_like(volume, result.maps[name], out_dir / f"{stem}.{name}.nii.gz",
                               description=f"napari-uad map {name}; {model}") for name in self.maps]
         written.append(write_like(volume, labels, out_dir / f"{stem}.labels.nii.gz", dtype=np.uint16,
-                                  description=f"napari-uad findings ({self.detection_map} >= {self.threshold:.4g}); "
+                                  description=f"napari-uad findings ({self.detection_map} >= {threshold:.4g}); "
                                               f"{model}"))
         written.append(write_like(volume, result.mask, out_dir / f"{stem}.brainmask.nii.gz", dtype=np.uint8,
                                   description=f"napari-uad brain mask; {model}"))
         scan_sha = volume.sha256()
         rows = findings_rows(findings, scan_path=str(Path(path).resolve()), scan_sha256=scan_sha,
                              model_name=card.name, model_version=card.version, model_sha256=card.weights_sha256,
-                             detection_map=self.detection_map, threshold=self.threshold,
-                             min_volume_mm3=self.min_volume_mm3)
+                             detection_map=self.detection_map, threshold=threshold, min_volume_mm3=min_volume)
         written.append(write_findings_csv(out_dir / f"{stem}.findings.csv", rows))
         if "slicer" in self.exports:
             from .interop.slicer import write_markups, write_segmentation
@@ -155,9 +178,11 @@ class ScoreJob:
             "batch_size": result.batch_size,
             "maps": list(self.maps),
             "detection_map": self.detection_map,
-            "threshold": self.threshold,
-            "card_thresholds": {m: card.default_threshold(m) for m in self.maps},
-            "min_volume_mm3": self.min_volume_mm3,
+            "threshold": threshold,
+            "card_thresholds": {m: card.default_threshold(m, result.contrast) for m in self.maps},
+            "min_volume_mm3": min_volume,
+            "contrast": result.contrast,
+            "operating_point": self.sources(result.contrast),
             "edge_margin_mm": self.edge_margin_mm,
             "connectivity": self.connectivity,
             "n_findings": len(findings),

@@ -41,7 +41,7 @@ from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
 from .combined import COMBINED, combine, combined_components
 from .postprocess import median_filter_map, median_footprint
-from .tissue import tissue_outlier_map
+from .tissue import scan_contrast, tissue_outliers
 from .asymmetry import asymmetry_map
 
 __all__ = ["default_maps", "DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
@@ -120,6 +120,8 @@ class ScoreResult:
         in the template grid and each canonical k gets the highest-scoring template slice through it.
     volume_score: mean of the top-k slice scores (of the model grid's slices).
     preprocessing: the records of the preprocessing steps (``PreparedVolume.steps``).
+    contrast: the scan's contrast recognised from its tissue fit (``tissue.scan_contrast``: "t1", "flair" or
+        "t2"), which picks the card's operating point; None where the tissue map was not computed.
     """
 
     maps: dict[str, np.ndarray]
@@ -135,6 +137,7 @@ class ScoreResult:
     postprocessing: dict = field(default_factory=dict)  # what was done to the detection map (empty: nothing)
     warnings: list[str] = field(default_factory=list)
     preprocessing: list[dict] = field(default_factory=list)
+    contrast: str | None = None
 
 
 def _native_slice_profile(prepared: PreparedVolume, slice_kl: np.ndarray, slice_rec: np.ndarray
@@ -272,14 +275,16 @@ class Scorer:
             native = prepared.to_native(np.stack([out[name] for name in model_maps]))
             out = {name: native[c] for c, name in enumerate(model_maps)}
         brain = prepared.brain
+        contrast = None
         if "tissue" in computed:
             priors = prepared.tissue_priors()
             if priors is None:
                 notes.append("tissue map not computed (all zero): it needs the template alignment of a brain model")
                 out["tissue"] = np.zeros(brain.shape, np.float32)
             else:
-                out["tissue"] = tissue_outlier_map(prepared.standardised, brain, priors, volume.spacing,
-                                                   self.card.scoring.tissue())
+                out["tissue"], means = tissue_outliers(prepared.standardised, brain, priors, volume.spacing,
+                                                       self.card.scoring.tissue())
+                contrast = None if means is None else scan_contrast(means)
         if "asymmetry" in computed:
             mirror = prepared.midsagittal_mirror()
             if mirror is None:
@@ -313,7 +318,7 @@ class Scorer:
         return ScoreResult(maps=out, mask=brain, slice_scores=slice_scores, slice_kl=slice_kl, slice_rec=slice_rec,
                            volume_score=volume_score, device=self.device.type, batch_size=batch_size,
                            seconds=seconds, warnings=notes, preprocessing=prepared.steps,
-                           template_brain_dice=template_dice, postprocessing=done_post)
+                           template_brain_dice=template_dice, postprocessing=done_post, contrast=contrast)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _postprocess(self, out: dict[str, np.ndarray], brain: np.ndarray, spacing) -> dict:

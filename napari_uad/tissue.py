@@ -46,9 +46,15 @@ from scipy.special import log_ndtr, logsumexp
 
 from .mask import bounding_box
 
-__all__ = ["fit_tissue_mixture", "tissue_outlier_map", "smooth_priors", "TissueSettings", "TISSUES"]
+__all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smooth_priors", "scan_contrast",
+           "TissueSettings", "TISSUES", "CONTRASTS"]
 
 TISSUES = ("csf", "gm", "wm")
+CONTRASTS = {"t1": "T1-weighted (white matter brightest)",
+             "flair": "FLAIR-like (dark fluid, grey matter brighter than white)",
+             "t2": "T2/PD-weighted (fluid brightest)"}
+"""What ``scan_contrast`` tells apart, from the order of a scan's own tissue means: the contrasts a detection
+threshold may have to differ between (per-contrast operating points, ``calibration``)."""
 _OUTLIER_Z = 3.0  # voxels beyond 3 sigma of every class are left out of the class statistics
 _PRIOR_FLOOR = 1e-3  # every class stays possible everywhere (the affine alignment is not exact)
 
@@ -167,6 +173,16 @@ def fit_tissue_mixture(x: np.ndarray, priors: np.ndarray, iterations: int = 8, p
     return mu, sigma
 
 
+def scan_contrast(means: np.ndarray) -> str:
+    """The scan's contrast (a key of ``CONTRASTS``) from its fitted CSF, GM, WM means (any intensity scale):
+    fluid brighter than both tissues -> "t2" (T2- or PD-weighted), else grey matter brighter than white ->
+    "flair", else "t1"."""
+    csf, gm, wm = (float(m) for m in means)
+    if csf > max(gm, wm):
+        return "t2"
+    return "flair" if gm > wm else "t1"
+
+
 def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
                        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
                        settings: TissueSettings = TissueSettings()) -> np.ndarray:
@@ -176,9 +192,17 @@ def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
     template probabilities of CSF, GM, WM in the same grid (they need not sum to 1); spacing: the grid's voxel
     size in mm (for ``settings.prior_sigma_mm``).
     """
+    return tissue_outliers(data, brain, priors, spacing, settings)[0]
+
+
+def tissue_outliers(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
+                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                    settings: TissueSettings = TissueSettings()) -> tuple[np.ndarray, np.ndarray | None]:
+    """``tissue_outlier_map`` and the fitted class means (CSF, GM, WM; ``data``'s units; None for an empty
+    brain), which ``scan_contrast`` reads."""
     out = np.zeros(data.shape, np.float32)
     if not brain.any():
-        return out
+        return out, None
     x = np.asarray(data, dtype=np.float64)[brain]
     p = _prepared_priors(priors, brain, spacing, settings)
     pv = settings.partial_volume
@@ -195,4 +219,4 @@ def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
     else:  # against the pure classes' posterior expectation
         expected = (np.exp(terms[:3] - logsumexp(terms[:3], axis=0)) * mu[:, None]).sum(axis=0)
     out[brain] = (np.sign(x - expected) * np.maximum(nll, 0.0)).astype(np.float32)
-    return out
+    return out, mu

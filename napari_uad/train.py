@@ -423,9 +423,14 @@ def label_head_anomaly_case(item: tuple) -> tuple[Volume, np.ndarray]:
     path, seed, family, variants = _head_args(item)
     if seed % 2 == 0:
         head = label_head(path, seed, family=family, lesion="any", normal_variants=variants)
-        return Volume.from_array(head.data, head.affine, modality="MR"), head.lesion
-    volume, brain = label_head_volume(item)
-    return volume_with_anomaly(volume, seed + 7919, brain)[:2]
+        volume, brain, lesion = Volume.from_array(head.data, head.affine, modality="MR"), head.brain, head.lesion
+        contrast = head.params["contrast_family"]
+    else:
+        healthy, brain = label_head_volume(item)
+        volume, lesion = volume_with_anomaly(healthy, seed + 7919, brain)[:2]
+        contrast = healthy.metadata["stratum"]
+    volume.metadata.update(true_brain=brain, stratum=contrast)  # as for the healthy heads
+    return volume, lesion
 
 
 SITE_ANOMALY_SEED = 700_000
@@ -461,7 +466,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     label_maps: list[Path] | None = None, maps: tuple[str, ...] | None = None,
                     normal_variants: bool = False, detection_map: str | None = None,
                     combined: tuple[str, ...] = (), toy_anomalies: int = 0, balance_contrasts: bool = False,
-                    log: Callable[[str], None] = print) -> ModelCard:
+                    true_brain_masks: bool = False, log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
     ``synthetic_volumes`` > 0: that many synthetic healthy and as many toy-anomaly brains (seeds from
@@ -476,7 +481,9 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     ``combined`` (synthetic only): the default detection map and the combined map's components, chosen on other
     validation data, instead of by this set's Dice (``calibration.calibrate``). ``balance_contrasts`` (label
     maps only): keep ``synthetic_volumes`` / 4 healthy heads per clinical contrast, heads left out by the
-    brain-mask check made up by further heads of their contrast (seeds continue; at most 3 x as many made)."""
+    brain-mask check made up by further heads of their contrast (seeds continue; at most 3 x as many made).
+    ``true_brain_masks`` (label maps only): every head is scored on its true brain mask, as a skull-stripped scan
+    (``calibration.calibrate``)."""
     from .calibration import calibrate
     from .combined import combined_components
     from .model_card import load_model
@@ -488,8 +495,9 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                          "(normal scans keep the card's)")
     if "combined" in combined:
         raise ValueError("the combined map cannot be one of its own components")
-    if balance_contrasts and not (synthetic_volumes > 0 and label_maps):
-        raise ValueError("balancing the contrasts needs synthetic heads from label maps (--synthetic, --label-maps)")
+    if (balance_contrasts or true_brain_masks) and not (synthetic_volumes > 0 and label_maps):
+        raise ValueError("balancing the contrasts or true brain masks need synthetic heads from label maps "
+                         "(--synthetic, --label-maps)")
     if toy_anomalies and synthetic_volumes > 0:
         raise ValueError("toy anomalies are put into your own normal scans; synthetic validation has its own")
     model, card = load_model(model_dir, device="cpu")
@@ -532,12 +540,13 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     kept = ["edge_margin_mm", "edge_margin_selection"]
     if synthetic_volumes > 0:
         card.calibration = calibrate(scorer, healthy, anomalous, log=log, detection_map=detection_map,
-                                     healthy_quota=quota,
+                                     healthy_quota=quota, true_brain_masks=true_brain_masks,
                                      combined_components=tuple(combined),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      **({"maps": maps} if maps else {}))
         kinds = "disease-like (even seeds) or toy (odd) anomaly" if label_maps else "toy-anomaly"
-        balanced = ", healthy heads balanced by contrast after the brain-mask check" if balance_contrasts else ""
+        balanced = ((", healthy heads balanced by contrast after the brain-mask check" if balance_contrasts else "")
+                    + (", scored on their true brain masks" if true_brain_masks else ""))
         card.calibration["validation_set"] = (f"{synthetic_volumes} healthy + {synthetic_volumes} {kinds} "
                                               f"{source}{balanced}, seeds from {base}")
         card.calibration["validation_source"] = "synthetic"

@@ -275,3 +275,34 @@ def test_worklist_status_position_and_export_survive_a_restart(scored_cohort, mo
     assert exported[0]["reviewer"] == "dr x"
     with pytest.raises(ValueError, match="not a cohort"):
         Worklist(tmp_path)
+
+
+def test_a_scan_scored_at_its_contrasts_own_threshold_counts_as_complete(tmp_path, tiny_model_dir):
+    """Rerunning a cohort must not rescore a T2 scan because its threshold (the card's T2 point) differs from
+    the pooled one; a report at any other threshold is not complete."""
+    from types import SimpleNamespace
+
+    from napari_uad.cohort.inputs import CohortItem
+    from napari_uad.cohort.worker import outputs_complete
+    from napari_uad.io import file_sha256
+    from napari_uad.pipeline import ScoreJob
+    from napari_uad.scoring import Scorer
+
+    model, card = load_model(tiny_model_dir)
+    card.calibration["operating_point"] = {"by_contrast": {"t2": {"threshold": 2.5, "min_volume_mm3": 0.0}}}
+    job = ScoreJob.from_card(Scorer(model, card, device="cpu"), ("residual",))
+    scan = tmp_path / "scan.nii.gz"
+    write_image_file(scan, head_phantom(), np.eye(4))
+    out = tmp_path / "out"
+    out.mkdir()
+    write_image_file(out / "s.residual.nii.gz", head_phantom(), np.eye(4))
+    item, spec = CohortItem("s", scan), SimpleNamespace(maps=("residual",))
+
+    def complete(contrast, threshold):
+        report = {"model": {"sha256": card.weights_sha256}, "maps": ["residual"], "detection_map": "residual",
+                  "threshold": threshold, "contrast": contrast, "scan": {"sha256": file_sha256(scan)}}
+        (out / "s.json").write_text(json.dumps(report))
+        return outputs_complete(out, item, card.weights_sha256, spec, job)
+
+    assert complete("t2", 2.5) and complete("t1", 1.0) and complete(None, 1.0)
+    assert not complete("t2", 1.0) and not complete("t1", 2.5)

@@ -311,3 +311,42 @@ def test_asymmetry_map_flags_a_one_sided_lesion_in_any_grid(brain, tiny_model_di
     assert blob_stored[np.unravel_index(np.argmax(a), a.shape)]
     assert np.quantile(a[(volume.to_original(result.mask) > 0) & ~blob_stored], 0.99) < np.median(a[blob_stored])
     assert a.min() < -2.5  # the blob's healthy mirror: darker than its other side
+
+
+@pytest.mark.parametrize("contrast", ["t1", "flair", "t2"])
+def test_score_uses_the_cards_operating_point_for_the_scans_recognised_contrast(contrast, tiny_model_dir,
+                                                                                 tmp_path):
+    """A synthetic brain of each contrast is recognised from its own tissue fit, and `napari-uad score`'s
+    findings use the card's operating point for that contrast (the pooled one where the card has none); a
+    threshold given on the command line is kept whatever the contrast. The report says which was used."""
+    import json
+
+    from napari_uad.io import write_like
+    from napari_uad.model_card import load_model
+    from napari_uad.pipeline import ScoreJob
+    from napari_uad.scoring import Scorer
+    from napari_uad.synth import case_volume, healthy_volume
+
+    v = case_volume(healthy_volume(5, contrast=contrast))
+    volume = Volume.from_array(v.data[::2, ::2, ::2].copy(), v.affine @ np.diag([2.0, 2.0, 2.0, 1.0]))
+    path = write_like(volume, volume.data, tmp_path / f"{contrast}.nii.gz")
+    model, card = load_model(tiny_model_dir)
+    card.preprocessing = PreprocessingConfig(template="mni152-2009")
+    own = {"t2": {"threshold": 7.0, "min_volume_mm3": 50.0}, "t1": {"threshold": 3.0, "min_volume_mm3": 0.0}}
+    card.calibration = {"detection_map": "tissue", "min_volume_mm3": 10.0, "maps": {"tissue": {"threshold": 5.0}},
+                        "operating_point": {"threshold": 5.0, "min_volume_mm3": 10.0, "by_contrast": own}}
+    scorer = Scorer(model, card, device="cpu", options=PipelineOptions(skull_strip="off"))
+    reports = []
+    for threshold in (None, 4.0):
+        job = ScoreJob.from_card(scorer, ("tissue",), threshold=threshold)
+        job.run(path, tmp_path, f"{contrast}-{threshold}")
+        reports.append(json.loads((tmp_path / f"{contrast}-{threshold}.json").read_text()))
+    card_point, given = reports
+    expected = own.get(contrast, {"threshold": 5.0, "min_volume_mm3": 10.0})
+    assert card_point["contrast"] == given["contrast"] == contrast
+    assert (card_point["threshold"], card_point["min_volume_mm3"]) == (expected["threshold"],
+                                                                      expected["min_volume_mm3"])
+    source = "card, this scan's contrast" if contrast in own else "card, pooled"
+    assert card_point["operating_point"] == {"threshold": source, "min_volume_mm3": source}
+    assert given["threshold"] == 4.0 and given["operating_point"] == {"threshold": "given", "min_volume_mm3": source}
+    assert given["min_volume_mm3"] == expected["min_volume_mm3"]

@@ -377,13 +377,15 @@ class _MapScorer:
         self.card = ModelCard(name="m", version="1", modality="MR")
         self.make = make
 
-    def score(self, volume, maps, postprocess=True):
+    def score(self, volume, maps, mask=None, postprocess=True):
+        """The given maps on the given brain mask (default: everything), of the contrast the volume says."""
         from napari_uad.scoring import ScoreResult
 
         out = self.make(volume)
-        return ScoreResult(maps={m: out[m] for m in maps}, mask=np.ones(volume.shape, bool),
+        return ScoreResult(maps={m: out[m] for m in maps}, mask=np.ones(volume.shape, bool) if mask is None else mask,
                            slice_scores=np.zeros(volume.shape[2]), slice_kl=np.zeros(volume.shape[2]),
-                           slice_rec=np.zeros(volume.shape[2]), volume_score=1.0, device="cpu", batch_size=1)
+                           slice_rec=np.zeros(volume.shape[2]), volume_score=1.0, device="cpu", batch_size=1,
+                           contrast=volume.metadata.get("contrast"))
 
 
 def _coded_volume(shape, seed: int, sick: bool):
@@ -480,6 +482,103 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
     assert not strict["fp_target_met"]
     assert strict["validation"]["fp_objects_per_normal_scan"] == min(r["fp_objects_per_normal_scan"]
                                                                      for r in strict["table"])
+
+
+def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_one():
+    """Normal T2 volumes carry bright structures in the detection map that T1 ones lack (as CSF is on real T2):
+    the T1 operating point would flood them with false findings. Calibration gives each recognised contrast with >= 3 healthy
+    and 3 anomalous volumes its own point by the same rule (a contrast with fewer keeps the pooled one), and a
+    scan of that contrast gets it from the card: fresh normal T2 volumes stay quiet at the T2 threshold and not
+    at the T1 one."""
+    from napari_uad.calibration import calibrate, validation_rates
+    from napari_uad.findings import label_components
+    from napari_uad.model_card import ModelCard
+
+    shape = (28, 28, 28)
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 10:17] = True
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        nll = rng.normal(size=shape) + 5.0 * (lesion & (volume.data[1, 1, 1] > 0))
+        if volume.metadata["contrast"] == "t2":  # three bright 5^3 "CSF spaces" away from the lesion
+            for _ in range(3):
+                corner = rng.integers(0, 23, 3)
+                while np.all((corner > 4) & (corner < 17)):
+                    corner = rng.integers(0, 23, 3)
+                nll[tuple(slice(c, c + 5) for c in corner)] += 3.0
+        return {"nll": nll.astype(np.float32)}
+
+    def coded(seed, sick, contrast):
+        volume = _coded_volume(shape, seed, sick)
+        volume.metadata["contrast"] = contrast
+        return volume
+
+    plan = [("t1", 4), ("t2", 4), ("flair", 2)]
+    healthy = [coded(10 * i + s, False, c) for i, (c, n) in enumerate(plan) for s in range(n)]
+    anomalous = [(coded(100 + 10 * i + s, True, c), lesion.astype(np.uint8)) for i, (c, n) in enumerate(plan)
+                 for s in range(n)]
+    cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll",))
+    points = cal["operating_point"]["by_contrast"]
+    assert set(points) == {"t1", "t2"}  # FLAIR: 2 + 2 volumes, too few for its own point
+    assert points["t2"]["n_healthy_volumes"] == 4 and points["t2"]["n_anomalous_volumes"] == 4
+    t1_point, t2_point = ((p["threshold"], p["min_volume_mm3"]) for p in (points["t1"], points["t2"]))
+    assert t2_point != t1_point and all(a >= b for a, b in zip(t2_point, t1_point))  # T2's is the stricter one
+    for point in points.values():
+        assert point["fp_target_met"] and point["validation"]["object_recall"] == 1.0
+    card = ModelCard(name="m", version="1", calibration=cal)
+    assert card.default_threshold(contrast="t2") == points["t2"]["threshold"]
+    assert card.default_min_volume("t2") == points["t2"]["min_volume_mm3"]
+    assert card.default_threshold(contrast="flair") == card.default_threshold() == cal["operating_point"]["threshold"]
+    assert card.default_threshold("residual", contrast="t2") is None  # only the detection map has points
+    t2_normals = [make(coded(500 + s, False, "t2"))["nll"] for s in range(6)]
+
+    def false_findings(threshold, min_volume):
+        return np.mean([label_components(m, threshold, 1.0, min_volume)[1] for m in t2_normals])
+
+    assert false_findings(points["t2"]["threshold"], points["t2"]["min_volume_mm3"]) <= 1.5
+    assert false_findings(points["t1"]["threshold"], points["t1"]["min_volume_mm3"]) > 2
+    rates = validation_rates(cal, "nll", points["t2"]["threshold"], points["t2"]["min_volume_mm3"], "t2")
+    assert rates["contrast"] == "t2" and rates["fp_objects_per_normal_scan"] <= 1.0
+    assert "contrast" not in validation_rates(cal, "nll", points["t2"]["threshold"], 400.0)
+
+
+def test_true_brain_masks_keep_heads_whose_brain_extraction_would_fail():
+    """Scored on their true brain masks, synthetic heads are no longer left out by the brain-mask check (which
+    left out nearly every synthetic T2 head), and the scorer is given each volume's own mask."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.io import Volume
+
+    shape = (16, 16, 16)
+    small = np.zeros(shape, bool)
+    small[4:12, 4:12, 4:12] = True
+    masks = []
+
+    def volumes():
+        out = []
+        for seed in range(4):
+            data = np.zeros(shape, np.float32)
+            data[0, 0, 0] = seed + 1
+            v = Volume.from_array(data, np.eye(4))
+            v.metadata["true_brain"] = small  # the scorer's own extraction (everything) would disagree
+            out.append(v)
+        return out
+
+    def make(v):
+        return {"nll": np.random.default_rng(int(v.data[0, 0, 0])).normal(size=shape).astype(np.float32)}
+
+    class Recording(_MapScorer):
+        def score(self, volume, maps, mask=None, postprocess=True):
+            masks.append(mask)
+            return super().score(volume, maps, mask, postprocess)
+
+    with pytest.raises(ValueError, match="brain mask matches its true brain"):
+        calibrate(Recording(make), volumes(), maps=("nll",))
+    assert all(m is None for m in masks)
+    masks.clear()
+    cal = calibrate(Recording(make), volumes(), maps=("nll",), true_brain_masks=True)
+    assert cal["n_healthy_volumes"] == 4 and not cal["healthy_volumes_left_out"]["volumes"]
+    assert len(masks) == 4 and all(m is small for m in masks)
 
 
 def test_calibration_describes_the_median_filtered_detection_map_when_the_card_asks_for_it():
@@ -618,3 +717,5 @@ def test_balance_contrasts_is_refused_without_label_map_heads(tmp_path, tiny_mod
 
     assert main(["calibrate", "--model", str(tiny_model_dir), "--data", str(tmp_path), "--balance-contrasts"]) == 2
     assert "--balance-contrasts needs --synthetic with --label-maps" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--data", str(tmp_path), "--true-brain-masks"]) == 2
+    assert "--true-brain-masks needs --synthetic with --label-maps" in capsys.readouterr().err

@@ -203,3 +203,20 @@ def test_sign_from_prior_reads_a_t2_like_white_matter_lesion_as_hyperintense():
     p /= p.sum(axis=0)
     expected = np.tensordot(mu, p, axes=1)  # the template's expectation at every voxel
     np.testing.assert_array_equal(np.sign(prior[brain]), np.sign((data - expected)[brain]) * (prior[brain] != 0))
+
+
+@pytest.mark.parametrize("means, contrast", [((10.0, 60.0, 80.0), "t1"), ((100.0, 60.0, 45.0), "t2"),
+                                             ((85.0, 75.0, 60.0), "t2"), ((10.0, 70.0, 55.0), "flair")])
+def test_the_scans_contrast_is_read_from_its_own_tissue_fit(means, contrast):
+    """T1 (white matter brightest), T2 and PD (fluid brightest), FLAIR (dark fluid, grey over white): the
+    synthetic contrast families' class means, fitted back from a tiny brain and recognised."""
+    from napari_uad.tissue import CONTRASTS, scan_contrast, tissue_outliers
+
+    data, brain, priors = tiny_brain()
+    for c in range(3):  # the tiny brain's slabs moved to this contrast's class means
+        data[:, :, c] += means[c] - data[:, :, c].mean()
+    out, fitted = tissue_outliers(data, brain, priors)
+    np.testing.assert_allclose(fitted, means, rtol=1e-4)  # PD's close classes share a little via the prior floor
+    np.testing.assert_array_equal(out, tissue_outlier_map(data, brain, priors))
+    assert scan_contrast(fitted) == contrast and contrast in CONTRASTS
+    assert tissue_outliers(data, np.zeros_like(brain), priors)[1] is None  # no brain: no fit, no contrast

@@ -373,6 +373,34 @@ def test_threshold_label_says_what_the_setting_meant_on_validation(qtbot, widget
     assert "false findings" not in widget.threshold_label.text() and not widget.threshold_label.toolTip()
 
 
+def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(qtbot, widget, scan_path, tmp_path,
+                                                                              monkeypatch):
+    """A card with a T2 operating point: a scan recognised as T2 opens with the slider, minimum volume and
+    validation line of that point (as `napari-uad score` finds), not the pooled ones."""
+    from napari_uad.scoring import Scorer
+
+    own = {"threshold": 1.5, "min_volume_mm3": 30.0,
+           "table": [{"threshold": 1.5, "min_volume_mm3": 30.0, "fp_objects_per_normal_scan": 0.5,
+                      "object_recall": 0.4}]}
+    _add_edited_model(widget, tmp_path / "per-contrast",
+                      lambda card: card.calibration.update(operating_point={"by_contrast": {"t2": own}},
+                                                           validation_set="8 synthetic heads"))
+    iter_score = Scorer.iter_score
+
+    def as_t2(self, *args, **kwargs):  # the tiny model has no template space: say the tissue fit found T2
+        result = yield from iter_score(self, *args, **kwargs)
+        result.contrast = "t2"
+        return result
+
+    monkeypatch.setattr(Scorer, "iter_score", as_t2)
+    open_scan(widget.viewer, scan_path)
+    assert score(qtbot, widget) is True
+    widget.map_selector.setCurrentText("residual")
+    widget.update_findings()
+    assert widget.threshold == 1.5 and widget.findings_panel.min_volume_spinbox.value() == 30.0
+    assert "synthetic validation scans, t2 contrast (≥ 1.5, ≥ 30 mm³): 0.5 false findings" in widget.threshold_label.text()
+
+
 def test_cohort_worklist_review_next_scan_resume_and_export(qtbot, make_napari_viewer, tiny_model_dir, tmp_path):
     """A cohort.csv opens as a ranked worklist: each scan with its precomputed maps and findings (no rescoring),
     tags saved as they happen, next scan replaces the previous one's layers, a new session resumes where the

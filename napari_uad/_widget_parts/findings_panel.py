@@ -128,7 +128,8 @@ class FindingsPanel(QWidget):
         text = f"{threshold:.4g}" + ("" if quantile is None else f"  (healthy-voxel FPR {1 - quantile:.2%})")
         tip = ""
         if rates is not None and rates.get("fp_objects_per_normal_scan") is not None:
-            text += (f"\non {rates['source']} (≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³): "
+            source = rates["source"] + (f", {rates['contrast']} contrast" if rates.get("contrast") else "")
+            text += (f"\non {source} (≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³): "
                      f"{rates['fp_objects_per_normal_scan']:.1f} false findings per normal scan")
             if rates.get("object_recall") is not None:
                 text += f", {rates['object_recall']:.0%} of lesions found"

@@ -99,7 +99,7 @@ def outputs_complete(out: Path, item: CohortItem, model_sha256: str, spec: JobSp
         report = json.loads(report_path.read_text(encoding="utf-8"))
         same = (report["model"]["sha256"] == model_sha256 and report["maps"] == list(spec.maps)
                 and (job is None or (report["detection_map"] == job.detection_map
-                                     and report["threshold"] == job.threshold)))
+                                     and report["threshold"] == job.operating_point(report.get("contrast"))[0])))
         return same and all((out / f"{item.id}.{m}.nii.gz").is_file() for m in spec.maps) and \
             report["scan"]["sha256"] == file_sha256(item.path)
     except (OSError, ValueError, KeyError, TypeError):

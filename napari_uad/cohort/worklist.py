@@ -136,6 +136,8 @@ class Worklist:
                                           "threshold": float(r["threshold"])}}
         card.calibration.update(detection_map=det, min_volume_mm3=float(r["min_volume_mm3"]),
                                 edge_margin_mm=float(r["edge_margin_mm"]))
+        # the point the scan was scored at (its contrast's, where the card has one) is the card's only one here
+        card.calibration["operating_point"] = {**(card.calibration.get("operating_point") or {}), "by_contrast": {}}
         if self.state["marks"].get(entry.id) != "done":
             self.state["marks"][entry.id] = "in review"
             self._save()
