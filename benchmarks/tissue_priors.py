@@ -3,7 +3,7 @@ hold on real anatomy?
 
 Usage: python benchmarks/tissue_priors.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 24]
        [--out runs/tissue_priors.json] [--sigmas 0,4] [--floors 0.001,0.05] [--class-peak no,yes]
-       [--partial-volume no] [--sign-from-prior no]
+       [--partial-volume no] [--sign-from-prior no] [--fluid-floors 0]
 
 Synthetic heads made from the held-out *validation* label maps (the last --val-maps maps: real subjects'
 anatomy, so the template fits them only as well as an affine alignment fits a patient; seeds 400000+; never the
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--class-peak", type=_flags, default=(False, True), help="no,yes")
     parser.add_argument("--partial-volume", type=_flags, default=(False,), help="no,yes")
     parser.add_argument("--sign-from-prior", type=_flags, default=(False,), help="no,yes")
+    parser.add_argument("--fluid-floors", type=_floats, default=(0.0,),
+                        help="CSF prior floor on fluid-bright scans (TissueSettings.fluid_floor), comma-separated")
     args = parser.parse_args()
     setup = validation_setup(args)
     if setup is None:
@@ -73,8 +75,9 @@ def main() -> None:
     from napari_uad.tissue import TissueSettings, smooth_priors, tissue_outlier_map
 
     variants = list(itertools.product(args.sigmas, args.floors, args.class_peak, args.partial_volume,
-                                          args.sign_from_prior))
+                                      args.sign_from_prior, args.fluid_floors))
     normal_maps: list[list[np.ndarray]] = [[] for _ in variants]  # per variant: the normal heads' cropped maps
+    normal_family: list[str] = []
     lesion_maps: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in variants]
     pooled: list[list[np.ndarray]] = [[] for _ in variants]
     truth, weights, family_of = [], [], []
@@ -95,10 +98,12 @@ def main() -> None:
             truth.append(lesion[inside][keep])
             weights.append(np.where(lesion[inside][keep], 1.0, float(SUBSAMPLE)))
             family_of.append(np.full(int(keep.sum()), family))
+        else:
+            normal_family.append(family)
         smoothed = {s: smooth_priors(priors, volume.spacing, s) for s in args.sigmas}
-        for v, (sigma, floor, peak, pv, sign) in enumerate(variants):
+        for v, (sigma, floor, peak, pv, sign, fluid) in enumerate(variants):
             settings = TissueSettings(prior_sigma_mm=0.0, prior_floor=floor, class_peak=peak, partial_volume=pv,
-                                      sign_from_prior=sign)
+                                      sign_from_prior=sign, fluid_floor=fluid)
             m = tissue_outlier_map(prepared.standardised, brain, smoothed[sigma], volume.spacing, settings)[box]
             if normal:
                 normal_maps[v].append(m.astype(np.float16))
@@ -109,7 +114,7 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     truth_all, w_all, fam_all = np.concatenate(truth), np.concatenate(weights), np.concatenate(family_of)
     rows = []
-    for (v, (sigma, floor, peak, pv, sign)), tail in itertools.product(enumerate(variants), ("bright", "both")):
+    for (v, (sigma, floor, peak, pv, sign, fluid)), tail in itertools.product(enumerate(variants), ("bright", "both")):
         look = (lambda m: m) if tail == "bright" else np.abs
         scores = look(np.concatenate(pooled[v]).astype(np.float64))
         threshold = float(np.quantile(look(np.concatenate([m[m != 0] for m in normal_maps[v]]).astype(np.float64)),
@@ -124,13 +129,15 @@ def main() -> None:
             found += any(overlaps.values())
             fp_lesion.append(sum(1 for t in overlaps.values() if t == 0))
         row = {"prior_sigma_mm": sigma, "prior_floor": floor, "class_peak": peak, "partial_volume": pv,
-               "sign_from_prior": sign, "tail": tail,
+               "sign_from_prior": sign, "fluid_floor": fluid, "tail": tail,
                "ap": round(float(average_precision_score(truth_all, scores, sample_weight=w_all)), 4),
                "auroc": round(float(roc_auc_score(truth_all, scores, sample_weight=w_all)), 4),
                **{f"ap_{f}": round(float(average_precision_score(truth_all[fam_all == f], scores[fam_all == f],
                                                                  sample_weight=w_all[fam_all == f])), 4)
                   for f in FAMILIES if truth_all[fam_all == f].any()},
                "threshold": round(threshold, 3), "fp_per_normal": round(float(np.mean(fp_normal)), 2),
+               **{f"fp_per_normal_{f}": round(float(np.mean([n for n, g in zip(fp_normal, normal_family) if g == f])),
+                                              2) for f in FAMILIES if f in normal_family},
                "lesions_found": f"{found}/{len(lesion_maps[v])}",
                "fp_per_lesion_head": round(float(np.mean(fp_lesion)), 2)}
         rows.append(row)

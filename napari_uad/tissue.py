@@ -69,6 +69,11 @@ class TissueSettings:
         global peak.
     partial_volume: add the two-tissue mixtures of boundary voxels to the model (module docstring).
     sign_from_prior: sign against the priors' expected intensity instead of the posterior one (module docstring).
+    fluid_floor: on a fluid-bright scan (``scan_contrast`` "t2": T2 or PD), the CSF prior is at least this
+        everywhere in the brain before renormalising, and the mixture is refitted: fluid where the affinely
+        aligned template expects tissue (a subject's wider sulci, larger or asymmetric ventricles) is then
+        explained as CSF instead of reading as hyperintense tissue, which on T2 is what a lesion looks like.
+        Fluid-dark scans (T1, FLAIR) are unchanged. 0 = off.
     """
 
     prior_sigma_mm: float = 0.0
@@ -76,6 +81,7 @@ class TissueSettings:
     class_peak: bool = False
     partial_volume: bool = False
     sign_from_prior: bool = False
+    fluid_floor: float = 0.0
 
 
 def smooth_priors(priors: np.ndarray, spacing: tuple[float, float, float], sigma_mm: float) -> np.ndarray:
@@ -207,6 +213,11 @@ def tissue_outliers(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
     p = _prepared_priors(priors, brain, spacing, settings)
     pv = settings.partial_volume
     mu, sigma = fit_tissue_mixture(x, p, partial_volume=pv)
+    if settings.fluid_floor > 0 and scan_contrast(mu) == "t2":
+        p = p.copy()
+        p[0] = np.maximum(p[0], settings.fluid_floor)
+        p /= p.sum(axis=0, keepdims=True)
+        mu, sigma = fit_tissue_mixture(x, p, partial_volume=pv)
     terms = _component_terms(x, p, mu, sigma, pv)  # log domain: no underflow
     log_mixture = logsumexp(terms, axis=0)
     if settings.class_peak:  # each component against its own peak: the weights sum to 1, so nll >= 0

@@ -220,3 +220,35 @@ def test_the_scans_contrast_is_read_from_its_own_tissue_fit(means, contrast):
     np.testing.assert_array_equal(out, tissue_outlier_map(data, brain, priors))
     assert scan_contrast(fitted) == contrast and contrast in CONTRASTS
     assert tissue_outliers(data, np.zeros_like(brain), priors)[1] is None  # no brain: no fit, no contrast
+
+
+def test_fluid_floor_explains_fluid_where_the_template_expects_tissue_on_t2_only():
+    """On a fluid-bright (T2-like) brain, fluid where the priors say white matter (a subject's larger ventricle)
+    reads as strongly hyperintense tissue; with ``fluid_floor`` it is explained as CSF, while a lesion between
+    tissue and fluid still stands out more than that fluid. A fluid-dark (T1-like) brain is left unchanged."""
+    from napari_uad.tissue import tissue_outliers
+
+    data, brain, priors = tiny_brain()
+    t2 = data.copy()
+    for c, mean in enumerate((100.0, 60.0, 45.0)):
+        t2[:, :, c] += mean - t2[:, :, c].mean()
+    t2[0:2, 0:3, 2] = t2[0:2, 0:3, 0]  # CSF in the "white matter" slab (a subject's larger ventricle)
+    t2[4, 4, 2] = 75.0  # a lesion, between white matter and fluid
+    plain, means = tissue_outliers(t2, brain, priors, settings=TissueSettings(partial_volume=True))
+    floored, _ = tissue_outliers(t2, brain, priors, settings=TissueSettings(partial_volume=True, fluid_floor=0.3))
+    assert scan_contrast_of(means) == "t2"
+    fluid = np.zeros(brain.shape, bool)
+    fluid[0:2, 0:3, 2] = True
+    assert np.median(plain[fluid]) > 4.5 and np.median(plain[fluid]) > plain[4, 4, 2]  # fluid outranks the lesion
+    assert np.median(floored[fluid]) < 3.2 and floored[4, 4, 2] > np.median(floored[fluid])  # and no longer does
+    # the same fluid volume of a T1-like brain (fluid dark) is untouched by the setting
+    t1 = data.copy()
+    t1[0:2, 0:3, 2] = 10.0
+    np.testing.assert_array_equal(tissue_outlier_map(t1, brain, priors, settings=TissueSettings(fluid_floor=0.3)),
+                                  tissue_outlier_map(t1, brain, priors))
+
+
+def scan_contrast_of(means):
+    from napari_uad.tissue import scan_contrast
+
+    return scan_contrast(means)
