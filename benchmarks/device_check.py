@@ -60,9 +60,8 @@ def main() -> int:
         for d, scorer in scorers.items():
             t0 = time.perf_counter()
             result = scorer.score(volume, maps, head.brain)
-            threshold = card.default_threshold(contrast=result.contrast)
-            labels, findings = find_findings(result.maps[card.detection_map], volume, threshold,
-                                             card.default_min_volume(result.contrast),
+            threshold, min_volume = card.operating_point(result.contrast)
+            labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
                                              allowed=interior(result.mask, volume.spacing, margin))
             out[d] = result
             found[d] = {"contrast": result.contrast, "threshold": threshold, "findings": len(findings),

@@ -72,7 +72,7 @@ def main() -> None:
         volume = Volume.from_array(data, head.affine, modality="MR")
         result = scorer.score(volume)
         # the card's operating point for the head's recognised contrast, as `napari-uad score` uses
-        threshold, min_volume = card.default_threshold(contrast=result.contrast), card.default_min_volume(result.contrast)
+        threshold, min_volume = card.operating_point(result.contrast)
         labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
                                          allowed=interior(result.mask, volume.spacing, margin))
         where = [tissue_of(head.labels[labels == f.finding_id]) for f in findings]
@@ -89,10 +89,9 @@ def main() -> None:
                           "threshold": round(threshold, 4), "min_volume_mm3": min_volume, "label_map": path.name,
                           "brain_mask_dice": round(brain_dice, 3), "findings": len(findings),
                           "tissues": dict(Counter(where))}), flush=True)
-    out = {"model": f"{card.name} {card.version}", "threshold": card.default_threshold(),
-           "min_volume_mm3": card.default_min_volume(),
-           "by_contrast": {c: [p["threshold"], p["min_volume_mm3"]] for c, p in
-                           ((card.calibration.get("operating_point") or {}).get("by_contrast") or {}).items()},
+    pooled = card.operating_point()
+    out = {"model": f"{card.name} {card.version}", "threshold": pooled[0], "min_volume_mm3": pooled[1],
+           "by_contrast": {c: [p["threshold"], p["min_volume_mm3"]] for c, p in card.contrast_points.items()},
            "edge_margin_mm": margin, "seeds_from": args.seed, "skull_stripped": args.skull_stripped,
            "per_contrast": {f: {**t, "by_tissue": dict(t["by_tissue"]),
                                 "findings_per_normal_head": t["findings"] / t["heads"] if t["heads"] else None}

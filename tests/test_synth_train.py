@@ -528,7 +528,8 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
         assert point["fp_target_met"] and point["validation"]["object_recall"] == 1.0
     card = ModelCard(name="m", version="1", calibration=cal)
     assert card.default_threshold(contrast="t2") == points["t2"]["threshold"]
-    assert card.default_min_volume("t2") == points["t2"]["min_volume_mm3"]
+    assert card.operating_point("t2") == (points["t2"]["threshold"], points["t2"]["min_volume_mm3"])
+    assert set(card.contrast_points) == {"t1", "t2"}
     assert card.default_threshold(contrast="flair") == card.default_threshold() == cal["operating_point"]["threshold"]
     assert card.default_threshold("residual", contrast="t2") is None  # only the detection map has points
     t2_normals = [make(coded(500 + s, False, "t2"))["nll"] for s in range(6)]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from ..export import FINDINGS_COLUMNS, utc_now, write_json
 from ..io import atomic_write
-from ..tissue import CONTRASTS
 from .cluster import ClusterPlan, connect
 from .inputs import CohortItem
 from .worker import PLUGIN_NAME, ROW_COLUMNS, JobSpec, ModelPlugin, score_item
@@ -109,7 +108,7 @@ def run_cohort(items: list[CohortItem], out: Path, spec: JobSpec, scheduler: str
                      "detection_map": job.detection_map, "threshold": job.threshold,
                      "min_volume_mm3": job.min_volume_mm3, "edge_margin_mm": job.edge_margin_mm,
                      "by_contrast": {c: dict(zip(("threshold", "min_volume_mm3"), job.operating_point(c)))
-                                     for c in CONTRASTS if card.contrast_point(c)},
+                                     for c in card.contrast_points},
                      "preprocessing": spec.options,
                      "scheduler": scheduler or "LocalCluster", "workers": workers},
         "totals": {"scans": len(rows), "scored": scored,
