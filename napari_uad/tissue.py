@@ -50,11 +50,10 @@ __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smoot
            "TissueSettings", "TISSUES", "CONTRASTS"]
 
 TISSUES = ("csf", "gm", "wm")
-CONTRASTS = {"t1": "T1-weighted (white matter brightest)",
-             "flair": "FLAIR-like (dark fluid, grey matter brighter than white)",
-             "t2": "T2/PD-weighted (fluid brightest)"}
-"""What ``scan_contrast`` tells apart, from the order of a scan's own tissue means: the contrasts a detection
-threshold may have to differ between (per-contrast operating points, ``calibration``)."""
+CONTRASTS = {"t1": "T1-weighted", "flair": "FLAIR-like", "t2": "T2/PD-weighted"}
+"""What ``scan_contrast`` tells apart, from the order of a scan's own tissue means (white matter brightest; dark
+fluid with grey matter brighter than white; fluid brightest), with the words a reviewer reads: the contrasts a
+detection threshold may have to differ between (per-contrast operating points, ``calibration``)."""
 _OUTLIER_Z = 3.0  # voxels beyond 3 sigma of every class are left out of the class statistics
 _PRIOR_FLOOR = 1e-3  # every class stays possible everywhere (the affine alignment is not exact)
 

@@ -398,7 +398,8 @@ def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(q
     widget.map_selector.setCurrentText("residual")
     widget.update_findings()
     assert widget.threshold == 1.5 and widget.findings_panel.min_volume_spinbox.value() == 30.0
-    assert "synthetic validation scans, t2 contrast (≥ 1.5, ≥ 30 mm³): 0.5 false findings" in widget.threshold_label.text()
+    text = widget.threshold_label.text()
+    assert "synthetic validation scans, T2/PD-weighted like this scan (≥ 1.5, ≥ 30 mm³): 0.5 false findings" in text
 
 
 def test_cohort_worklist_review_next_scan_resume_and_export(qtbot, make_napari_viewer, tiny_model_dir, tmp_path):

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import SLIDER_STEPS, FindingsView, ScoredScan
+from ..tissue import CONTRASTS
 from . import row_table
 from .profile import SliceProfile
 
@@ -128,7 +129,8 @@ class FindingsPanel(QWidget):
         text = f"{threshold:.4g}" + ("" if quantile is None else f"  (healthy-voxel FPR {1 - quantile:.2%})")
         tip = ""
         if rates is not None and rates.get("fp_objects_per_normal_scan") is not None:
-            source = rates["source"] + (f", {rates['contrast']} contrast" if rates.get("contrast") else "")
+            contrast = CONTRASTS.get(rates.get("contrast"), rates.get("contrast"))
+            source = rates["source"] + (f", {contrast} like this scan" if contrast else "")
             text += (f"\non {source} (≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³): "
                      f"{rates['fp_objects_per_normal_scan']:.1f} false findings per normal scan")
             if rates.get("object_recall") is not None:
