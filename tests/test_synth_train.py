@@ -486,8 +486,8 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
 
 def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_one():
     """Normal T2 volumes carry bright structures in the detection map that T1 ones lack (as CSF is on real T2):
-    the T1 operating point would flood them with false findings. Calibration gives each recognised contrast with >= 3 healthy
-    and 3 anomalous volumes its own point by the same rule (a contrast with fewer keeps the pooled one), and a
+    the T1 operating point would flood them with false findings. Calibration gives each recognised contrast with
+    >= 8 healthy and 8 anomalous volumes its own point by the same rule (one with fewer keeps the pooled one), and a
     scan of that contrast gets it from the card: fresh normal T2 volumes stay quiet at the T2 threshold and not
     at the T1 one."""
     from napari_uad.calibration import calibrate, validation_rates
@@ -514,14 +514,14 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
         volume.metadata["contrast"] = contrast
         return volume
 
-    plan = [("t1", 4), ("t2", 4), ("flair", 2)]
+    plan = [("t1", 8), ("t2", 8), ("flair", 6)]
     healthy = [coded(10 * i + s, False, c) for i, (c, n) in enumerate(plan) for s in range(n)]
     anomalous = [(coded(100 + 10 * i + s, True, c), lesion.astype(np.uint8)) for i, (c, n) in enumerate(plan)
                  for s in range(n)]
     cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll",))
     points = cal["operating_point"]["by_contrast"]
-    assert set(points) == {"t1", "t2"}  # FLAIR: 2 + 2 volumes, too few for its own point
-    assert points["t2"]["n_healthy_volumes"] == 4 and points["t2"]["n_anomalous_volumes"] == 4
+    assert set(points) == {"t1", "t2"}  # FLAIR: 6 + 6 volumes, too few for its own point
+    assert points["t2"]["n_healthy_volumes"] == 8 and points["t2"]["n_anomalous_volumes"] == 8
     t1_point, t2_point = ((p["threshold"], p["min_volume_mm3"]) for p in (points["t1"], points["t2"]))
     assert t2_point != t1_point and all(a >= b for a, b in zip(t2_point, t1_point))  # T2's is the stricter one
     for point in points.values():
