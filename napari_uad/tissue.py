@@ -51,8 +51,8 @@ __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smoot
 
 TISSUES = ("csf", "gm", "wm")
 CONTRASTS = {"t1": "T1-weighted", "flair": "FLAIR-like", "t2": "T2/PD-weighted"}
-"""What ``scan_contrast`` tells apart, from the order of a scan's own tissue means (white matter brightest; dark
-fluid with grey matter brighter than white; fluid brightest), with the words a reviewer reads: the contrasts a
+"""What ``scan_contrast`` tells apart from a scan's own tissue means (dark fluid and white matter well above grey
+matter; dark fluid and grey and white matter close; fluid brightest), with the words a reviewer reads: the contrasts a
 detection threshold may have to differ between (per-contrast operating points, ``calibration``)."""
 _OUTLIER_Z = 3.0  # voxels beyond 3 sigma of every class are left out of the class statistics
 _PRIOR_FLOOR = 1e-3  # every class stays possible everywhere (the affine alignment is not exact)
@@ -178,14 +178,21 @@ def fit_tissue_mixture(x: np.ndarray, priors: np.ndarray, iterations: int = 8, p
     return mu, sigma
 
 
+T1_MARGIN = 0.38
+"""A fluid-dark scan is T1-weighted when white matter is brighter than grey matter by more than this share of the
+white-fluid contrast, else FLAIR-like. Chosen on validation heads (``benchmarks/contrast_recognition.py``, 24
+heads, 2026-12-04): T1 0.43-0.64, FLAIR -0.14-0.32. The order of the two means alone misread 3 of 6 FLAIR heads:
+on FLAIR the grey-matter class, whose template region holds dark sulcal fluid, can fit just below white matter."""
+
+
 def scan_contrast(means: np.ndarray) -> str:
     """The scan's contrast (a key of ``CONTRASTS``) from its fitted CSF, GM, WM means (any intensity scale):
-    fluid brighter than both tissues -> "t2" (T2- or PD-weighted), else grey matter brighter than white ->
-    "flair", else "t1"."""
+    fluid brighter than both tissues -> "t2" (T2- or PD-weighted); else white matter brighter than grey matter by
+    more than ``T1_MARGIN`` of the white-fluid contrast -> "t1"; else "flair"."""
     csf, gm, wm = (float(m) for m in means)
     if csf > max(gm, wm):
         return "t2"
-    return "flair" if gm > wm else "t1"
+    return "t1" if wm - gm > T1_MARGIN * (wm - csf) else "flair"
 
 
 def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,

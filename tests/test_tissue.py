@@ -205,11 +205,13 @@ def test_sign_from_prior_reads_a_t2_like_white_matter_lesion_as_hyperintense():
     np.testing.assert_array_equal(np.sign(prior[brain]), np.sign((data - expected)[brain]) * (prior[brain] != 0))
 
 
-@pytest.mark.parametrize("means, contrast", [((10.0, 60.0, 80.0), "t1"), ((100.0, 60.0, 45.0), "t2"),
-                                             ((85.0, 75.0, 60.0), "t2"), ((10.0, 70.0, 55.0), "flair")])
+@pytest.mark.parametrize("means, contrast", [((20.0, 55.0, 80.0), "t1"), ((100.0, 60.0, 45.0), "t2"),
+                                             ((85.0, 75.0, 60.0), "t2"), ((10.0, 70.0, 55.0), "flair"),
+                                             ((10.0, 55.0, 58.0), "flair")])
 def test_the_scans_contrast_is_read_from_its_own_tissue_fit(means, contrast):
-    """T1 (white matter brightest), T2 and PD (fluid brightest), FLAIR (dark fluid, grey over white): the
-    synthetic contrast families' class means, fitted back from a tiny brain and recognised."""
+    """T1 (white matter well above grey), T2 and PD (fluid brightest), FLAIR (dark fluid, grey and white matter
+    close, either above): the synthetic contrast families' class means, fitted back from a tiny brain and
+    recognised."""
     from napari_uad.tissue import CONTRASTS, scan_contrast, tissue_outliers
 
     data, brain, priors = tiny_brain()

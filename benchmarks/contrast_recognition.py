@@ -1,0 +1,73 @@
+"""Validation experiment: does a scan's own tissue fit tell its contrast (``tissue.scan_contrast``)?
+
+Usage: python benchmarks/contrast_recognition.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 8]
+       [--seed 100000] [--out runs/contrast_recognition.json] [--scans FILE ...]
+
+--n synthetic heads per clinical contrast (T1, T2, FLAIR, PD) from the held-out *validation* label maps (maps and
+contrasts in turn as calibration takes them, seeds from --seed, normal variants), each prepared with the card's
+preprocessing on its true brain mask and its tissue mixture fitted as the tissue map fits it (no model needed).
+Prints each head's fitted CSF / GM / WM means (in the standardised units) and the recognised contrast, and the
+confusion table (true family -> recognised) with the expected answer: t1 -> t1, flair -> flair, t2 and pd -> t2.
+--scans: also recognise these scan files as ``napari-uad score`` does (brain extraction where needed), e.g. the
+real test scans: reported only, never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
+
+EXPECTED = {"t1": "t1", "flair": "flair", "t2": "t2", "pd": "t2"}
+
+
+def main() -> None:
+    parser = validation_parser(__doc__.splitlines()[0], n=8)
+    parser.add_argument("--seed", type=int, default=100_000)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "contrast_recognition.json")
+    parser.add_argument("--scans", nargs="*", type=Path, default=[])
+    args = parser.parse_args()
+    setup = validation_setup(args)
+    if setup is None:
+        return
+    _, card, files = setup
+    from napari_uad.io import Volume
+    from napari_uad.preprocessing import prepare_volume
+    from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
+    from napari_uad.tissue import scan_contrast, tissue_outliers
+
+    rows, confusion = [], Counter()
+    for i in range(args.n * len(CLINICAL_FAMILIES)):
+        family = family_in_turn(i, len(files), CLINICAL_FAMILIES)
+        head = label_head(files[i % len(files)], args.seed + i, family=family, normal_variants=True)
+        volume = Volume.from_array(head.data, head.affine, modality="MR")
+        prepared = prepare_volume(volume, card.preprocessing, card.input_size, mask=head.brain)
+        _, means = tissue_outliers(prepared.standardised, prepared.brain, prepared.tissue_priors(), volume.spacing,
+                                   card.scoring.tissue())
+        contrast = scan_contrast(means)
+        confusion[(family, contrast)] += 1
+        row = {"seed": args.seed + i, "family": family, "means_csf_gm_wm": [round(float(m), 3) for m in means],
+               "recognised": contrast, "right": contrast == EXPECTED[family]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    scans = []
+    if args.scans:
+        from napari_uad.io import read_volume
+        from napari_uad.scoring import Scorer
+
+        scorer = Scorer(setup[0], card, device="cpu")
+        for path in args.scans:
+            scans.append({"scan": str(path), "recognised": scorer.score(read_volume(path), ("tissue",)).contrast})
+            print(json.dumps(scans[-1]), flush=True)
+    table = {f: {c: confusion[(f, c)] for c in ("t1", "flair", "t2") if confusion[(f, c)]} for f in CLINICAL_FAMILIES}
+    out = {"model": f"{card.name} {card.version}", "seeds_from": args.seed, "confusion": table,
+           "right": sum(r["right"] for r in rows), "heads": len(rows), "rows": rows, "scans": scans}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({"confusion": table, "right": out["right"], "heads": out["heads"]}))
+
+
+if __name__ == "__main__":
+    main()
