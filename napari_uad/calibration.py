@@ -15,10 +15,10 @@
 - The out-of-distribution reference (``ood``): brain volumes, fields of view, volume scores and the largest
   fraction of brain above each threshold over the healthy volumes (see ``napari_uad.ood``).
 - Operating points per contrast (``operating_point.by_contrast``): the same search on the validation volumes of
-  each contrast the tissue fit recognises (``tissue.scan_contrast``: t1, flair, t2), for contrasts with at least
+  each contrast the tissue fit recognises (``tissue.scan_contrast``: dark or bright fluid), for contrasts with at least
   ``MIN_VOLUMES_PER_CONTRAST`` healthy and as many anomalous volumes; a scan of that contrast gets that point,
   any other scan the pooled one (``ModelCard.contrast_point``). One pooled threshold cannot serve contrasts
-  whose normal anatomy looks different to the maps (CSF is bright on T2, dark on FLAIR).
+  whose normal anatomy looks different to the maps (CSF is bright on T2, dark on T1 and FLAIR).
 - Healthy volumes that carry their true brain mask (``Volume.metadata["true_brain"]``, synthetic heads) are
   left out when the pipeline's brain mask disagrees with it (Dice < ``MIN_BRAIN_MASK_DICE``): a failed brain
   extraction is what the out-of-distribution guard should flag, not part of the healthy reference.

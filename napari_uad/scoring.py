@@ -120,8 +120,8 @@ class ScoreResult:
         in the template grid and each canonical k gets the highest-scoring template slice through it.
     volume_score: mean of the top-k slice scores (of the model grid's slices).
     preprocessing: the records of the preprocessing steps (``PreparedVolume.steps``).
-    contrast: the scan's contrast recognised from its tissue fit (``tissue.scan_contrast``: "t1", "flair" or
-        "t2"), which picks the card's operating point; None where the tissue map was not computed.
+    contrast: the scan's contrast recognised from its tissue fit (``tissue.scan_contrast``: "dark_fluid" or
+        "bright_fluid"), which picks the card's operating point; None where the tissue map was not computed.
     """
 
     maps: dict[str, np.ndarray]

@@ -50,10 +50,11 @@ __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smoot
            "TissueSettings", "TISSUES", "CONTRASTS"]
 
 TISSUES = ("csf", "gm", "wm")
-CONTRASTS = {"t1": "T1-weighted", "flair": "FLAIR-like", "t2": "T2/PD-weighted"}
-"""What ``scan_contrast`` tells apart from a scan's own tissue means (dark fluid and white matter well above grey
-matter; dark fluid and grey and white matter close; fluid brightest), with the words a reviewer reads: the contrasts a
-detection threshold may have to differ between (per-contrast operating points, ``calibration``)."""
+CONTRASTS = {"dark_fluid": "T1/FLAIR-like (dark fluid)", "bright_fluid": "T2/PD-weighted (bright fluid)"}
+"""What ``scan_contrast`` tells apart from a scan's own tissue means, with the words a reviewer reads: the
+contrasts a detection threshold may have to differ between (per-contrast operating points, ``calibration``).
+T1 and FLAIR are not told apart: both have dark fluid and differ only in how grey and white matter compare,
+which the fit does not reliably give (``benchmarks/contrast_recognition.py``, docs/RESULTS.md)."""
 _OUTLIER_Z = 3.0  # voxels beyond 3 sigma of every class are left out of the class statistics
 _PRIOR_FLOOR = 1e-3  # every class stays possible everywhere (the affine alignment is not exact)
 
@@ -68,7 +69,7 @@ class TissueSettings:
         global peak.
     partial_volume: add the two-tissue mixtures of boundary voxels to the model (module docstring).
     sign_from_prior: sign against the priors' expected intensity instead of the posterior one (module docstring).
-    fluid_floor: on a fluid-bright scan (``scan_contrast`` "t2": T2 or PD), the CSF prior is at least this
+    fluid_floor: on a fluid-bright scan (``scan_contrast`` "bright_fluid": T2 or PD), the CSF prior is at least this
         everywhere in the brain before renormalising, and the mixture is refitted: fluid where the affinely
         aligned template expects tissue (a subject's wider sulci, larger or asymmetric ventricles) is then
         explained as CSF instead of reading as hyperintense tissue, which on T2 is what a lesion looks like.
@@ -178,21 +179,11 @@ def fit_tissue_mixture(x: np.ndarray, priors: np.ndarray, iterations: int = 8, p
     return mu, sigma
 
 
-T1_MARGIN = 0.38
-"""A fluid-dark scan is T1-weighted when white matter is brighter than grey matter by more than this share of the
-white-fluid contrast, else FLAIR-like. Chosen on validation heads (``benchmarks/contrast_recognition.py``, 24
-heads, 2026-12-04): T1 0.43-0.64, FLAIR -0.14-0.32. The order of the two means alone misread 3 of 6 FLAIR heads:
-on FLAIR the grey-matter class, whose template region holds dark sulcal fluid, can fit just below white matter."""
-
-
 def scan_contrast(means: np.ndarray) -> str:
     """The scan's contrast (a key of ``CONTRASTS``) from its fitted CSF, GM, WM means (any intensity scale):
-    fluid brighter than both tissues -> "t2" (T2- or PD-weighted); else white matter brighter than grey matter by
-    more than ``T1_MARGIN`` of the white-fluid contrast -> "t1"; else "flair"."""
+    fluid brighter than both tissues -> "bright_fluid" (T2- or PD-weighted), else "dark_fluid" (T1, FLAIR)."""
     csf, gm, wm = (float(m) for m in means)
-    if csf > max(gm, wm):
-        return "t2"
-    return "t1" if wm - gm > T1_MARGIN * (wm - csf) else "flair"
+    return "bright_fluid" if csf > max(gm, wm) else "dark_fluid"
 
 
 def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
@@ -219,7 +210,7 @@ def tissue_outliers(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
     p = _prepared_priors(priors, brain, spacing, settings)
     pv = settings.partial_volume
     mu, sigma = fit_tissue_mixture(x, p, partial_volume=pv)
-    if settings.fluid_floor > 0 and scan_contrast(mu) == "t2":
+    if settings.fluid_floor > 0 and scan_contrast(mu) == "bright_fluid":
         p = p.copy()
         p[0] = np.maximum(p[0], settings.fluid_floor)
         p /= p.sum(axis=0, keepdims=True)

@@ -289,7 +289,7 @@ def test_a_scan_scored_at_its_contrasts_own_threshold_counts_as_complete(tmp_pat
     from napari_uad.scoring import Scorer
 
     model, card = load_model(tiny_model_dir)
-    card.calibration["operating_point"] = {"by_contrast": {"t2": {"threshold": 2.5, "min_volume_mm3": 0.0}}}
+    card.calibration["operating_point"] = {"by_contrast": {"bright_fluid": {"threshold": 2.5, "min_volume_mm3": 0.0}}}
     job = ScoreJob.from_card(Scorer(model, card, device="cpu"), ("residual",))
     scan = tmp_path / "scan.nii.gz"
     write_image_file(scan, head_phantom(), np.eye(4))
@@ -304,5 +304,5 @@ def test_a_scan_scored_at_its_contrasts_own_threshold_counts_as_complete(tmp_pat
         (out / "s.json").write_text(json.dumps(report))
         return outputs_complete(out, item, card.weights_sha256, spec, job)
 
-    assert complete("t2", 2.5) and complete("t1", 1.0) and complete(None, 1.0)
-    assert not complete("t2", 1.0) and not complete("t1", 2.5)
+    assert complete("bright_fluid", 2.5) and complete("dark_fluid", 1.0) and complete(None, 1.0)
+    assert not complete("bright_fluid", 1.0) and not complete("dark_fluid", 2.5)

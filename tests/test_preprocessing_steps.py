@@ -313,8 +313,9 @@ def test_asymmetry_map_flags_a_one_sided_lesion_in_any_grid(brain, tiny_model_di
     assert a.min() < -2.5  # the blob's healthy mirror: darker than its other side
 
 
-@pytest.mark.parametrize("contrast", ["t1", "flair", "t2"])
-def test_score_uses_the_cards_operating_point_for_the_scans_recognised_contrast(contrast, tiny_model_dir,
+@pytest.mark.parametrize("family, contrast", [("t1", "dark_fluid"), ("flair", "dark_fluid"),
+                                             ("t2", "bright_fluid")])
+def test_score_uses_the_cards_operating_point_for_the_scans_recognised_contrast(family, contrast, tiny_model_dir,
                                                                                  tmp_path):
     """A synthetic brain of each contrast is recognised from its own tissue fit, and `napari-uad score`'s
     findings use the card's operating point for that contrast (the pooled one where the card has none); a
@@ -327,12 +328,12 @@ def test_score_uses_the_cards_operating_point_for_the_scans_recognised_contrast(
     from napari_uad.scoring import Scorer
     from napari_uad.synth import case_volume, healthy_volume
 
-    v = case_volume(healthy_volume(5, contrast=contrast))
+    v = case_volume(healthy_volume(5, contrast=family))
     volume = Volume.from_array(v.data[::2, ::2, ::2].copy(), v.affine @ np.diag([2.0, 2.0, 2.0, 1.0]))
     path = write_like(volume, volume.data, tmp_path / f"{contrast}.nii.gz")
     model, card = load_model(tiny_model_dir)
     card.preprocessing = PreprocessingConfig(template="mni152-2009")
-    own = {"t2": {"threshold": 7.0, "min_volume_mm3": 50.0}, "t1": {"threshold": 3.0, "min_volume_mm3": 0.0}}
+    own = {"bright_fluid": {"threshold": 7.0, "min_volume_mm3": 50.0}}
     card.calibration = {"detection_map": "tissue", "min_volume_mm3": 10.0, "maps": {"tissue": {"threshold": 5.0}},
                         "operating_point": {"threshold": 5.0, "min_volume_mm3": 10.0, "by_contrast": own}}
     scorer = Scorer(model, card, device="cpu", options=PipelineOptions(skull_strip="off"))

@@ -485,14 +485,17 @@ def test_calibration_operating_point_keeps_normal_scans_quiet():
 
 
 def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_one():
-    """Normal T2 volumes carry bright structures in the detection map that T1 ones lack (as CSF is on real T2):
-    the T1 operating point would flood them with false findings. Calibration gives each recognised contrast with
-    >= 8 healthy and 8 anomalous volumes its own point by the same rule (one with fewer keeps the pooled one), and a
-    scan of that contrast gets it from the card: fresh normal T2 volumes stay quiet at the T2 threshold and not
-    at the T1 one."""
+    """Normal bright-fluid (T2) volumes carry bright structures in the detection map that dark-fluid (T1) ones
+    lack (as CSF is on real T2): the dark-fluid operating point would flood them with false findings.
+    Calibration gives each recognised contrast with >= 8 healthy and 8 anomalous volumes its own point by the
+    same rule (one with fewer keeps the pooled one), and a
+    scan of that contrast gets it from the card: fresh normal bright-fluid volumes stay quiet at their own
+    threshold and not at the dark-fluid one."""
     from napari_uad.calibration import calibrate, validation_rates
     from napari_uad.findings import label_components
     from napari_uad.model_card import ModelCard
+
+    dark, bright = "dark_fluid", "bright_fluid"
 
     shape = (28, 28, 28)
     lesion = np.zeros(shape, bool)
@@ -501,7 +504,7 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
     def make(volume):
         rng = np.random.default_rng(int(volume.data[0, 0, 0]))
         nll = rng.normal(size=shape) + 5.0 * (lesion & (volume.data[1, 1, 1] > 0))
-        if volume.metadata["contrast"] == "t2":  # three bright 5^3 "CSF spaces" away from the lesion
+        if volume.metadata["contrast"] == bright:  # three bright 5^3 "CSF spaces" away from the lesion
             for _ in range(3):
                 corner = rng.integers(0, 23, 3)
                 while np.all((corner > 4) & (corner < 17)):
@@ -514,34 +517,34 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
         volume.metadata["contrast"] = contrast
         return volume
 
-    plan = [("t1", 8), ("t2", 8), ("flair", 6)]
+    plan = [(dark, 8), (bright, 8), ("other", 6)]
     healthy = [coded(10 * i + s, False, c) for i, (c, n) in enumerate(plan) for s in range(n)]
     anomalous = [(coded(100 + 10 * i + s, True, c), lesion.astype(np.uint8)) for i, (c, n) in enumerate(plan)
                  for s in range(n)]
     cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll",))
     points = cal["operating_point"]["by_contrast"]
-    assert set(points) == {"t1", "t2"}  # FLAIR: 6 + 6 volumes, too few for its own point
-    assert points["t2"]["n_healthy_volumes"] == 8 and points["t2"]["n_anomalous_volumes"] == 8
-    t1_point, t2_point = ((p["threshold"], p["min_volume_mm3"]) for p in (points["t1"], points["t2"]))
-    assert t2_point != t1_point and all(a >= b for a, b in zip(t2_point, t1_point))  # T2's is the stricter one
+    assert set(points) == {dark, bright}  # "other": 6 + 6 volumes, too few for its own point
+    assert points[bright]["n_healthy_volumes"] == 8 and points[bright]["n_anomalous_volumes"] == 8
+    dark_point, bright_point = ((p["threshold"], p["min_volume_mm3"]) for p in (points[dark], points[bright]))
+    assert bright_point != dark_point and all(a >= b for a, b in zip(bright_point, dark_point))  # the stricter one
     for point in points.values():
         assert point["fp_target_met"] and point["validation"]["object_recall"] == 1.0
     card = ModelCard(name="m", version="1", calibration=cal)
-    assert card.default_threshold(contrast="t2") == points["t2"]["threshold"]
-    assert card.operating_point("t2") == (points["t2"]["threshold"], points["t2"]["min_volume_mm3"])
-    assert set(card.contrast_points) == {"t1", "t2"}
-    assert card.default_threshold(contrast="flair") == card.default_threshold() == cal["operating_point"]["threshold"]
-    assert card.default_threshold("residual", contrast="t2") is None  # only the detection map has points
-    t2_normals = [make(coded(500 + s, False, "t2"))["nll"] for s in range(6)]
+    assert card.default_threshold(contrast=bright) == points[bright]["threshold"]
+    assert card.operating_point(bright) == (points[bright]["threshold"], points[bright]["min_volume_mm3"])
+    assert set(card.contrast_points) == {dark, bright}
+    assert card.default_threshold(contrast="other") == card.default_threshold() == cal["operating_point"]["threshold"]
+    assert card.default_threshold("residual", contrast=bright) is None  # only the detection map has points
+    bright_normals = [make(coded(500 + s, False, bright))["nll"] for s in range(6)]
 
     def false_findings(threshold, min_volume):
-        return np.mean([label_components(m, threshold, 1.0, min_volume)[1] for m in t2_normals])
+        return np.mean([label_components(m, threshold, 1.0, min_volume)[1] for m in bright_normals])
 
-    assert false_findings(points["t2"]["threshold"], points["t2"]["min_volume_mm3"]) <= 1.5
-    assert false_findings(points["t1"]["threshold"], points["t1"]["min_volume_mm3"]) > 2
-    rates = validation_rates(cal, "nll", points["t2"]["threshold"], points["t2"]["min_volume_mm3"], "t2")
-    assert rates["contrast"] == "t2" and rates["fp_objects_per_normal_scan"] <= 1.0
-    assert "contrast" not in validation_rates(cal, "nll", points["t2"]["threshold"], 400.0)
+    assert false_findings(points[bright]["threshold"], points[bright]["min_volume_mm3"]) <= 1.5
+    assert false_findings(points[dark]["threshold"], points[dark]["min_volume_mm3"]) > 2
+    rates = validation_rates(cal, "nll", *card.operating_point(bright), bright)
+    assert rates["contrast"] == bright and rates["fp_objects_per_normal_scan"] <= 1.0
+    assert "contrast" not in validation_rates(cal, "nll", points[bright]["threshold"], 400.0)
 
 
 def test_true_brain_masks_keep_heads_whose_brain_extraction_would_fail():

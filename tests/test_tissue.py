@@ -205,13 +205,12 @@ def test_sign_from_prior_reads_a_t2_like_white_matter_lesion_as_hyperintense():
     np.testing.assert_array_equal(np.sign(prior[brain]), np.sign((data - expected)[brain]) * (prior[brain] != 0))
 
 
-@pytest.mark.parametrize("means, contrast", [((20.0, 55.0, 80.0), "t1"), ((100.0, 60.0, 45.0), "t2"),
-                                             ((85.0, 75.0, 60.0), "t2"), ((10.0, 70.0, 55.0), "flair"),
-                                             ((10.0, 55.0, 58.0), "flair")])
+@pytest.mark.parametrize("means, contrast", [((20.0, 55.0, 80.0), "dark_fluid"), ((10.0, 70.0, 55.0), "dark_fluid"),
+                                             ((100.0, 60.0, 45.0), "bright_fluid"),
+                                             ((85.0, 75.0, 60.0), "bright_fluid")])
 def test_the_scans_contrast_is_read_from_its_own_tissue_fit(means, contrast):
-    """T1 (white matter well above grey), T2 and PD (fluid brightest), FLAIR (dark fluid, grey and white matter
-    close, either above): the synthetic contrast families' class means, fitted back from a tiny brain and
-    recognised."""
+    """T1 and FLAIR (dark fluid), T2 and PD (fluid brightest): the synthetic contrast families' class means,
+    fitted back from a tiny brain and recognised."""
     from napari_uad.tissue import CONTRASTS, scan_contrast, tissue_outliers
 
     data, brain, priors = tiny_brain()
@@ -238,7 +237,7 @@ def test_fluid_floor_explains_fluid_where_the_template_expects_tissue_on_t2_only
     t2[4, 4, 2] = 75.0  # a lesion, between white matter and fluid
     plain, means = tissue_outliers(t2, brain, priors, settings=TissueSettings(partial_volume=True))
     floored, _ = tissue_outliers(t2, brain, priors, settings=TissueSettings(partial_volume=True, fluid_floor=0.3))
-    assert scan_contrast_of(means) == "t2"
+    assert scan_contrast_of(means) == "bright_fluid"
     fluid = np.zeros(brain.shape, bool)
     fluid[0:2, 0:3, 2] = True
     assert np.median(plain[fluid]) > 4.5 and np.median(plain[fluid]) > plain[4, 4, 2]  # fluid outranks the lesion

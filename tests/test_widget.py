@@ -383,13 +383,13 @@ def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(q
            "table": [{"threshold": 1.5, "min_volume_mm3": 30.0, "fp_objects_per_normal_scan": 0.5,
                       "object_recall": 0.4}]}
     _add_edited_model(widget, tmp_path / "per-contrast",
-                      lambda card: card.calibration.update(operating_point={"by_contrast": {"t2": own}},
+                      lambda card: card.calibration.update(operating_point={"by_contrast": {"bright_fluid": own}},
                                                            validation_set="8 synthetic heads"))
     iter_score = Scorer.iter_score
 
     def as_t2(self, *args, **kwargs):  # the tiny model has no template space: say the tissue fit found T2
         result = yield from iter_score(self, *args, **kwargs)
-        result.contrast = "t2"
+        result.contrast = "bright_fluid"
         return result
 
     monkeypatch.setattr(Scorer, "iter_score", as_t2)
@@ -399,7 +399,7 @@ def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(q
     widget.update_findings()
     assert widget.threshold == 1.5 and widget.findings_panel.min_volume_spinbox.value() == 30.0
     text = widget.threshold_label.text()
-    assert "synthetic validation scans, T2/PD-weighted like this scan (≥ 1.5, ≥ 30 mm³): 0.5 false findings" in text
+    assert "synthetic validation scans, T2/PD-weighted (bright fluid) like this scan (≥ 1.5, ≥ 30 mm³): 0.5 false findings" in text
 
 
 def test_cohort_worklist_review_next_scan_resume_and_export(qtbot, make_napari_viewer, tiny_model_dir, tmp_path):
