@@ -398,6 +398,7 @@ def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(q
     widget.map_selector.setCurrentText("residual")
     widget.update_findings()
     assert widget.threshold == 1.5 and widget.findings_panel.min_volume_spinbox.value() == 30.0
+    assert widget.scoring_panel.progress_label.text().endswith("; read as T2/PD-weighted (bright fluid)")
     text = widget.threshold_label.text()
     assert "synthetic validation scans, T2/PD-weighted (bright fluid) like this scan (≥ 1.5, ≥ 30 mm³): 0.5 false findings" in text
 

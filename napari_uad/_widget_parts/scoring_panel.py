@@ -26,6 +26,7 @@ from ..ood import UNRELIABLE, check_input, check_score
 from ..preprocessing import SKULL_STRIP_MODES, PipelineOptions
 from ..scoring import GRADIENT_MAPS, MAP_NAMES, Scorer, default_maps
 from ..session import ScoredScan
+from ..tissue import CONTRASTS
 
 __all__ = ["ScoringPanel", "BROWSE"]
 
@@ -219,7 +220,9 @@ class ScoringPanel(QWidget):
         if self._cancelled:
             self._show_cancelled()
             return
-        self.progress_label.setText(f"scored in {scan.result.seconds['total']:.1f} s on {scan.result.device}")
+        contrast = CONTRASTS.get(scan.result.contrast)  # what the scan's own tissue fit says it is
+        self.progress_label.setText(f"scored in {scan.result.seconds['total']:.1f} s on {scan.result.device}"
+                                    + (f"; read as {contrast}" if contrast else ""))
         self.scored.emit(self._layer, scan)
 
     def _on_error(self, worker, err: Exception) -> None:
