@@ -271,15 +271,16 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     if truths:
         name = out["detection_map"] = chosen
         entry = out["maps"][name]
-        point = _select_operating_point(kept, name, entry, out["levels"], max_fp_per_normal_scan)
+        search = _OperatingSearch.of(kept, name, entry, out["levels"])
+        point = search.choose(max_fp_per_normal_scan)
         point["edge_margin_mm"] = edge_margin_mm
-        point["by_contrast"] = _contrast_points(kept, name, entry, out["levels"], max_fp_per_normal_scan)
+        point["by_contrast"] = _contrast_points(kept, search, max_fp_per_normal_scan)
         entry["threshold_best_dice"], entry["threshold"] = entry["threshold"], point["threshold"]
         out["min_volume_mm3"], out["operating_point"] = point["min_volume_mm3"], point
     elif detection_map in out["maps"]:
         entry = out["maps"][detection_map]
-        point = _select_operating_point(kept, detection_map, entry, out["levels"], max_fp_per_normal_scan,
-                                        start=entry["threshold_fpr_1pct"], min_volumes=(float(min_volume_mm3),))
+        point = _OperatingSearch.of(kept, detection_map, entry, out["levels"], start=entry["threshold_fpr_1pct"]
+                                    ).choose(max_fp_per_normal_scan, min_volumes=(float(min_volume_mm3),))
         point["edge_margin_mm"], point["threshold_best_dice"] = edge_margin_mm, None
         point["rule"] = ("normal scans only: the lowest threshold from the 1 % healthy-voxel FPR threshold up whose "
                          "false-positive findings per normal scan stay <= max_fp_per_normal_scan at the card's "
@@ -300,18 +301,18 @@ def _score(scorer: Scorer, volume: Volume, maps: tuple[str, ...], true_brain_mas
     return scorer.score(volume, maps, mask, postprocess=False)
 
 
-def _contrast_points(kept: list, map_name: str, entry: dict, levels: list, max_fp: float) -> dict:
+def _contrast_points(kept: list, search: "_OperatingSearch", max_fp: float) -> dict:
     """Operating point of each recognised contrast with >= ``MIN_VOLUMES_PER_CONTRAST`` healthy and anomalous
-    validation volumes (same search and rule as the pooled point, on that contrast's volumes only), with the
-    numbers of volumes it rests on."""
+    validation volumes (the pooled search's thresholds and findings, counted on that contrast's volumes only), with
+    the numbers of volumes it rests on."""
     points = {}
     for contrast in sorted({k.contrast for k in kept if k.contrast is not None}):
-        group = [k for k in kept if k.contrast == contrast]
-        n_healthy = sum(k.truth is None for k in group)
-        if min(n_healthy, len(group) - n_healthy) < MIN_VOLUMES_PER_CONTRAST:
+        members = [i for i, k in enumerate(kept) if k.contrast == contrast]
+        n_healthy = sum(kept[i].truth is None for i in members)
+        if min(n_healthy, len(members) - n_healthy) < MIN_VOLUMES_PER_CONTRAST:
             continue
-        point = _select_operating_point(group, map_name, entry, levels, max_fp)
-        points[contrast] = {**point, "n_healthy_volumes": n_healthy, "n_anomalous_volumes": len(group) - n_healthy}
+        point = search.of_volumes(members).choose(max_fp)
+        points[contrast] = {**point, "n_healthy_volumes": n_healthy, "n_anomalous_volumes": len(members) - n_healthy}
     return points
 
 
@@ -400,43 +401,66 @@ def _ood_reference(pools: dict, reference: dict, entries: dict, modality: str) -
                     "of the brain mask with the aligned template's brain, whether any had a contrast agent"}
 
 
-def _select_operating_point(kept, map_name: str, entry: dict, levels: list, max_fp: float,
-                            start: float | None = None,
-                            min_volumes: tuple[float, ...] = MIN_VOLUME_CANDIDATES_MM3) -> dict:
-    """Detection threshold and minimum finding volume (mm^3) of ``map_name`` (see the module docstring):
-    thresholds from ``start`` (default: the entry's Dice threshold) up, each with every one of ``min_volumes``.
-    Without anomalies every recall is 0 and the lowest threshold within the bound wins."""
-    from .metrics import component_matches, counts_from_matches, object_metrics
+class _OperatingSearch(NamedTuple):
+    """The candidate detection thresholds of a map (raw units) and, per threshold, each validation volume's
+    findings matched against its lesions (component volumes in mm^3, matched lesion, number of lesions): what the
+    operating-point rule chooses from, counted once and shared by the pooled and the per-contrast points."""
 
-    dice_threshold = float(entry["threshold"] if start is None else start)
-    tail = np.interp(OPERATING_LEVELS, np.asarray(levels), np.asarray(entry["quantiles"]))
-    thresholds = np.unique(np.r_[dice_threshold, tail[tail > dice_threshold]])
-    table = []
-    for threshold in thresholds:
-        matches = []  # per volume: component volumes (mm^3), their matched lesion, number of lesions
-        for k in kept:
-            score = np.where(k.allowed, k.maps[map_name].astype(np.float32), np.float32(-np.inf))
-            labels, _ = label_components(score, float(threshold), k.voxel_volume_mm3)
-            sizes, matched, n_true = component_matches(
-                labels, k.truth if k.truth is not None else np.zeros(labels.shape, bool))
-            matches.append((sizes * k.voxel_volume_mm3, matched, n_true))
-        for min_volume in min_volumes:
-            m = object_metrics([counts_from_matches(matched[mm3 >= min_volume], n_true)
-                                for mm3, matched, n_true in matches])
-            r, p = m["object_recall"] or 0.0, m["object_precision"] or 0.0
-            table.append({"threshold": float(threshold), "min_volume_mm3": min_volume,
-                          "object_f1": 0.0 if r + p == 0 else 2 * r * p / (r + p), **m})
-    fp = [row["fp_objects_per_normal_scan"] or 0.0 for row in table]
-    met = [row for row, f in zip(table, fp) if f <= max_fp]
-    if met:
-        best = max(met, key=lambda row: (row["object_recall"] or 0.0, row["object_f1"], -row["threshold"]))
-    else:
-        best = min(table, key=lambda row: (row["fp_objects_per_normal_scan"] or 0.0, -(row["object_recall"] or 0.0)))
-    return {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"],
-            "threshold_best_dice": dice_threshold, "max_fp_per_normal_scan": max_fp, "fp_target_met": bool(met),
-            "validation": {k: best[k] for k in ("object_recall", "object_precision", "object_f1",
-                                                "fp_objects_per_scan", "fp_objects_per_normal_scan")},
-            "rule": "best object recall with false-positive findings per normal validation volume <= "
-                    "max_fp_per_normal_scan (ties: object F1), over the Dice threshold and higher healthy-table "
-                    "thresholds x minimum finding volumes; findings inside the brain less the edge margin",
-            "table": table}
+    dice_threshold: float
+    thresholds: np.ndarray
+    matches: list  # per threshold: per volume (component volumes mm^3, matched, n_true)
+
+    @classmethod
+    def of(cls, kept, map_name: str, entry: dict, levels: list, start: float | None = None) -> "_OperatingSearch":
+        """Thresholds from ``start`` (default: the entry's Dice threshold) up through the healthy table's tail."""
+        from .metrics import component_matches
+
+        dice_threshold = float(entry["threshold"] if start is None else start)
+        tail = np.interp(OPERATING_LEVELS, np.asarray(levels), np.asarray(entry["quantiles"]))
+        thresholds = np.unique(np.r_[dice_threshold, tail[tail > dice_threshold]])
+        matches = []
+        for threshold in thresholds:
+            per_volume = []
+            for k in kept:
+                score = np.where(k.allowed, k.maps[map_name].astype(np.float32), np.float32(-np.inf))
+                labels, _ = label_components(score, float(threshold), k.voxel_volume_mm3)
+                sizes, matched, n_true = component_matches(
+                    labels, k.truth if k.truth is not None else np.zeros(labels.shape, bool))
+                per_volume.append((sizes * k.voxel_volume_mm3, matched, n_true))
+            matches.append(per_volume)
+        return cls(dice_threshold, thresholds, matches)
+
+    def of_volumes(self, members: list[int]) -> "_OperatingSearch":
+        """The same search restricted to the volumes at these indices."""
+        return self._replace(matches=[[per_volume[i] for i in members] for per_volume in self.matches])
+
+    def choose(self, max_fp: float, min_volumes: tuple[float, ...] = MIN_VOLUME_CANDIDATES_MM3) -> dict:
+        """Detection threshold and minimum finding volume (mm^3) by the module docstring's rule, each threshold
+        with every one of ``min_volumes``. Without anomalies every recall is 0 and the lowest threshold within
+        the bound wins."""
+        from .metrics import counts_from_matches, object_metrics
+
+        table = []
+        for threshold, matches in zip(self.thresholds, self.matches):
+            for min_volume in min_volumes:
+                m = object_metrics([counts_from_matches(matched[mm3 >= min_volume], n_true)
+                                    for mm3, matched, n_true in matches])
+                r, p = m["object_recall"] or 0.0, m["object_precision"] or 0.0
+                table.append({"threshold": float(threshold), "min_volume_mm3": min_volume,
+                              "object_f1": 0.0 if r + p == 0 else 2 * r * p / (r + p), **m})
+        fp = [row["fp_objects_per_normal_scan"] or 0.0 for row in table]
+        met = [row for row, f in zip(table, fp) if f <= max_fp]
+        if met:
+            best = max(met, key=lambda row: (row["object_recall"] or 0.0, row["object_f1"], -row["threshold"]))
+        else:
+            best = min(table, key=lambda row: (row["fp_objects_per_normal_scan"] or 0.0,
+                                               -(row["object_recall"] or 0.0)))
+        return {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"],
+                "threshold_best_dice": self.dice_threshold, "max_fp_per_normal_scan": max_fp,
+                "fp_target_met": bool(met),
+                "validation": {k: best[k] for k in ("object_recall", "object_precision", "object_f1",
+                                                    "fp_objects_per_scan", "fp_objects_per_normal_scan")},
+                "rule": "best object recall with false-positive findings per normal validation volume <= "
+                        "max_fp_per_normal_scan (ties: object F1), over the Dice threshold and higher healthy-table "
+                        "thresholds x minimum finding volumes; findings inside the brain less the edge margin",
+                "table": table}
