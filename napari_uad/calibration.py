@@ -36,6 +36,7 @@ from .combined import COMBINED, combine, healthy_quantile
 from .findings import interior, label_components
 from .io import Volume
 from .mask import dice as mask_dice
+from .model_card import contrast_point
 from .postprocess import median_filter_map
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 
@@ -140,9 +141,8 @@ def validation_rates(calibration: Mapping, detection_map: str, threshold: float,
     card's ``validation_set``; for a scan of a ``contrast`` with its own operating point, the table of that
     contrast's validation volumes (``contrast`` is then in the answer). None when the card has no table for this
     detection map, or the setting is more permissive than every tabulated one."""
-    point = calibration.get("operating_point") or {}
-    own = (point.get("by_contrast") or {}).get(contrast) if contrast else None
-    table = (own or point).get("table")
+    own = contrast_point(calibration, contrast)
+    table = (own or calibration.get("operating_point") or {}).get("table")
     if calibration.get("detection_map") != detection_map or not table:
         return None
     tolerance = 1e-6 * max(1.0, abs(threshold))

@@ -98,6 +98,18 @@ class ScoringConfig:
                               self.tissue_partial_volume, self.tissue_sign_from_prior, self.tissue_fluid_floor)
 
 
+def contrast_points(calibration: dict) -> dict:
+    """The operating points a card's ``calibration`` holds per recognised contrast (``tissue.scan_contrast``):
+    contrast -> point."""
+    return (calibration.get("operating_point") or {}).get("by_contrast") or {}
+
+
+def contrast_point(calibration: dict, contrast: str | None) -> dict | None:
+    """The operating point a card's ``calibration`` holds for scans of ``contrast``, or None where it has none
+    (the pooled point applies)."""
+    return contrast_points(calibration).get(contrast) if contrast else None
+
+
 @dataclass
 class ModelCard:
     """Everything known about one model; serialised as ``card.json``."""
@@ -147,12 +159,12 @@ class ModelCard:
     @property
     def contrast_points(self) -> dict:
         """The operating points calibrated per recognised contrast (``tissue.scan_contrast``): contrast -> point."""
-        return (self.calibration.get("operating_point") or {}).get("by_contrast") or {}
+        return contrast_points(self.calibration)
 
     def contrast_point(self, contrast: str | None) -> dict | None:
         """The operating point calibrated for scans of ``contrast``, or None where the card has none for it (the
         pooled point applies)."""
-        return self.contrast_points.get(contrast) if contrast else None
+        return contrast_point(self.calibration, contrast)
 
     def to_dict(self) -> dict:
         return {
