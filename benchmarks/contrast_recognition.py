@@ -18,7 +18,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
+from _validation import ROOT, heads_in_turn, validation_parser, validation_setup  # noqa: E402
 
 EXPECTED = {"t1": "t1", "flair": "flair", "t2": "t2", "pd": "t2"}
 
@@ -35,13 +35,12 @@ def main() -> None:
     _, card, files = setup
     from napari_uad.io import Volume
     from napari_uad.preprocessing import prepare_volume
-    from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
+    from napari_uad.synth_labels import CLINICAL_FAMILIES
     from napari_uad.tissue import scan_contrast, tissue_outliers
 
     rows, confusion = [], Counter()
-    for i in range(args.n * len(CLINICAL_FAMILIES)):
-        family = family_in_turn(i, len(files), CLINICAL_FAMILIES)
-        head = label_head(files[i % len(files)], args.seed + i, family=family, normal_variants=True)
+    for i, _, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
+        family = head.params["contrast_family"]
         volume = Volume.from_array(head.data, head.affine, modality="MR")
         prepared = prepare_volume(volume, card.preprocessing, card.input_size, mask=head.brain)
         _, means = tissue_outliers(prepared.standardised, prepared.brain, prepared.tissue_priors(), volume.spacing,

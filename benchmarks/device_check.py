@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
+from _validation import ROOT, heads_in_turn, validation_parser, validation_setup  # noqa: E402
 
 
 def main() -> int:
@@ -38,7 +38,6 @@ def main() -> int:
     from napari_uad.io import Volume
     from napari_uad.mask import dice
     from napari_uad.scoring import DEFAULT_MAPS, Scorer, parse_maps
-    from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
 
     if args.device != "cpu" and not torch.cuda.is_available():
         print(f"{args.device}: not available; nothing to compare")
@@ -51,10 +50,8 @@ def main() -> int:
                                                                              device=args.device)}
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     rows, ok = [], True
-    for i in range(args.n):
+    for i, _, head in heads_in_turn(files, args.n, 800_000, lesion=lambda i: "any" if i % 2 else None):
         seed = 800_000 + i
-        head = label_head(files[i % len(files)], seed, family=family_in_turn(i, len(files), CLINICAL_FAMILIES),
-                          lesion="any" if i % 2 else None, normal_variants=True)
         volume = Volume.from_array(head.data, head.affine, modality="MR")
         out, found = {}, {}
         for d, scorer in scorers.items():

@@ -24,7 +24,7 @@ import json
 import numpy as np
 from scipy import ndimage
 
-from _validation import validation_parser, validation_scorer  # noqa: E402
+from _validation import heads_in_turn, validation_parser, validation_scorer  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     scorer, card, files = setup
     from napari_uad.findings import interior, label_components
     from napari_uad.io import Volume
-    from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
+    from napari_uad.synth_labels import CLINICAL_FAMILIES
 
     det, thr = card.detection_map, card.default_threshold()
     min_volume = float(card.calibration.get("min_volume_mm3", 0.0))
@@ -47,10 +47,10 @@ def main() -> None:
     medians = [int(m) for m in args.median_sizes.split(",")]
     settings = [(m, size) for size in medians for m in margins]
     counts = {key: {"fp_healthy": 0, "found": 0, "lesions": 0, "fp_lesion": 0} for key in settings}
-    for i in range(2 * args.n):
-        lesion = None if i < args.n else "any"
-        family = family_in_turn(i, len(files), CLINICAL_FAMILIES if args.contrast == "clinical" else ())
-        head = label_head(files[i % len(files)], 200_000 + i, family=family, lesion=lesion)
+    families = CLINICAL_FAMILIES if args.contrast == "clinical" else ()
+    for i, _, head in heads_in_turn(files, 2 * args.n, 200_000, families, lambda i: None if i < args.n else "any",
+                                    normal_variants=False):
+        lesion = i >= args.n
         volume = Volume.from_array(head.data, head.affine, modality="MR")
         result = scorer.score(volume, (det,), postprocess=False)  # raw map: the filter is the experiment's
         filtered = {size: result.maps[det] if size < 2 else ndimage.median_filter(result.maps[det], size)

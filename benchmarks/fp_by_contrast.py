@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _validation import ROOT, validation_parser, validation_scorer  # noqa: E402
+from _validation import ROOT, heads_in_turn, validation_parser, validation_scorer  # noqa: E402
 
 
 def tissue_of(labels: np.ndarray) -> str:
@@ -58,16 +58,13 @@ def main() -> None:
     from napari_uad.findings import find_findings, interior
     from napari_uad.io import Volume
     from napari_uad.mask import dice
-    from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
+    from napari_uad.synth_labels import CLINICAL_FAMILIES
 
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     totals = {f: {"heads": 0, "findings": 0, "by_tissue": Counter(), "failed_brain_masks": 0,
                   "findings_on_failed": 0} for f in CLINICAL_FAMILIES}
-    for i in range(args.n * len(CLINICAL_FAMILIES)):
-        family = family_in_turn(i, len(files), CLINICAL_FAMILIES)  # maps in turn, as calibration takes them
-        seed = args.seed + i
-        path = files[i % len(files)]
-        head = label_head(path, seed, family=family, normal_variants=True)
+    for i, path, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
+        seed, family = args.seed + i, head.params["contrast_family"]
         data = np.where(head.brain, head.data, 0).astype(head.data.dtype) if args.skull_stripped else head.data
         volume = Volume.from_array(data, head.affine, modality="MR")
         result = scorer.score(volume)
