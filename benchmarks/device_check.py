@@ -3,7 +3,7 @@ everything the reviewer sees must agree beyond float tolerance -- every map, the
 operating point taken from the card for it, and the findings.
 
 Usage: python benchmarks/device_check.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 4]
-       [--device cuda] [--out runs/device_check.json]
+       [--device cuda] [--amp] [--out runs/device_check.json]
 
 Heads from the held-out validation label maps (seeds 800000+, one per clinical contrast in turn, normal variants,
 every other one with a disease-like lesion), scored on their true brain masks (no brain extraction, so the check
@@ -26,6 +26,8 @@ from _validation import ROOT, heads_in_turn, validation_parser, validation_setup
 def main() -> int:
     parser = validation_parser(__doc__.splitlines()[0], n=4)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--amp", action="store_true",
+                        help="the GPU in mixed precision (Scorer amp=True; default: float32, as scoring runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "device_check.json")
     args = parser.parse_args()
     setup = validation_setup(args)
@@ -47,7 +49,7 @@ def main() -> int:
 
     # one model per device: a Scorer moves its model to its device
     scorers = {"cpu": Scorer(model, card, device="cpu"), args.device: Scorer(load_model(args.model)[0], card,
-                                                                             device=args.device)}
+                                                                             device=args.device, amp=args.amp)}
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     rows, ok = [], True
     for i, _, head in heads_in_turn(files, args.n, 800_000, lesion=lambda i: "any" if i % 2 else None):
@@ -78,7 +80,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": f"{card.name} {card.version}", "device": args.device,
+    args.out.write_text(json.dumps({"model": f"{card.name} {card.version}", "device": args.device, "amp": args.amp,
                                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                                     "torch": torch.__version__, "rows": rows, "all_agree": ok}, indent=1) + "\n")
     return 0 if ok else 1

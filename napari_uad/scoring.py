@@ -165,13 +165,16 @@ class Scorer:
         model, card: from :func:`napari_uad.model_card.load_model`.
         device: "auto" (cuda -> mps -> cpu), or an explicit device.
         batch_size: slices per batch; None chooses from free memory.
-        amp: mixed precision (bfloat16/float16 autocast) on GPUs; ignored on CPU.
+        amp: mixed precision (bfloat16/float16 autocast) on GPUs; ignored on CPU. Off by default: in float32 a
+            GPU's maps agree with the CPU's to 0.2 % of their range and its findings exactly, where mixed precision
+            moved maps by up to 10 % at a voxel; it bought no speed, since scoring time goes to preprocessing
+            (``benchmarks/device_check.py``, docs/BENCHMARKS.md).
         options: per-run preprocessing switches (skull strip auto/on/off, steps off); brain extraction runs on
             the scoring device.
     """
 
     def __init__(self, model: CeVAE, card: ModelCard, device: str | torch.device = "auto",
-                 batch_size: int | None = None, amp: bool = True, options: PipelineOptions | None = None):
+                 batch_size: int | None = None, amp: bool = False, options: PipelineOptions | None = None):
         self.card = card
         self.device = resolve_device(device)
         base = options or PipelineOptions()
