@@ -3,7 +3,7 @@ hold on real anatomy?
 
 Usage: python benchmarks/tissue_priors.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 24]
        [--out runs/tissue_priors.json] [--sigmas 0,4] [--floors 0.001,0.05] [--class-peak no,yes]
-       [--partial-volume no] [--sign-from-prior no] [--fluid-floors 0]
+       [--partial-volume no] [--sign-from-prior no] [--fluid-floors 0] [--deform-mm 0]
 
 Synthetic heads made from the held-out *validation* label maps (the last --val-maps maps: real subjects'
 anatomy, so the template fits them only as well as an affine alignment fits a patient; seeds 400000+; never the
@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--sign-from-prior", type=_flags, default=(False,), help="no,yes")
     parser.add_argument("--fluid-floors", type=_floats, default=(0.0,),
                         help="CSF prior floor on fluid-bright scans (TissueSettings.fluid_floor), comma-separated")
+    parser.add_argument("--deform-mm", type=_floats, default=(0.0,),
+                        help="priors deformed onto the scan, field smoothing in mm (TissueSettings.deform_mm); 0 = off")
     args = parser.parse_args()
     setup = validation_setup(args)
     if setup is None:
@@ -75,7 +77,7 @@ def main() -> None:
     from napari_uad.tissue import TissueSettings, smooth_priors, tissue_outlier_map
 
     variants = list(itertools.product(args.sigmas, args.floors, args.class_peak, args.partial_volume,
-                                      args.sign_from_prior, args.fluid_floors))
+                                      args.sign_from_prior, args.fluid_floors, args.deform_mm))
     normal_maps: list[list[np.ndarray]] = [[] for _ in variants]  # per variant: the normal heads' cropped maps
     normal_family: list[str] = []
     lesion_maps: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in variants]
@@ -101,9 +103,9 @@ def main() -> None:
         else:
             normal_family.append(family)
         smoothed = {s: smooth_priors(priors, volume.spacing, s) for s in args.sigmas}
-        for v, (sigma, floor, peak, pv, sign, fluid) in enumerate(variants):
+        for v, (sigma, floor, peak, pv, sign, fluid, deform) in enumerate(variants):
             settings = TissueSettings(prior_sigma_mm=0.0, prior_floor=floor, class_peak=peak, partial_volume=pv,
-                                      sign_from_prior=sign, fluid_floor=fluid)
+                                      sign_from_prior=sign, fluid_floor=fluid, deform_mm=deform)
             m = tissue_outlier_map(prepared.standardised, brain, smoothed[sigma], volume.spacing, settings)[box]
             if normal:
                 normal_maps[v].append(m.astype(np.float16))
@@ -114,7 +116,7 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     truth_all, w_all, fam_all = np.concatenate(truth), np.concatenate(weights), np.concatenate(family_of)
     rows = []
-    for (v, (sigma, floor, peak, pv, sign, fluid)), tail in itertools.product(enumerate(variants), ("bright", "both")):
+    for (v, (sigma, floor, peak, pv, sign, fluid, deform)), tail in itertools.product(enumerate(variants), ("bright", "both")):
         look = (lambda m: m) if tail == "bright" else np.abs
         scores = look(np.concatenate(pooled[v]).astype(np.float64))
         threshold = float(np.quantile(look(np.concatenate([m[m != 0] for m in normal_maps[v]]).astype(np.float64)),
@@ -129,7 +131,8 @@ def main() -> None:
             found += any(overlaps.values())
             fp_lesion.append(sum(1 for t in overlaps.values() if t == 0))
         row = {"prior_sigma_mm": sigma, "prior_floor": floor, "class_peak": peak, "partial_volume": pv,
-               "sign_from_prior": sign, "fluid_floor": fluid, "tail": tail,
+               "sign_from_prior": sign, "fluid_floor": fluid, "deform_mm": deform,
+               "tail": tail,
                "ap": round(float(average_precision_score(truth_all, scores, sample_weight=w_all)), 4),
                "auroc": round(float(roc_auc_score(truth_all, scores, sample_weight=w_all)), 4),
                **{f"ap_{f}": round(float(average_precision_score(truth_all[fam_all == f], scores[fam_all == f],

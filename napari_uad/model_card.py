@@ -62,7 +62,7 @@ class ScoringConfig:
     grad_brain_only: zero the gradient outside the brain mask before smoothing, so the strong gradients at
         the brain's edge do not bleed into it.
     tissue_prior_sigma_mm, tissue_prior_floor, tissue_class_peak, tissue_partial_volume,
-        tissue_sign_from_prior, tissue_fluid_floor: the tissue map's ``TissueSettings`` (a card without them
+        tissue_sign_from_prior, tissue_fluid_floor, tissue_deform_mm: the tissue map's ``TissueSettings`` (a card without them
         keeps the map's first definition).
     detection_median_mm: width (world mm) of a 3D median filter applied to the card's detection map before it
         is shown and thresholded (``napari_uad.postprocess``); 0 = none. Its calibration is of the filtered map.
@@ -81,6 +81,7 @@ class ScoringConfig:
     tissue_partial_volume: bool = TissueSettings.partial_volume
     tissue_sign_from_prior: bool = TissueSettings.sign_from_prior
     tissue_fluid_floor: float = TissueSettings.fluid_floor
+    tissue_deform_mm: float = TissueSettings.deform_mm
     detection_median_mm: float = 0.0
 
     def __post_init__(self):
@@ -95,7 +96,8 @@ class ScoringConfig:
     def tissue(self) -> TissueSettings:
         """The tissue map's settings."""
         return TissueSettings(self.tissue_prior_sigma_mm, self.tissue_prior_floor, self.tissue_class_peak,
-                              self.tissue_partial_volume, self.tissue_sign_from_prior, self.tissue_fluid_floor)
+                              self.tissue_partial_volume, self.tissue_sign_from_prior, self.tissue_fluid_floor,
+                              self.tissue_deform_mm)
 
 
 def contrast_points(calibration: dict) -> dict:

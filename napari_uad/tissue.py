@@ -47,7 +47,7 @@ from scipy.special import log_ndtr, logsumexp
 from .mask import bounding_box
 
 __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smooth_priors", "scan_contrast",
-           "TissueSettings", "TISSUES", "CONTRASTS"]
+           "deformed_priors", "TissueSettings", "TISSUES", "CONTRASTS"]
 
 TISSUES = ("csf", "gm", "wm")
 CONTRASTS = {"dark_fluid": "T1/FLAIR-like (dark fluid)", "bright_fluid": "T2/PD-weighted (bright fluid)"}
@@ -74,6 +74,9 @@ class TissueSettings:
         aligned template expects tissue (a subject's wider sulci, larger or asymmetric ventricles) is then
         explained as CSF instead of reading as hyperintense tissue, which on T2 is what a lesion looks like.
         Fluid-dark scans (T1, FLAIR) are unchanged. 0 = off.
+    deform_mm: after the first fit, the priors are deformed onto the scan's own tissue (``deformed_priors``: a
+        demons registration, displacement smoothed by this many mm) and the mixture is refitted, so the priors
+        follow a subject's sulci and ventricles beyond what the affine alignment reaches. 0 = off.
     """
 
     prior_sigma_mm: float = 0.0
@@ -82,6 +85,7 @@ class TissueSettings:
     partial_volume: bool = False
     sign_from_prior: bool = False
     fluid_floor: float = 0.0
+    deform_mm: float = 0.0
 
 
 def smooth_priors(priors: np.ndarray, spacing: tuple[float, float, float], sigma_mm: float) -> np.ndarray:
@@ -102,14 +106,52 @@ def _brain_box(brain: np.ndarray, spacing, sigma_mm: float) -> tuple[slice, ...]
     return bounding_box(brain, [int(_TRUNCATE * sigma_mm / float(d) + 0.5) if sigma_mm > 0 else 0 for d in spacing])
 
 
-def _prepared_priors(priors: np.ndarray, brain: np.ndarray, spacing, settings: TissueSettings) -> np.ndarray:
-    """Priors [3, N] at the brain's voxels: smoothed (only the brain's box), floored, summing to 1."""
+def _box_priors(priors: np.ndarray, brain: np.ndarray, spacing, settings: TissueSettings
+                ) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The brain's box (``_brain_box``) and the priors on it [3, *box], smoothed by ``settings.prior_sigma_mm``."""
     box = _brain_box(brain, spacing, settings.prior_sigma_mm)
-    smoothed = smooth_priors(np.stack([np.asarray(c)[box] for c in priors]), spacing, settings.prior_sigma_mm)
-    inside = brain[box]
-    p = np.maximum(np.stack([np.asarray(c, dtype=np.float64)[inside] for c in smoothed]),
-                   max(settings.prior_floor, 1e-12))
+    return box, smooth_priors(np.stack([np.asarray(c)[box] for c in priors]), spacing, settings.prior_sigma_mm)
+
+
+def _at_voxels(priors: np.ndarray, inside: np.ndarray, floor: float) -> np.ndarray:
+    """Priors [3, N] at the voxels of ``inside``, floored and summing to 1 (float64)."""
+    p = np.maximum(np.stack([np.asarray(c, dtype=np.float64)[inside] for c in priors]), max(floor, 1e-12))
     return p / p.sum(axis=0, keepdims=True)
+
+
+def _expected_tissue(probabilities: np.ndarray) -> np.ndarray:
+    """Tissue as one number per voxel, the same on any contrast: 0 = CSF, 1 = GM, 2 = WM, weighted by the class
+    probabilities [3, ...] (priors or posteriors)."""
+    return probabilities[1] + 2.0 * probabilities[2]
+
+
+def deformed_priors(x: np.ndarray, brain: np.ndarray, priors: np.ndarray, spacing, mu: np.ndarray,
+                    sigma: np.ndarray, smoothing_mm: float) -> np.ndarray:
+    """Priors [3, *brain's box] deformed onto this scan's own tissue (scan grid, voxel units).
+
+    x: intensities at the brain's voxels [N]; priors: [3, *box] on the box ``brain`` [*box] lies in; mu, sigma:
+    the class statistics fitted with the affinely aligned priors. What the scan shows is each voxel's tissue
+    (``_expected_tissue``) from the classes' likelihoods alone (flat prior); what the template expects is the
+    same number from its priors. The template's is registered onto the scan's (``register_deformable``, field
+    smoothed by ``smoothing_mm``), so a subject's wider sulci and larger ventricles move the CSF prior to where the
+    fluid is. Voxels that no class explains (beyond ``_OUTLIER_Z`` of every class: lesions) and everything outside
+    the brain exert no force: there the scan's image is given the template's values.
+    """
+    from .preprocessing.alignment import register_deformable
+
+    expected = _expected_tissue(np.asarray(priors, np.float64))
+    z = (x[None, :] - mu[:, None]) / sigma[:, None]
+    likelihood = np.exp(-0.5 * z**2 - np.log(sigma)[:, None])
+    shown = _expected_tissue(likelihood / np.maximum(likelihood.sum(axis=0, keepdims=True), 1e-300))
+    outlier = np.abs(z).min(axis=0) > _OUTLIER_Z
+    fixed = expected.copy()
+    fixed[brain] = np.where(outlier, expected[brain], shown)
+    moving = np.where(brain, expected, 0.0)
+    fixed[~brain] = 0.0
+    d = register_deformable(fixed.astype(np.float32), moving.astype(np.float32), spacing, smoothing_mm)
+    points = np.indices(brain.shape, dtype=np.float32) + d
+    return np.stack([ndimage.map_coordinates(np.asarray(c, np.float32), points, order=1, mode="nearest")
+                     for c in priors])
 
 
 _PAIRS = ((0, 1), (0, 2), (1, 2))  # CSF/GM, CSF/WM (ventricle walls), GM/WM
@@ -207,9 +249,14 @@ def tissue_outliers(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
     if not brain.any():
         return out, None
     x = np.asarray(data, dtype=np.float64)[brain]
-    p = _prepared_priors(priors, brain, spacing, settings)
+    box, smoothed = _box_priors(priors, brain, spacing, settings)
+    p = _at_voxels(smoothed, brain[box], settings.prior_floor)
     pv = settings.partial_volume
     mu, sigma = fit_tissue_mixture(x, p, partial_volume=pv)
+    if settings.deform_mm > 0:
+        smoothed = deformed_priors(x, brain[box], smoothed, spacing, mu, sigma, settings.deform_mm)
+        p = _at_voxels(smoothed, brain[box], settings.prior_floor)
+        mu, sigma = fit_tissue_mixture(x, p, partial_volume=pv)
     if settings.fluid_floor > 0 and scan_contrast(mu) == "bright_fluid":
         p = p.copy()
         p[0] = np.maximum(p[0], settings.fluid_floor)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..io import LPS_TO_RAS, to_sitk_image
 
-__all__ = ["register_to_template", "register_rigid", "resample", "voxel_map", "AlignmentError"]
+__all__ = ["register_to_template", "register_rigid", "register_deformable", "resample", "voxel_map", "AlignmentError"]
 
 _SCALE_RANGE = (0.6, 1.6)  # per-axis scale a real brain can need to fit the template; else registration failed
 _REGISTRATION_MM = 3.0  # masks are block-averaged to about this voxel size before registration
@@ -119,6 +119,45 @@ def register_rigid(fixed: np.ndarray, moving: np.ndarray, affine: np.ndarray, ta
     reg.SetNumberOfThreads(1)
     transform = reg.Execute(fixed_img, moving_img)
     return LPS_TO_RAS @ _matrix(transform) @ LPS_TO_RAS
+
+
+def register_deformable(fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, float, float],
+                        smoothing_mm: float, target_mm: float = 2.0, iterations: int = 40) -> np.ndarray:
+    """Displacement field ``d`` [3, *fixed.shape] in voxels of the common grid with moving(v + d(v)) ~ fixed(v):
+    two images of the same kind of intensity in one grid of voxel size ``spacing`` (mm).
+
+    Both are block-averaged to ~``target_mm``; ITK's diffeomorphic demons then runs ``iterations`` steps, each
+    update smoothed by a Gaussian of ``smoothing_mm`` (world mm; larger = smoother and slower to grow); the field is
+    interpolated back to the full grid (trilinear, edge values beyond the last block centres). No random sampling,
+    one thread: deterministic. Voxels where the two images agree exert no force, so a region can be left out of
+    the match by giving it the moving image's values in ``fixed``.
+    """
+    import SimpleITK as sitk
+
+    def image(a: np.ndarray, block_spacing: np.ndarray):
+        img = sitk.GetImageFromArray(np.ascontiguousarray(a.transpose(2, 1, 0), dtype=np.float32))
+        img.SetSpacing(block_spacing.tolist())
+        return img
+
+    affine = np.diag([*map(float, spacing), 1.0])
+    small_fixed, block_affine = _block_mean(fixed, affine, target_mm)
+    small_moving, _ = _block_mean(moving, affine, target_mm)
+    block_spacing = np.diag(block_affine)[:3]
+    demons = sitk.DiffeomorphicDemonsRegistrationFilter()
+    demons.SetNumberOfIterations(iterations)
+    demons.SetMaximumRMSError(1e-6)  # run every iteration (the default stops early on images that mostly agree)
+    demons.SetSmoothDisplacementField(False)
+    demons.SetSmoothUpdateField(True)  # fluid-like: each step smoothed, so large moves (a wide ventricle) can build up
+    demons.SetUpdateFieldStandardDeviations(float(smoothing_mm))  # physical units (the filter uses the spacing)
+    demons.SetNumberOfThreads(1)
+    field = demons.Execute(image(small_fixed, block_spacing), image(small_moving, block_spacing))
+    d_mm = sitk.GetArrayFromImage(field).transpose(3, 2, 1, 0)  # [3 (x=i, y=j, z=k), i, j, k] in mm
+    factor = np.rint(block_spacing / np.asarray(spacing, np.float64))
+    grid = np.meshgrid(*[(np.arange(n) - (f - 1) / 2.0) / f for n, f in zip(fixed.shape, factor)], indexing="ij")
+    from scipy import ndimage
+
+    return np.stack([ndimage.map_coordinates(d_mm[axis] / float(spacing[axis]), grid, order=1, mode="nearest")
+                     for axis in range(3)]).astype(np.float32)
 
 
 def voxel_map(out_affine: np.ndarray, in_affine: np.ndarray, out_to_in_world: np.ndarray | None = None
