@@ -169,6 +169,32 @@ def test_partial_volume_map_equals_the_hand_computation():
     assert out[2, 2, 3] > 100
 
 
+def test_partial_volume_with_class_peak_equals_the_hand_computation():
+    """Both settings: each component (pure class or two-class mixture) is measured against its own peak -- a
+    pure class at its mean, a mixture at the middle of its two means -- so a boundary voxel that the broad CSF/GM
+    mixture explains scores ~0 instead of its distance from the sharpest class's peak."""
+    data, brain, priors = boundary_brain()
+    data[2, 2, 3] = 400.0  # bright lesion in WM
+    out = tissue_outlier_map(data, brain, priors, settings=TissueSettings(partial_volume=True, class_peak=True))
+    plain = tissue_outlier_map(data, brain, priors, settings=TissueSettings(partial_volume=True))
+    mu, sd = fit_tissue_mixture(data[brain], priors[:, brain], partial_volume=True)
+    p = np.maximum(priors, 1e-3)
+    p /= p.sum(axis=0)
+    for v in [(1, 4, 1), (0, 0, 0), (5, 5, 2), (3, 1, 3)]:
+        pv = p[(slice(None), *v)]
+        dens = _pv_terms_by_hand(data[v], pv, mu, sd)
+        peaks = [1 / (np.sqrt(2 * np.pi) * sd[c]) for c in range(3)]  # each component's own density at its peak
+        peaks += [_pv_terms_by_hand((mu[a] + mu[b]) / 2, np.ones(3), mu, sd)[3 + i] / 2
+                  for i, (a, b) in enumerate(((0, 1), (0, 2), (1, 2)))]
+        nll = -np.log((dens / np.array(peaks)).sum())
+        expected = (dens[:3] * mu).sum() / dens[:3].sum()
+        assert out[v] == pytest.approx(np.sign(data[v] - expected) * max(nll, 0.0), rel=1e-4, abs=1e-4)
+    boundary = np.zeros(brain.shape, bool)
+    boundary[:, :, 1] = True
+    assert np.abs(out[boundary]).max() < 1.0 < np.abs(plain[boundary]).max()  # the mixture's voxels are typical
+    assert out[2, 2, 3] > 100
+
+
 def test_partial_volume_keeps_the_pure_classes_narrow_and_a_lesion_stands_out():
     """Without the setting the CSF/GM boundary slab (intensities half way between CSF and GM) widens both classes
     (sd ~12 instead of 2 and 3), so a bright lesion in grey matter barely stands out; with it CSF and GM keep
