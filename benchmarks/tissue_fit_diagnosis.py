@@ -2,7 +2,7 @@
 with the priors as aligned (affine) and deformed onto the scan (``TissueSettings.deform_mm``).
 
 Usage: python benchmarks/tissue_fit_diagnosis.py [--maps-dir DIR] [--val-maps 4] [--seed 600000] [--index 4]
-       [--deform-mm 3] [--png docs/results/tissue_fit_600004.png] [--out runs/tissue_fit_diagnosis.json]
+       [--deform-mm 3] [--class-peak] [--png docs/results/tissue_fit_600004.png] [--out runs/tissue_fit_diagnosis.json]
 
 The head is the ``--index``-th of ``heads_in_turn(validation maps, ..., --seed)`` -- the same head as
 ``fp_by_contrast.py`` with that seed (index 4, seed 600000: the T2 head 600004, whose false findings on its true
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=600_000)
     parser.add_argument("--index", type=int, default=4)
     parser.add_argument("--deform-mm", type=float, default=3.0)
+    parser.add_argument("--class-peak", action="store_true", help="the card's tissue settings with class_peak on")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "results" / "tissue_fit_600004.png")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tissue_fit_diagnosis.json")
     args = parser.parse_args()
@@ -48,7 +49,7 @@ def main() -> None:
     volume = Volume.from_array(head.data, head.affine, modality="MR")
     prepared = prepare_volume(volume, card.preprocessing, card.input_size, mask=head.brain)
     x, brain, labels = prepared.standardised, prepared.brain, head.labels
-    base = card.scoring.tissue()
+    base = dataclasses.replace(card.scoring.tissue(), class_peak=card.scoring.tissue().class_peak or args.class_peak)
     box, smoothed = _box_priors(prepared.tissue_priors(), brain, volume.spacing, base)
     inside = brain[box]
     xb, lb = x[brain], labels[box][inside]
@@ -72,7 +73,7 @@ def main() -> None:
                       "sd": round(float(xb[np.isin(lb, labs)].std()), 3)} for s, labs in STRUCTURES.items()}
     report = {"head": {"seed": args.seed + args.index, "label_map": path.name,
                        "family": head.params["contrast_family"]}, "model": f"{card.name} {card.version}",
-              "deform_mm": args.deform_mm, "structures": structures,
+              "deform_mm": args.deform_mm, "class_peak": base.class_peak, "structures": structures,
               **{n: {k: v for k, v in r.items() if k not in ("map", "priors")} for n, r in variants.items()}}
     print(json.dumps(report, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,8 @@ def main() -> None:
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     fig.suptitle(f"{head.params['contrast_family'].upper()} validation head {args.seed + args.index} "
-                 f"({path.name}), axial slice k={k}; deform {args.deform_mm:g} mm", fontsize=10)
+                 f"({path.name}), axial slice k={k}; deform {args.deform_mm:g} mm"
+                 + ("; class peak" if base.class_peak else ""), fontsize=10)
     fig.tight_layout()
     args.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=60)
