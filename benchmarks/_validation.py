@@ -33,9 +33,11 @@ def validation_setup(args: argparse.Namespace):
     return model, card, label_map_files(args.maps_dir)[-args.val_maps:]
 
 
-def validation_args(description: str, n: int, out: str):
-    """Parse the shared options plus --out (default runs/OUT) and set up: (args, validation_setup(args))."""
+def validation_args(description: str, n: int, out: str, options=lambda parser: None):
+    """Parse the shared options, a script's own (``options(parser)`` adds them) and --out (default runs/OUT), and
+    set up: (args, validation_setup(args))."""
     parser = validation_parser(description, n)
+    options(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / out)
     args = parser.parse_args()
     return args, validation_setup(args)

@@ -22,22 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
-from _validation import ROOT, heads_in_turn, validation_parser, validation_setup  # noqa: E402
+from _validation import ROOT, heads_in_turn, validation_args  # noqa: E402
 
 STRUCTURES = {"ventricles": (4, 43), "extracerebral CSF": (24,), "cortex": (3, 42), "white matter": (2, 41)}
 MAP_LEVEL = 3.0
 
 
 def main() -> None:
-    parser = validation_parser(__doc__.splitlines()[0], n=1)
-    parser.add_argument("--seed", type=int, default=600_000)
-    parser.add_argument("--index", type=int, default=4)
-    parser.add_argument("--deform-mm", type=float, default=3.0)
-    parser.add_argument("--class-peak", action="store_true", help="the card's tissue settings with class_peak on")
-    parser.add_argument("--png", type=Path, default=ROOT / "docs" / "results" / "tissue_fit_600004.png")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tissue_fit_diagnosis.json")
-    args = parser.parse_args()
-    setup = validation_setup(args)
+    def options(parser) -> None:
+        parser.add_argument("--seed", type=int, default=600_000)
+        parser.add_argument("--index", type=int, default=4)
+        parser.add_argument("--deform-mm", type=float, default=3.0)
+        parser.add_argument("--class-peak", action="store_true", help="the card's tissue settings with class_peak on")
+        parser.add_argument("--png", type=Path, default=ROOT / "docs" / "results" / "tissue_fit_600004.png")
+
+    args, setup = validation_args(__doc__.splitlines()[0], 1, "tissue_fit_diagnosis.json", options)
     if setup is None:
         return
     _, card, files = setup
