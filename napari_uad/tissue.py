@@ -75,7 +75,7 @@ class TissueSettings:
         explained as CSF instead of reading as hyperintense tissue, which on T2 is what a lesion looks like.
         Fluid-dark scans (T1, FLAIR) are unchanged. 0 = off.
     deform_mm: after the first fit, the priors are deformed onto the scan's own tissue (``deformed_priors``: a
-        demons registration, displacement smoothed by this many mm) and the mixture is refitted, so the priors
+        demons registration, each update smoothed by this many mm) and the mixture is refitted, so the priors
         follow a subject's sulci and ventricles beyond what the affine alignment reaches. 0 = off.
     """
 
@@ -132,8 +132,8 @@ def deformed_priors(x: np.ndarray, brain: np.ndarray, priors: np.ndarray, spacin
     x: intensities at the brain's voxels [N]; priors: [3, *box] on the box ``brain`` [*box] lies in; mu, sigma:
     the class statistics fitted with the affinely aligned priors. What the scan shows is each voxel's tissue
     (``_expected_tissue``) from the classes' likelihoods alone (flat prior); what the template expects is the
-    same number from its priors. The template's is registered onto the scan's (``register_deformable``, field
-    smoothed by ``smoothing_mm``), so a subject's wider sulci and larger ventricles move the CSF prior to where the
+    same number from its priors. The template's is registered onto the scan's (``register_deformable``, each
+    update smoothed by ``smoothing_mm``), so a subject's wider sulci and larger ventricles move the CSF prior to where the
     fluid is. Voxels that no class explains (beyond ``_OUTLIER_Z`` of every class: lesions) and everything outside
     the brain exert no force: there the scan's image is given the template's values.
     """
