@@ -1,6 +1,7 @@
 """Benchmark: seconds for the model-free maps of one 1 mm head: the tissue map with its first definition and with
-the default model card's settings (3.2.0: template priors smoothed by 4 mm), and the asymmetry map with and
-without the refinement of the template's midsagittal plane.
+the default model card's settings (3.2.0: template priors smoothed by 4 mm), with the card's settings and the
+priors deformed onto the scan (``deform_mm`` 3, not a card default), and the asymmetry map with and without the
+refinement of the template's midsagittal plane.
 
 Usage: python benchmarks/bench_tissue.py [--repeats N] [--shared DIR]
 
@@ -41,7 +42,9 @@ def main() -> None:
     row = {"head": name, "shape": list(volume.shape), "brain_voxels": int(prepared.brain.sum()),
            "model": f"{card.name} {card.version}", "machine": platform.processor() or platform.machine(),
            "torch_threads": torch.get_num_threads()}
-    for label, settings in (("first_definition", TissueSettings()), ("card", card.scoring.tissue())):
+    variants = (("first_definition", TissueSettings()), ("card", card.scoring.tissue()),
+                ("card_deformed_3mm", dataclasses.replace(card.scoring.tissue(), deform_mm=3.0)))
+    for label, settings in variants:
         row[f"seconds_{label}"] = round(statistics.median(
             _seconds(tissue_outlier_map, prepared.standardised, prepared.brain, priors, volume.spacing, settings)
             for _ in range(args.repeats)), 2)
