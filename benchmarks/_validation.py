@@ -33,14 +33,14 @@ def validation_setup(args: argparse.Namespace):
     return model, card, label_map_files(args.maps_dir)[-args.val_maps:]
 
 
-def validation_args(description: str, n: int, out: str, options=lambda parser: None):
+def validation_args(description: str, n: int, out: str, options=lambda parser: None, scorer: bool = False):
     """Parse the shared options, a script's own (``options(parser)`` adds them) and --out (default runs/OUT), and
-    set up: (args, validation_setup(args))."""
+    set up: (args, validation_setup(args)), or with ``scorer`` (args, validation_scorer(args))."""
     parser = validation_parser(description, n)
     options(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / out)
     args = parser.parse_args()
-    return args, validation_setup(args)
+    return args, (validation_scorer if scorer else validation_setup)(args)
 
 
 def validation_scorer(args: argparse.Namespace):

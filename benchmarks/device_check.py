@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _validation import ROOT, heads_in_turn, validation_parser, validation_setup  # noqa: E402
+from _validation import heads_in_turn, validation_args  # noqa: E402
 
 
 def main() -> int:
-    parser = validation_parser(__doc__.splitlines()[0], n=4)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--amp", action="store_true",
-                        help="the GPU in mixed precision (Scorer amp=True; default: float32, as scoring runs)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "device_check.json")
-    args = parser.parse_args()
-    setup = validation_setup(args)
+    def options(parser) -> None:
+        parser.add_argument("--device", default="cuda")
+        parser.add_argument("--amp", action="store_true",
+                            help="the GPU in mixed precision (Scorer amp=True; default: float32, as scoring runs)")
+
+    args, setup = validation_args(__doc__.splitlines()[0], 4, "device_check.json", options)
     if setup is None:
         return 0
     model, card, files = setup

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
-from _validation import ROOT, heads_in_turn, validation_parser, validation_scorer  # noqa: E402
+from _validation import heads_in_turn, validation_args  # noqa: E402
 
 
 def tissue_of(labels: np.ndarray) -> str:
@@ -44,13 +43,12 @@ def tissue_of(labels: np.ndarray) -> str:
 
 
 def main() -> None:
-    parser = validation_parser(__doc__.splitlines()[0], n=3)
-    parser.add_argument("--seed", type=int, default=600_000)
-    parser.add_argument("--skull-stripped", action="store_true",
-                        help="score each head's true brain on a zero background instead of the head with skull")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fp_by_contrast.json")
-    args = parser.parse_args()
-    setup = validation_scorer(args)
+    def options(parser) -> None:
+        parser.add_argument("--seed", type=int, default=600_000)
+        parser.add_argument("--skull-stripped", action="store_true",
+                            help="score each head's true brain on a zero background instead of the head with skull")
+
+    args, setup = validation_args(__doc__.splitlines()[0], 3, "fp_by_contrast.json", options, scorer=True)
     if setup is None:
         return
     scorer, card, files = setup

@@ -25,11 +25,10 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _validation import ROOT, validation_parser, validation_setup  # noqa: E402
+from _validation import validation_args  # noqa: E402
 
 FAMILIES = ("t1", "t2", "flair", "pd")
 FPR = 1e-3  # the per-variant threshold: this fraction of normal brain voxels lies above it
@@ -51,19 +50,20 @@ def _flags(text: str) -> tuple[bool, ...]:
 
 
 def main() -> None:
-    parser = validation_parser(__doc__.splitlines()[0], n=24)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tissue_priors.json")
-    parser.add_argument("--sigmas", type=_floats, default=(0.0, 4.0), help="prior smoothing (mm), comma-separated")
-    parser.add_argument("--floors", type=_floats, default=(1e-3, 0.05))
-    parser.add_argument("--class-peak", type=_flags, default=(False, True), help="no,yes")
-    parser.add_argument("--partial-volume", type=_flags, default=(False,), help="no,yes")
-    parser.add_argument("--sign-from-prior", type=_flags, default=(False,), help="no,yes")
-    parser.add_argument("--fluid-floors", type=_floats, default=(0.0,),
-                        help="CSF prior floor on fluid-bright scans (TissueSettings.fluid_floor), comma-separated")
-    parser.add_argument("--deform-mm", type=_floats, default=(0.0,),
-                        help="priors deformed onto the scan, field smoothing in mm (TissueSettings.deform_mm); 0 = off")
-    args = parser.parse_args()
-    setup = validation_setup(args)
+    def options(parser) -> None:
+        parser.add_argument("--sigmas", type=_floats, default=(0.0, 4.0),
+                            help="prior smoothing (mm), comma-separated")
+        parser.add_argument("--floors", type=_floats, default=(1e-3, 0.05))
+        parser.add_argument("--class-peak", type=_flags, default=(False, True), help="no,yes")
+        parser.add_argument("--partial-volume", type=_flags, default=(False,), help="no,yes")
+        parser.add_argument("--sign-from-prior", type=_flags, default=(False,), help="no,yes")
+        parser.add_argument("--fluid-floors", type=_floats, default=(0.0,),
+                            help="CSF prior floor on fluid-bright scans (TissueSettings.fluid_floor), comma-separated")
+        parser.add_argument("--deform-mm", type=_floats, default=(0.0,),
+                            help="priors deformed onto the scan, each demons update smoothed by this many mm "
+                                 "(TissueSettings.deform_mm); 0 = off")
+
+    args, setup = validation_args(__doc__.splitlines()[0], 24, "tissue_priors.json", options)
     if setup is None:
         return
     _, card, files = setup
@@ -116,7 +116,8 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     truth_all, w_all, fam_all = np.concatenate(truth), np.concatenate(weights), np.concatenate(family_of)
     rows = []
-    for (v, (sigma, floor, peak, pv, sign, fluid, deform)), tail in itertools.product(enumerate(variants), ("bright", "both")):
+    for (v, (sigma, floor, peak, pv, sign, fluid, deform)), tail in itertools.product(enumerate(variants),
+                                                                                      ("bright", "both")):
         look = (lambda m: m) if tail == "bright" else np.abs
         scores = look(np.concatenate(pooled[v]).astype(np.float64))
         threshold = float(np.quantile(look(np.concatenate([m[m != 0] for m in normal_maps[v]]).astype(np.float64)),
