@@ -144,10 +144,9 @@ def deformed_priors(x: np.ndarray, brain: np.ndarray, priors: np.ndarray, spacin
     likelihood = np.exp(-0.5 * z**2 - np.log(sigma)[:, None])
     shown = _expected_tissue(likelihood / np.maximum(likelihood.sum(axis=0, keepdims=True), 1e-300))
     outlier = np.abs(z).min(axis=0) > _OUTLIER_Z
-    fixed = expected.copy()
-    fixed[brain] = np.where(outlier, expected[brain], shown)
     moving = np.where(brain, expected, 0.0)
-    fixed[~brain] = 0.0
+    fixed = moving.copy()  # outside the brain and at outliers: the template's own values, so no force
+    fixed[brain] = np.where(outlier, moving[brain], shown)
     d = register_deformable(fixed.astype(np.float32), moving.astype(np.float32), spacing, smoothing_mm)
     points = np.indices(brain.shape, dtype=np.float32) + d
     return np.stack([ndimage.map_coordinates(np.asarray(c, np.float32), points, order=1, mode="nearest")
