@@ -7,7 +7,8 @@ Usage: python benchmarks/contrast_recognition.py [--model NAME|PATH] [--maps-dir
 contrasts in turn as calibration takes them, seeds from --seed, normal variants), each prepared with the card's
 preprocessing on its true brain mask and its tissue mixture fitted as the tissue map fits it (no model needed).
 Prints each head's fitted CSF / GM / WM means (in the standardised units) and the recognised contrast, and the
-confusion table (true family -> recognised) with the expected answer: t1 -> t1, flair -> flair, t2 and pd -> t2.
+confusion table (true family -> recognised) with the expected answer: t1 and flair -> dark_fluid, t2 and pd ->
+bright_fluid (the two contrasts ``scan_contrast`` tells apart).
 --scans: also recognise these scan files as ``napari-uad score`` does (brain extraction where needed), e.g. the
 real test scans: reported only, never used to choose anything.
 """
@@ -18,25 +19,24 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from _validation import ROOT, heads_in_turn, validation_parser, validation_setup  # noqa: E402
+from _validation import heads_in_turn, validation_args  # noqa: E402
 
-EXPECTED = {"t1": "t1", "flair": "flair", "t2": "t2", "pd": "t2"}
+EXPECTED = {"t1": "dark_fluid", "flair": "dark_fluid", "t2": "bright_fluid", "pd": "bright_fluid"}
 
 
 def main() -> None:
-    parser = validation_parser(__doc__.splitlines()[0], n=8)
-    parser.add_argument("--seed", type=int, default=100_000)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "contrast_recognition.json")
-    parser.add_argument("--scans", nargs="*", type=Path, default=[])
-    args = parser.parse_args()
-    setup = validation_setup(args)
+    def options(parser) -> None:
+        parser.add_argument("--seed", type=int, default=100_000)
+        parser.add_argument("--scans", nargs="*", type=Path, default=[])
+
+    args, setup = validation_args(__doc__.splitlines()[0], 8, "contrast_recognition.json", options)
     if setup is None:
         return
     _, card, files = setup
     from napari_uad.io import Volume
     from napari_uad.preprocessing import prepare_volume
     from napari_uad.synth_labels import CLINICAL_FAMILIES
-    from napari_uad.tissue import scan_contrast, tissue_outliers
+    from napari_uad.tissue import CONTRASTS, scan_contrast, tissue_outliers
 
     rows, confusion = [], Counter()
     for i, _, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
@@ -60,7 +60,7 @@ def main() -> None:
         for path in args.scans:
             scans.append({"scan": str(path), "recognised": scorer.score(read_volume(path), ("tissue",)).contrast})
             print(json.dumps(scans[-1]), flush=True)
-    table = {f: {c: confusion[(f, c)] for c in ("t1", "flair", "t2") if confusion[(f, c)]} for f in CLINICAL_FAMILIES}
+    table = {f: {c: confusion[(f, c)] for c in CONTRASTS if confusion[(f, c)]} for f in CLINICAL_FAMILIES}
     out = {"model": f"{card.name} {card.version}", "seeds_from": args.seed, "confusion": table,
            "right": sum(r["right"] for r in rows), "heads": len(rows), "rows": rows, "scans": scans}
     args.out.parent.mkdir(parents=True, exist_ok=True)
