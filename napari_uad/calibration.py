@@ -19,6 +19,10 @@
   ``MIN_VOLUMES_PER_CONTRAST`` healthy and as many anomalous volumes; a scan of that contrast gets that point,
   any other scan the pooled one (``ModelCard.contrast_point``). One pooled threshold cannot serve contrasts
   whose normal anatomy looks different to the maps (CSF is bright on T2, dark on T1 and FLAIR).
+- Combined-map tables per contrast (``combined.tables_by_contrast``, where asked for): each component's healthy
+  table from the healthy volumes of each recognised contrast with at least ``MIN_VOLUMES_PER_CONTRAST`` of them,
+  so that the combined map measures a scan against normal scans of its own contrast (``combined.component_table``);
+  the combined map's trials, healthy table and operating points are then computed with them.
 - Healthy volumes that carry their true brain mask (``Volume.metadata["true_brain"]``, synthetic heads) are
   left out when the pipeline's brain mask disagrees with it (Dice < ``MIN_BRAIN_MASK_DICE``): a failed brain
   extraction is what the out-of-distribution guard should flag, not part of the healthy reference.
@@ -32,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .combined import COMBINED, combine, healthy_quantile
+from .combined import COMBINED, combine, contrast_tables, healthy_quantile
 from .findings import interior, label_components
 from .io import Volume
 from .mask import dice as mask_dice
@@ -160,7 +164,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               combined_components: tuple[str, ...] = (), edge_margin_mm: float = 0.0,
               max_fp_per_normal_scan: float = MAX_FP_PER_NORMAL_SCAN, detection_map: str | None = None,
               min_volume_mm3: float = 0.0, healthy_quota: Mapping[str, int] | None = None,
-              true_brain_masks: bool = False, log=lambda m: None) -> dict:
+              true_brain_masks: bool = False, tables_by_contrast: bool = False, log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``healthy_quota``: healthy volumes to keep per stratum (``Volume.metadata["stratum"]``, e.g. the contrast);
@@ -172,6 +176,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     heads) are scored on it instead of the pipeline's brain extraction, as a skull-stripped scan is: no head is
     then left out for a failed extraction, so every contrast sets the thresholds (brain extraction fails on far
     more synthetic T2 heads than on real ones).
+
+    ``tables_by_contrast``: give the combined map healthy tables per recognised contrast (module docstring).
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
     which cannot choose them; with anomalies the trials are still recorded). ``detection_map``: with anomalies,
@@ -259,7 +265,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
             entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
         out["maps"][m] = entry
     if with_combined and (truths or combined_components):
-        _add_combined(out, pools, scores, truths, kept, tuple(combined_components))
+        _add_combined(out, pools, scores, truths, kept, tuple(combined_components), tables_by_contrast)
         maps = (*maps, COMBINED)
     if truths and detection_map is not None and detection_map not in out["maps"]:
         raise ValueError(f"detection map {detection_map!r} is not among the calibrated maps ({', '.join(maps)})")
@@ -344,42 +350,75 @@ def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, na
 
 
 def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list, components: tuple[str, ...] = (),
-                  candidates: int = 4) -> None:
+                  by_contrast: bool = False, candidates: int = 4) -> None:
     """Add the combined map's entry and healthy samples (in place), its components chosen on the validation
-    anomalies unless given."""
+    anomalies unless given; with ``by_contrast``, its components' healthy tables per recognised contrast.
+
+    ``kept`` holds the healthy volumes first (``pools[m][i]`` is ``kept[i]``'s sample), then the anomalous ones
+    (``scores[m][j]`` is ``kept[n_healthy + j]``'s brain voxels)."""
+    singles = sorted((m for m in out["maps"] if m not in GRADIENT_MAPS),
+                     key=lambda m: -(out["maps"][m]["best_dice_validation"] or 0.0))[:candidates]
+    n_healthy = len(next(iter(pools.values())))
+    out[COMBINED] = {"tables_by_contrast": _tables_by_contrast(pools, kept[:n_healthy], set(singles) | set(components))
+                     if by_contrast else {}}
+    healthy_contrasts = [k.contrast for k in kept[:n_healthy]]
+    anomalous_contrasts = [k.contrast for k in kept[n_healthy:]]
+
+    def values(source: dict, contrasts: list, names: tuple[str, ...]) -> np.ndarray:
+        """The combined map of every volume of ``source`` (each with its contrast's tables), concatenated."""
+        return np.concatenate([combine({m: source[m][i] for m in names}, out, names, c)
+                               for i, c in enumerate(contrasts)])
+
     trials = []
     if truths:
-        singles = sorted((m for m in out["maps"] if m not in GRADIENT_MAPS),
-                         key=lambda m: -out["maps"][m]["best_dice_validation"])[:candidates]
         truth = np.concatenate(truths)
         for size in (2, 3):
             for combo in combinations(singles, size):
-                values = combine({m: np.concatenate(scores[m]) for m in combo}, out, combo)
-                trials.append((best_dice_threshold(values, truth), combo))
+                trials.append((best_dice_threshold(values(scores, anomalous_contrasts, combo), truth), combo))
     names = components or max(trials, key=lambda t: t[0][1])[1]
-    pools[COMBINED] = [combine({m: pools[m][i] for m in names}, out, names) for i in range(len(pools[names[0]]))]
+    pools[COMBINED] = [combine({m: pools[m][i] for m in names}, out, names, c) for i, c in enumerate(healthy_contrasts)]
     healthy = np.concatenate(pools[COMBINED])
     entry = {"quantiles": quantile_table(healthy).tolist(),
              "threshold_fpr_1pct": float(np.quantile(healthy, 0.99)),
              "threshold_fpr_0.1pct": float(np.quantile(healthy, 0.999))}
     if truths:
-        thr, dice = best_dice_threshold(combine({m: np.concatenate(scores[m]) for m in names}, out, names),
-                                        np.concatenate(truths))
+        thr, dice = best_dice_threshold(values(scores, anomalous_contrasts, names), np.concatenate(truths))
         entry.update(threshold=thr, best_dice_validation=dice)
     else:
         entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
     out["maps"][COMBINED] = entry
+    tables = {c: {m: t[m] for m in names} for c, t in contrast_tables(out).items()}
     out[COMBINED] = {"components": list(names),
                      "rule": "kept from the card (normal scans cannot choose them)" if not trials else
                      "given by the caller (chosen on other validation data); the trials are this set's Dice"
                      if components else
                      "mean healthy-quantile surprise (napari_uad.combined) of the pair or triple of the "
                      f"{candidates} best single maps with the best validation Dice",
-                     "trials": [{"components": list(n), "best_dice_validation": d} for (_, d), n in trials]}
+                     "trials": [{"components": list(n), "best_dice_validation": d} for (_, d), n in trials],
+                     **({"tables_by_contrast": tables,
+                         "tables_rule": "each component's healthy table from the healthy volumes of each recognised "
+                                        f"contrast with >= {MIN_VOLUMES_PER_CONTRAST} of them; other scans: the "
+                                        "pooled tables"} if tables else {})}
     for k in kept:  # whole combined maps where the operating point may need them (its components kept whole)
         if all(m in k.maps for m in names):
             k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in names}, out,
-                                          names).astype(np.float16)
+                                       names, k.contrast).astype(np.float16)
+
+
+def _tables_by_contrast(pools: dict, healthy: list, names: set) -> dict:
+    """contrast -> {map: healthy quantile table (list)} for the maps ``names``, from the healthy samples
+    (``pools[m][i]`` of ``healthy[i]``) of each recognised contrast with >= ``MIN_VOLUMES_PER_CONTRAST``
+    volumes; {} when fewer than two contrasts are present (the pooled tables are then that contrast's)."""
+    contrasts = [k.contrast for k in healthy]
+    if len({c for c in contrasts if c is not None}) < 2:
+        return {}
+    tables = {}
+    for contrast in sorted({c for c in contrasts if c is not None}):
+        members = [i for i, c in enumerate(contrasts) if c == contrast]
+        if len(members) >= MIN_VOLUMES_PER_CONTRAST:
+            tables[contrast] = {m: quantile_table(np.concatenate([pools[m][i] for i in members])).tolist()
+                                for m in sorted(names)}
+    return tables
 
 
 def _ood_reference(pools: dict, reference: dict, entries: dict, modality: str) -> dict:

@@ -248,6 +248,9 @@ def _add_calibrate_parser(sub) -> None:
     p.add_argument("--true-brain-masks", action="store_true",
                    help="--label-maps: score each head on its true brain mask, as a skull-stripped scan, instead of "
                         "brain-extracting it (no head is left out for a failed extraction)")
+    p.add_argument("--tables-by-contrast", action="store_true",
+                   help="--synthetic: the combined map measures each scan against the healthy heads of its own "
+                        "recognised contrast (dark or bright fluid), where the calibration has enough of them")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
@@ -560,7 +563,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if args.toy_anomalies < 0:
             raise CliError("--toy-anomalies must be >= 0")
         for option, given in (("--balance-contrasts", args.balance_contrasts),
-                              ("--true-brain-masks", args.true_brain_masks)):
+                              ("--true-brain-masks", args.true_brain_masks),
+                              ("--tables-by-contrast", args.tables_by_contrast)):
             if given and not (args.synthetic is not None and args.label_maps):
                 raise CliError(f"{option} needs --synthetic with --label-maps (synthetic heads of known contrast "
                                "and brain)")
@@ -579,6 +583,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                             maps=maps, normal_variants=args.normal_variants, detection_map=args.detection_map,
                             combined=parse_maps(args.combined) if args.combined else (),
                             balance_contrasts=args.balance_contrasts, true_brain_masks=args.true_brain_masks,
+                            tables_by_contrast=args.tables_by_contrast,
                             log=_log)
         else:
             if args.detection_map or args.combined:

@@ -6,6 +6,11 @@ s = 2 means "as high as the top 1 % of healthy voxels", 3 the top 0.1 %, capped 
 table's resolution). The combined map is the mean surprise of the components, so a voxel has to be unusual in
 every component to score high. Which components: chosen by ``calibration.calibrate`` on validation data only
 (card ``calibration.combined.components``). Unitless; same voxel grid as the component maps.
+
+Tables per contrast (card ``calibration.combined.tables_by_contrast``, where a calibration made them): a scan whose
+contrast the tissue fit recognises (``tissue.scan_contrast``: dark or bright fluid) has its components measured
+against the healthy volumes of that contrast only -- what is normal in a T2 scan's CSF is not normal in a T1
+scan's; any other scan against the pooled tables.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["COMBINED", "MAX_SURPRISE", "healthy_quantile", "surprise", "combine", "combined_components"]
+__all__ = ["COMBINED", "MAX_SURPRISE", "healthy_quantile", "surprise", "component_table", "combine",
+           "combined_components", "contrast_tables"]
 
 COMBINED = "combined"
 MAX_SURPRISE = 5.0  # -log10 of the finest tail level of the quantile tables (1e-5)
@@ -33,12 +39,27 @@ def surprise(scores: np.ndarray, table: Mapping) -> np.ndarray:
     return np.minimum(-np.log10(np.maximum(1.0 - q, 10.0 ** -MAX_SURPRISE)), MAX_SURPRISE).astype(np.float32)
 
 
-def combine(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Sequence[str]) -> np.ndarray:
-    """Mean surprise of ``components`` (each looked up in ``calibration["maps"]`` with its ``levels``)."""
-    levels = calibration["levels"]
+def contrast_tables(calibration: Mapping) -> dict:
+    """The combined map's healthy tables per recognised contrast in a card's calibration: contrast -> {map name:
+    quantile values at ``calibration["levels"]``}; {} where the calibration made none."""
+    return dict((calibration.get(COMBINED) or {}).get("tables_by_contrast") or {})
+
+
+def component_table(calibration: Mapping, name: str, contrast: str | None = None) -> dict:
+    """The healthy table (``{"quantiles", "levels"}``) the combined map measures component ``name`` against on a
+    scan of ``contrast``: that contrast's own table where the calibration has one, else the pooled
+    ``calibration["maps"][name]`` table."""
+    own = contrast_tables(calibration).get(contrast or "", {})
+    quantiles = own[name] if name in own else calibration["maps"][name]["quantiles"]
+    return {"quantiles": quantiles, "levels": calibration["levels"]}
+
+
+def combine(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Sequence[str],
+            contrast: str | None = None) -> np.ndarray:
+    """Mean surprise of ``components``, each against ``component_table`` for a scan of ``contrast``."""
     total = None
     for name in components:
-        s = surprise(maps[name], {"quantiles": calibration["maps"][name]["quantiles"], "levels": levels})
+        s = surprise(maps[name], component_table(calibration, name, contrast))
         total = s if total is None else total + s
     return total / np.float32(len(components))
 

@@ -121,7 +121,8 @@ class ScoreResult:
     volume_score: mean of the top-k slice scores (of the model grid's slices).
     preprocessing: the records of the preprocessing steps (``PreparedVolume.steps``).
     contrast: the scan's contrast recognised from its tissue fit (``tissue.scan_contrast``: "dark_fluid" or
-        "bright_fluid"), which picks the card's operating point; None where the tissue map was not computed.
+        "bright_fluid"), which picks the card's operating point and the combined map's healthy tables; None where
+        the tissue map was not computed.
     """
 
     maps: dict[str, np.ndarray]
@@ -298,7 +299,7 @@ class Scorer:
                 out["asymmetry"] = asymmetry_map(prepared.standardised, brain, mirror, volume.spacing)
         if COMBINED in maps:
             if components:
-                out[COMBINED] = combine(out, self.card.calibration, components)
+                out[COMBINED] = combine(out, self.card.calibration, components, contrast)
             else:
                 notes.append("combined map not computed (all zero): the model card's calibration has none")
                 out[COMBINED] = np.zeros(brain.shape, np.float32)

@@ -466,7 +466,8 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     label_maps: list[Path] | None = None, maps: tuple[str, ...] | None = None,
                     normal_variants: bool = False, detection_map: str | None = None,
                     combined: tuple[str, ...] = (), toy_anomalies: int = 0, balance_contrasts: bool = False,
-                    true_brain_masks: bool = False, log: Callable[[str], None] = print) -> ModelCard:
+                    true_brain_masks: bool = False, tables_by_contrast: bool = False,
+                    log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
     ``synthetic_volumes`` > 0: that many synthetic healthy and as many toy-anomaly brains (seeds from
@@ -483,9 +484,11 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     maps only): keep ``synthetic_volumes`` / 4 healthy heads per clinical contrast, heads left out by the
     brain-mask check made up by further heads of their contrast (seeds continue; at most 3 x as many made).
     ``true_brain_masks`` (label maps only): every head is scored on its true brain mask, as a skull-stripped scan
-    (``calibration.calibrate``)."""
+    (``calibration.calibrate``). ``tables_by_contrast`` (synthetic only): the combined map gets healthy tables per
+    recognised contrast (``calibration.calibrate``); a recalibration on normal scans makes them again, from those
+    scans, where the card has them."""
     from .calibration import calibrate
-    from .combined import combined_components
+    from .combined import COMBINED, combined_components, contrast_tables
     from .model_card import load_model
     from .scoring import MAP_NAMES, Scorer
     from .synth_labels import CLINICAL_FAMILIES
@@ -541,6 +544,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     if synthetic_volumes > 0:
         card.calibration = calibrate(scorer, healthy, anomalous, log=log, detection_map=detection_map,
                                      healthy_quota=quota, true_brain_masks=true_brain_masks,
+                                     tables_by_contrast=tables_by_contrast,
                                      combined_components=tuple(combined),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      **({"maps": maps} if maps else {}))
@@ -555,6 +559,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
         anomalous = site_anomaly_cases(scorer, held_out, toy_anomalies) if toy_anomalies > 0 else ()
         card.calibration = calibrate(scorer, held_out, anomalous, log=log,
                                      combined_components=combined_components(previous),
+                                     tables_by_contrast=bool(contrast_tables(previous)),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      detection_map=previous.get("detection_map"),
                                      min_volume_mm3=float(previous.get("min_volume_mm3", 0.0)),
@@ -567,7 +572,11 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
         else:
             card.calibration["validation_set"] = f"{len(held_out)} held-out user scans (no anomalies)"
             # normal scans alone cannot choose a detection map, its components or minimum volume: keep the card's
-            kept += ["detection_map", "min_volume_mm3", "combined"]
+            kept += ["detection_map", "min_volume_mm3"]
+            if COMBINED in previous:  # its components; its tables per contrast are this calibration's, as the pooled
+                fresh = {k: v for k, v in (card.calibration.get(COMBINED) or {}).items() if k.startswith("tables")}
+                card.calibration[COMBINED] = {**{k: v for k, v in previous[COMBINED].items()
+                                                 if not k.startswith("tables")}, **fresh}
         card.calibration["validation_source"] = "site"
     for key in kept:
         if key in previous:

@@ -206,6 +206,11 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert card["calibration"]["command"].startswith("napari-uad calibrate --model")
     assert card["weights"]["sha256"] == sha
     before = card["calibration"]
+    # tables per contrast made by an earlier calibration: a site's recalibration does not keep them (its pooled
+    # tables replace those they were made beside; one scan per contrast is too few for tables of its own)
+    stale = {**card, "calibration": {**before, "combined": {**before["combined"], "tables_by_contrast": {
+        "bright_fluid": {m: before["maps"][m]["quantiles"] for m in before["combined"]["components"]}}}}}
+    (out / "card.json").write_text(json.dumps(stale), encoding="utf-8")
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans")]) == 0
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert card["calibration"]["validation_set"] == "1 held-out user scans (no anomalies)"
@@ -219,6 +224,7 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert card["calibration"]["maps"][before["detection_map"]]["threshold"] == point["threshold"]
     # nor the combined map's components; its healthy table is new (from these scans)
     assert card["calibration"]["combined"]["components"] == before["combined"]["components"]
+    assert "tables_by_contrast" not in card["calibration"]["combined"]
     assert card["calibration"]["maps"]["combined"]["quantiles"] != before["maps"]["combined"]["quantiles"]
     # a detection map and combined components chosen elsewhere (benchmarks/real_anatomy.py) are honoured; the
     # combinations are still tried and recorded, and the operating point is searched for the given map
@@ -545,6 +551,72 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
     rates = validation_rates(cal, "nll", *card.operating_point(bright), bright)
     assert rates["contrast"] == bright and rates["fp_objects_per_normal_scan"] <= 1.0
     assert "contrast" not in validation_rates(cal, "nll", points[bright]["threshold"], 400.0)
+
+
+def test_combined_map_tables_per_contrast_measure_a_scan_against_normals_of_its_own_contrast():
+    """With ``tables_by_contrast`` each component of the combined map is measured against the healthy volumes of
+    the scan's own recognised contrast (8 or more of them; a rarer contrast uses the pooled tables): a bright
+    "CSF space" that every healthy bright-fluid volume has is no longer surprising there, so the operating point
+    need not be raised to keep normal bright-fluid volumes quiet (smaller findings can be reported), and at that
+    point it is the tables that keep them quiet. The tables are the quantiles of that contrast's healthy voxels
+    (hand computation); without the option nothing changes."""
+    from napari_uad.calibration import QUANTILE_LEVELS, calibrate, quantile_table
+    from napari_uad.combined import combine, component_table, surprise
+    from napari_uad.findings import label_components
+
+    dark, bright = "dark_fluid", "bright_fluid"
+    shape = (28, 28, 28)
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 10:17] = True
+    fluid = np.zeros(shape, bool)
+    fluid[1:9, 18:27, 1:9] = True  # where a bright-fluid head's CSF is, in every one of them
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        sick = lesion & (volume.data[1, 1, 1] > 0)
+        maps = {m: rng.normal(size=shape) + 3.0 * sick for m in ("nll", "residual")}
+        if volume.metadata["contrast"] == bright:
+            maps["nll"] += 6.0 * fluid
+        return {m: v.astype(np.float32) for m, v in maps.items()}
+
+    def coded(seed, sick, contrast):
+        volume = _coded_volume(shape, seed, sick)
+        volume.metadata["contrast"] = contrast
+        return volume
+
+    plan = [(dark, 16), (bright, 8), ("other", 3)]
+    healthy = [coded(20 * i + s, False, c) for i, (c, n) in enumerate(plan) for s in range(n)]
+    anomalous = [(coded(100 + 20 * i + s, True, c), lesion.astype(np.uint8)) for i, (c, n) in enumerate(plan)
+                 for s in range(n)]
+    maps = ("residual", "nll", "combined")
+    pooled = calibrate(_MapScorer(make), healthy, anomalous, maps=maps, combined_components=("nll", "residual"))
+    own = calibrate(_MapScorer(make), healthy, anomalous, maps=maps, combined_components=("nll", "residual"),
+                    tables_by_contrast=True)
+    assert "tables_by_contrast" not in pooled["combined"]
+    tables = own["combined"]["tables_by_contrast"]
+    assert set(tables) == {dark, bright} and set(tables[bright]) == {"nll", "residual"}
+    bright_healthy = np.concatenate([make(v)["nll"].ravel() for v in healthy if v.metadata["contrast"] == bright])
+    np.testing.assert_allclose(tables[bright]["nll"], quantile_table(bright_healthy, QUANTILE_LEVELS))
+    assert component_table(own, "nll", "other")["quantiles"] == own["maps"]["nll"]["quantiles"]
+    normal = make(coded(900, False, bright))
+    expected = (surprise(normal["nll"], {"quantiles": tables[bright]["nll"], "levels": own["levels"]})
+                + surprise(normal["residual"], {"quantiles": tables[bright]["residual"], "levels": own["levels"]})) / 2
+    np.testing.assert_allclose(combine(normal, own, ("nll", "residual"), bright), expected, rtol=1e-6)
+    assert own["maps"]["nll"] == pooled["maps"]["nll"]  # the single maps' own tables are the pooled ones
+
+    def findings(cal, volumes, point):
+        return [label_components(combine(make(v), cal, ("nll", "residual"), v.metadata["contrast"]), *point[:1],
+                                 1.0, point[1])[1] for v in volumes]
+
+    points = {name: (c["operating_point"]["threshold"], c["operating_point"]["min_volume_mm3"])
+              for name, c in (("pooled", pooled), ("own", own))}
+    assert points["own"][1] < points["pooled"][1]
+    fresh_bright = [coded(700 + s, False, bright) for s in range(6)]
+    quiet = np.mean(findings(own, fresh_bright, points["own"]))
+    assert quiet <= 0.5 < np.mean(findings(pooled, fresh_bright, points["own"]))  # pooled tables there: the fluid
+    for cal in (own, pooled):  # the lesions found at each calibration's own point
+        assert min(findings(cal, [coded(800 + s, True, bright) for s in range(4)], points["own" if cal is own
+                                                                                         else "pooled"])) >= 1
 
 
 def test_true_brain_masks_keep_heads_whose_brain_extraction_would_fail():
