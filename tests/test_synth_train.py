@@ -409,6 +409,22 @@ def _coded_validation(shape, lesion):
             [(_coded_volume(shape, 100 + s, True), lesion.astype(np.uint8)) for s in range(4)])
 
 
+def _coded_of_contrast(shape, seed: int, sick: bool, contrast: str):
+    """A coded volume (``_coded_volume``) whose recognised contrast is ``contrast`` (read by _MapScorer)."""
+    volume = _coded_volume(shape, seed, sick)
+    volume.metadata["contrast"] = contrast
+    return volume
+
+
+def _validation_by_contrast(shape, lesion, plan, stride: int = 10):
+    """Healthy and sick coded volumes, ``n`` of each ``contrast`` for each (contrast, n) of ``plan``; seeds
+    ``stride * i + s`` (healthy) and ``100 + stride * i + s`` (sick, ``lesion`` as their mask)."""
+    healthy = [_coded_of_contrast(shape, stride * i + s, False, c) for i, (c, n) in enumerate(plan) for s in range(n)]
+    anomalous = [(_coded_of_contrast(shape, 100 + stride * i + s, True, c), lesion.astype(np.uint8))
+                 for i, (c, n) in enumerate(plan) for s in range(n)]
+    return healthy, anomalous
+
+
 def _cube_lesion_maps(signal: float, shape=(28, 28, 28)):
     """(shape, lesion, make): a 7^3 cube lesion and, for _MapScorer, maps of unit noise ("nll" with ``signal``
     added in the cube of sick volumes, "residual" noise only)."""
@@ -519,14 +535,9 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
         return {"nll": nll.astype(np.float32)}
 
     def coded(seed, sick, contrast):
-        volume = _coded_volume(shape, seed, sick)
-        volume.metadata["contrast"] = contrast
-        return volume
+        return _coded_of_contrast(shape, seed, sick, contrast)
 
-    plan = [(dark, 8), (bright, 8), ("other", 6)]
-    healthy = [coded(10 * i + s, False, c) for i, (c, n) in enumerate(plan) for s in range(n)]
-    anomalous = [(coded(100 + 10 * i + s, True, c), lesion.astype(np.uint8)) for i, (c, n) in enumerate(plan)
-                 for s in range(n)]
+    healthy, anomalous = _validation_by_contrast(shape, lesion, [(dark, 8), (bright, 8), ("other", 6)])
     cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll",))
     points = cal["operating_point"]["by_contrast"]
     assert set(points) == {dark, bright}  # "other": 6 + 6 volumes, too few for its own point
@@ -580,14 +591,9 @@ def test_combined_map_tables_per_contrast_measure_a_scan_against_normals_of_its_
         return {m: v.astype(np.float32) for m, v in maps.items()}
 
     def coded(seed, sick, contrast):
-        volume = _coded_volume(shape, seed, sick)
-        volume.metadata["contrast"] = contrast
-        return volume
+        return _coded_of_contrast(shape, seed, sick, contrast)
 
-    plan = [(dark, 16), (bright, 8), ("other", 3)]
-    healthy = [coded(20 * i + s, False, c) for i, (c, n) in enumerate(plan) for s in range(n)]
-    anomalous = [(coded(100 + 20 * i + s, True, c), lesion.astype(np.uint8)) for i, (c, n) in enumerate(plan)
-                 for s in range(n)]
+    healthy, anomalous = _validation_by_contrast(shape, lesion, [(dark, 16), (bright, 8), ("other", 3)], stride=20)
     maps = ("residual", "nll", "combined")
     pooled = calibrate(_MapScorer(make), healthy, anomalous, maps=maps, combined_components=("nll", "residual"))
     own = calibrate(_MapScorer(make), healthy, anomalous, maps=maps, combined_components=("nll", "residual"),
