@@ -1,0 +1,85 @@
+"""Validation experiment: which maps, and which combinations of them, rank lesions first in each recognised contrast?
+
+Usage: python benchmarks/maps_by_contrast.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 4]
+       [--seed 300000] [--out runs/maps_by_contrast.json]
+
+``--n`` synthetic heads per clinical contrast (T1, T2, FLAIR, PD taken in turn as calibration takes them), each with
+one disease-like lesion (tumour, MS, infarct, haemorrhage; ``synth_lesions``), made from the held-out *validation*
+label maps (the last --val-maps maps; never the tumour test cases) and scored on their true brain masks, as a
+skull-stripped scan. Groups: the contrast the scan's own tissue fit recognises (``ScoreResult.contrast``: dark or
+bright fluid, which is what a card's per-contrast settings can use) and the generator's contrast family. For each
+group, pixel AP / AUROC (sklearn; brain voxels of the group's heads pooled) of every single map the card scores
+without gradients, and of the mean healthy-quantile surprise (``combined.combine`` with the card's tables) of every
+pair and triple of the maps that have a healthy table. Prints one JSON line per group and candidate; writes all
+rows to --out. A measurement to choose from on validation data; nothing here changes a card.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+
+import numpy as np
+
+from _validation import heads_in_turn, validation_args  # noqa: E402
+
+SINGLES = ("residual", "signed_residual", "E", "z", "nll", "tissue", "asymmetry")
+COMPONENTS = ("tissue", "E", "nll", "z", "asymmetry", "signed_residual")  # candidates for the combinations
+
+
+def _options(parser) -> None:
+    parser.add_argument("--seed", type=int, default=300_000, help="seed of the first head")
+
+
+def main() -> None:
+    args, setup = validation_args(__doc__.splitlines()[0], 4, "maps_by_contrast.json", _options, scorer=True)
+    if setup is None:
+        return
+    scorer, card, files = setup
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from napari_uad.combined import COMBINED, combine, combined_components
+    from napari_uad.io import Volume
+
+    tables = card.calibration.get("maps", {})
+    components = tuple(m for m in COMPONENTS if m in tables)
+    candidates = [(m,) for m in SINGLES] + [c for size in (2, 3) for c in combinations(components, size)]
+    card_combined = combined_components(card.calibration)
+    heads: list[dict] = []
+    for i, path, head in heads_in_turn(files, 4 * args.n, args.seed, lesion=lambda i: "any"):
+        result = scorer.score(Volume.from_array(head.data, head.affine, modality="MR"), SINGLES, mask=head.brain)
+        brain, family = head.brain, head.params["contrast_family"]
+        maps = {m: result.maps[m][brain].astype(np.float32) for m in SINGLES}
+        values = {c: maps[c[0]] if len(c) == 1 else combine(maps, card.calibration, c) for c in candidates}
+        if card_combined:
+            values[(COMBINED,)] = combine(maps, card.calibration, card_combined, result.contrast)
+        truth = head.lesion[brain] > 0
+        heads.append({"family": family, "contrast": result.contrast, "truth": truth, "values": values})
+        print(json.dumps({"seed": args.seed + i, "label_map": path.name, "family": family,
+                          "recognised_contrast": result.contrast, "lesion_voxels": int(truth.sum())}), flush=True)
+    groups = {f"recognised {c}": [h for h in heads if h["contrast"] == c] for c in sorted({h["contrast"] for h in heads
+                                                                                          if h["contrast"]})}
+    groups.update({f"family {f}": [h for h in heads if h["family"] == f] for f in sorted({h["family"] for h in heads})})
+    groups["all"] = heads
+    rows = []
+    for group, members in groups.items():
+        truth = np.concatenate([h["truth"] for h in members])
+        if not truth.any():
+            continue
+        for candidate in members[0]["values"]:
+            scores = np.concatenate([h["values"][candidate] for h in members]).astype(np.float64)
+            name = " + ".join(candidate)
+            if candidate == (COMBINED,):
+                name = f"combined ({' + '.join(card_combined)}, the card's)"
+            row = {"group": group, "heads": len(members), "candidate": name,
+                   "ap": round(float(average_precision_score(truth, scores)), 4),
+                   "auroc": round(float(roc_auc_score(truth, scores)), 4)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": f"{card.name} {card.version}", "n_per_contrast": args.n,
+                                    "seed": args.seed, "label_maps": [p.name for p in files], "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
