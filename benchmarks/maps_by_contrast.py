@@ -1,7 +1,7 @@
 """Validation experiment: which maps, and which combinations of them, rank lesions first in each recognised contrast?
 
 Usage: python benchmarks/maps_by_contrast.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 4]
-       [--seed 300000] [--out runs/maps_by_contrast.json]
+       [--seed 300000] [--candidates LIST] [--out runs/maps_by_contrast.json]
 
 ``--n`` synthetic heads per clinical contrast (T1, T2, FLAIR, PD taken in turn as calibration takes them), each with
 one disease-like lesion (tumour, MS, infarct, haemorrhage; ``synth_lesions``), made from the held-out *validation*
@@ -11,7 +11,8 @@ bright fluid, which is what a card's per-contrast settings can use) and the gene
 group, pixel AP / AUROC (sklearn; brain voxels of the group's heads pooled) of every single map the card scores
 without gradients, and of the mean healthy-quantile surprise (``combined.combine`` with the card's tables) of every
 pair and triple of the maps that have a healthy table. Prints one JSON line per group and candidate; writes all
-rows to --out. A measurement to choose from on validation data; nothing here changes a card.
+rows to --out (``--candidates``: only these, e.g. ``asymmetry,tissue+asymmetry``, besides the card's combined map). A
+measurement to choose from on validation data; nothing here changes a card.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ COMPONENTS = ("tissue", "E", "nll", "z", "asymmetry", "signed_residual")  # cand
 
 def _options(parser) -> None:
     parser.add_argument("--seed", type=int, default=300_000, help="seed of the first head")
+    parser.add_argument("--candidates", default=None, metavar="LIST",
+                        help="comma-separated maps or +-joined combinations (default: every single map, pair and "
+                             "triple)")
 
 
 def main() -> None:
@@ -43,7 +47,12 @@ def main() -> None:
 
     tables = card.calibration.get("maps", {})
     components = tuple(m for m in COMPONENTS if m in tables)
-    candidates = [(m,) for m in SINGLES] + [c for size in (2, 3) for c in combinations(components, size)]
+    candidates = ([(m,) for m in SINGLES] + [c for size in (2, 3) for c in combinations(components, size)]
+                  if args.candidates is None else [tuple(c.split("+")) for c in args.candidates.split(",")])
+    unknown = {m for c in candidates for m in c if m not in SINGLES or (len(c) > 1 and m not in components)}
+    if unknown:
+        raise SystemExit(f"--candidates: {', '.join(sorted(unknown))}: not among {', '.join(SINGLES)} (combinations "
+                         f"of {', '.join(components)})")
     card_combined = combined_components(card.calibration)
     heads: list[dict] = []
     for i, path, head in heads_in_turn(files, 4 * args.n, args.seed, lesion=lambda i: "any"):
