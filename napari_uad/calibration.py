@@ -164,7 +164,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               combined_components: tuple[str, ...] = (), edge_margin_mm: float = 0.0,
               max_fp_per_normal_scan: float = MAX_FP_PER_NORMAL_SCAN, detection_map: str | None = None,
               min_volume_mm3: float = 0.0, healthy_quota: Mapping[str, int] | None = None,
-              true_brain_masks: bool = False, tables_by_contrast: bool = False, log=lambda m: None) -> dict:
+              true_brain_masks: bool = False, tables_by_contrast: bool = False,
+              components_by_contrast: Mapping[str, tuple[str, ...]] | None = None, log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``healthy_quota``: healthy volumes to keep per stratum (``Volume.metadata["stratum"]``, e.g. the contrast);
@@ -178,6 +179,9 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     more synthetic T2 heads than on real ones).
 
     ``tables_by_contrast``: give the combined map healthy tables per recognised contrast (module docstring).
+    ``components_by_contrast``: recognised contrast -> the combined map's components for scans of it (chosen on
+    other validation data, ``benchmarks/maps_by_contrast.py``); other scans use ``combined_components`` or the
+    chosen ones. The combined map's healthy table and operating points are computed with them.
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
     which cannot choose them; with anomalies the trials are still recorded). ``detection_map``: with anomalies,
@@ -189,7 +193,12 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     false-positive findings per normal scan <= the bound at that minimum volume."""
     with_combined = COMBINED in maps
     maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
-    whole = _maps_kept_whole(maps, detection_map, tuple(combined_components))
+    by_contrast = {c: tuple(names) for c, names in (components_by_contrast or {}).items()}
+    unknown = sorted({m for names in by_contrast.values() for m in names if m not in maps or m == COMBINED})
+    if unknown:
+        raise ValueError(f"combined components per contrast: {', '.join(unknown)} not among the calibrated maps")
+    whole = _maps_kept_whole(maps, detection_map, tuple(dict.fromkeys(
+        [*combined_components, *(m for names in by_contrast.values() for m in names)])))
     rng = np.random.default_rng(seed)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     kept: list[_Scored] = []  # every validation volume, for the object-level rules
@@ -265,7 +274,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
             entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
         out["maps"][m] = entry
     if with_combined and (truths or combined_components):
-        _add_combined(out, pools, scores, truths, kept, tuple(combined_components), tables_by_contrast)
+        _add_combined(out, pools, scores, truths, kept, tuple(combined_components), tables_by_contrast, by_contrast)
         maps = (*maps, COMBINED)
     if truths and detection_map is not None and detection_map not in out["maps"]:
         raise ValueError(f"detection map {detection_map!r} is not among the calibrated maps ({', '.join(maps)})")
@@ -350,16 +359,20 @@ def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, na
 
 
 def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list, components: tuple[str, ...] = (),
-                  by_contrast: bool = False, candidates: int = 4) -> None:
+                  by_contrast: bool = False, components_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
+                  candidates: int = 4) -> None:
     """Add the combined map's entry and healthy samples (in place), its components chosen on the validation
-    anomalies unless given; with ``by_contrast``, its components' healthy tables per recognised contrast.
+    anomalies unless given; with ``by_contrast``, its components' healthy tables per recognised contrast; with
+    ``components_by_contrast``, other components for the volumes of those contrasts.
 
     ``kept`` holds the healthy volumes first (``pools[m][i]`` is ``kept[i]``'s sample), then the anomalous ones
     (``scores[m][j]`` is ``kept[n_healthy + j]``'s brain voxels)."""
     singles = sorted((m for m in out["maps"] if m not in GRADIENT_MAPS),
                      key=lambda m: -(out["maps"][m]["best_dice_validation"] or 0.0))[:candidates]
     n_healthy = len(next(iter(pools.values())))
-    out[COMBINED] = {"tables_by_contrast": _tables_by_contrast(pools, kept[:n_healthy], set(singles) | set(components))
+    own = dict(components_by_contrast or {})
+    out[COMBINED] = {"tables_by_contrast": _tables_by_contrast(pools, kept[:n_healthy], set(singles) | set(components)
+                                                              | {m for names in own.values() for m in names})
                      if by_contrast else {}}
     healthy_contrasts = [k.contrast for k in kept[:n_healthy]]
     anomalous_contrasts = [k.contrast for k in kept[n_healthy:]]
@@ -376,18 +389,24 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
             for combo in combinations(singles, size):
                 trials.append((best_dice_threshold(values(scores, anomalous_contrasts, combo), truth), combo))
     names = components or max(trials, key=lambda t: t[0][1])[1]
-    pools[COMBINED] = [combine({m: pools[m][i] for m in names}, out, names, c) for i, c in enumerate(healthy_contrasts)]
+
+    def of(contrast: str | None) -> tuple[str, ...]:
+        return tuple(own.get(contrast or "") or names)
+
+    pools[COMBINED] = [combine({m: pools[m][i] for m in of(c)}, out, of(c), c) for i, c in enumerate(healthy_contrasts)]
     healthy = np.concatenate(pools[COMBINED])
     entry = {"quantiles": quantile_table(healthy).tolist(),
              "threshold_fpr_1pct": float(np.quantile(healthy, 0.99)),
              "threshold_fpr_0.1pct": float(np.quantile(healthy, 0.999))}
     if truths:
-        thr, dice = best_dice_threshold(values(scores, anomalous_contrasts, names), np.concatenate(truths))
+        thr, dice = best_dice_threshold(np.concatenate([combine({m: scores[m][i] for m in of(c)}, out, of(c), c)
+                                                        for i, c in enumerate(anomalous_contrasts)]),
+                                        np.concatenate(truths))
         entry.update(threshold=thr, best_dice_validation=dice)
     else:
         entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
     out["maps"][COMBINED] = entry
-    tables = {c: {m: t[m] for m in names} for c, t in contrast_tables(out).items()}
+    tables = {c: {m: t[m] for m in of(c)} for c, t in contrast_tables(out).items()}
     out[COMBINED] = {"components": list(names),
                      "rule": "kept from the card (normal scans cannot choose them)" if not trials else
                      "given by the caller (chosen on other validation data); the trials are this set's Dice"
@@ -395,14 +414,15 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                      "mean healthy-quantile surprise (napari_uad.combined) of the pair or triple of the "
                      f"{candidates} best single maps with the best validation Dice",
                      "trials": [{"components": list(n), "best_dice_validation": d} for (_, d), n in trials],
+                     **({"components_by_contrast": {c: list(n) for c, n in sorted(own.items())}} if own else {}),
                      **({"tables_by_contrast": tables,
                          "tables_rule": "each component's healthy table from the healthy volumes of each recognised "
                                         f"contrast with >= {MIN_VOLUMES_PER_CONTRAST} of them; other scans: the "
                                         "pooled tables"} if tables else {})}
     for k in kept:  # whole combined maps where the operating point may need them (its components kept whole)
-        if all(m in k.maps for m in names):
-            k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in names}, out,
-                                       names, k.contrast).astype(np.float16)
+        if all(m in k.maps for m in of(k.contrast)):
+            k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in of(k.contrast)}, out,
+                                       of(k.contrast), k.contrast).astype(np.float16)
 
 
 def _tables_by_contrast(pools: dict, healthy: list, names: set) -> dict:

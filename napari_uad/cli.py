@@ -251,6 +251,9 @@ def _add_calibrate_parser(sub) -> None:
     p.add_argument("--tables-by-contrast", action="store_true",
                    help="--synthetic: the combined map measures each scan against the healthy heads of its own "
                         "recognised contrast (dark or bright fluid), where the calibration has enough of them")
+    p.add_argument("--combined-by-contrast", default=None, metavar="SPEC",
+                   help="--synthetic: the combined map's components per recognised contrast, e.g. "
+                        "'bright_fluid=asymmetry;dark_fluid=tissue,E' (other scans: --combined or the chosen ones)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
@@ -546,6 +549,22 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _components_by_contrast(spec: str | None) -> dict[str, tuple[str, ...]] | None:
+    """'CONTRAST=MAP,MAP;CONTRAST=MAP' -> {contrast: maps}; CliError naming the problem."""
+    from .scoring import parse_maps
+    from .tissue import CONTRASTS
+
+    if not spec:
+        return None
+    out = {}
+    for part in spec.split(";"):
+        contrast, _, names = part.partition("=")
+        if contrast.strip() not in CONTRASTS or not names.strip():
+            raise CliError(f"--combined-by-contrast: {part!r} is not CONTRAST=MAPS (contrasts: {', '.join(CONTRASTS)})")
+        out[contrast.strip()] = parse_maps(names)
+    return out
+
+
 def _workers(requested: int) -> int:
     return requested if requested > 0 else min(16, os.cpu_count() or 1)
 
@@ -564,7 +583,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             raise CliError("--toy-anomalies must be >= 0")
         for option, given in (("--balance-contrasts", args.balance_contrasts),
                               ("--true-brain-masks", args.true_brain_masks),
-                              ("--tables-by-contrast", args.tables_by_contrast)):
+                              ("--tables-by-contrast", args.tables_by_contrast),
+                              ("--combined-by-contrast", args.combined_by_contrast)):
             if given and not (args.synthetic is not None and args.label_maps):
                 raise CliError(f"{option} needs --synthetic with --label-maps (synthetic heads of known contrast "
                                "and brain)")
@@ -584,6 +604,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                             combined=parse_maps(args.combined) if args.combined else (),
                             balance_contrasts=args.balance_contrasts, true_brain_masks=args.true_brain_masks,
                             tables_by_contrast=args.tables_by_contrast,
+                            combined_by_contrast=_components_by_contrast(args.combined_by_contrast),
                             log=_log)
         else:
             if args.detection_map or args.combined:

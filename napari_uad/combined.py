@@ -10,7 +10,8 @@ every component to score high. Which components: chosen by ``calibration.calibra
 Tables per contrast (card ``calibration.combined.tables_by_contrast``, where a calibration made them): a scan whose
 contrast the tissue fit recognises (``tissue.scan_contrast``: dark or bright fluid) has its components measured
 against the healthy volumes of that contrast only -- what is normal in a T2 scan's CSF is not normal in a T1
-scan's; any other scan against the pooled tables.
+scan's; any other scan against the pooled tables. Components per contrast (``calibration.combined.
+components_by_contrast``, where a calibration was given them): a scan of that contrast combines those maps instead.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = ["COMBINED", "MAX_SURPRISE", "healthy_quantile", "surprise", "component_table", "combine",
-           "combined_components", "contrast_tables"]
+           "combined_components", "all_components", "contrast_tables"]
 
 COMBINED = "combined"
 MAX_SURPRISE = 5.0  # -log10 of the finest tail level of the quantile tables (1e-5)
@@ -64,8 +65,20 @@ def combine(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Se
     return total / np.float32(len(components))
 
 
-def combined_components(calibration: Mapping) -> tuple[str, ...]:
-    """Components recorded in a card's calibration; () when the card has no combined map."""
+def combined_components(calibration: Mapping, contrast: str | None = None) -> tuple[str, ...]:
+    """Components recorded in a card's calibration for a scan of ``contrast``: that contrast's own
+    (``combined.components_by_contrast``) where the card has them, else the pooled ones; () when the card has no
+    combined map."""
     spec = calibration.get(COMBINED) or {}
-    names = tuple(spec.get("components", ()))
+    own = (spec.get("components_by_contrast") or {}).get(contrast or "")
+    names = tuple(own or spec.get("components", ()))
     return names if names and all(n in calibration.get("maps", {}) for n in names) else ()
+
+
+def all_components(calibration: Mapping) -> tuple[str, ...]:
+    """Every map the combined map may need, whatever the scan's contrast (pooled components first)."""
+    spec = calibration.get(COMBINED) or {}
+    names = [*combined_components(calibration)]
+    for contrast in spec.get("components_by_contrast") or {}:
+        names += [n for n in combined_components(calibration, contrast) if n not in names]
+    return tuple(names)

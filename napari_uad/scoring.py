@@ -39,7 +39,7 @@ from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
-from .combined import COMBINED, combine, combined_components
+from .combined import COMBINED, all_components, combine, combined_components
 from .postprocess import median_filter_map, median_footprint
 from .tissue import scan_contrast, tissue_outliers
 from .asymmetry import asymmetry_map
@@ -222,7 +222,7 @@ class Scorer:
         Stopping the iteration early (``close()``) cancels the run; nothing is kept.
         """
         maps = parse_maps(maps)
-        components = combined_components(self.card.calibration) if COMBINED in maps else ()
+        components = all_components(self.card.calibration) if COMBINED in maps else ()
         computed = tuple(m for m in MAP_NAMES if m in maps or m in components)
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -299,7 +299,8 @@ class Scorer:
                 out["asymmetry"] = asymmetry_map(prepared.standardised, brain, mirror, volume.spacing)
         if COMBINED in maps:
             if components:
-                out[COMBINED] = combine(out, self.card.calibration, components, contrast)
+                out[COMBINED] = combine(out, self.card.calibration,
+                                        combined_components(self.card.calibration, contrast), contrast)
             else:
                 notes.append("combined map not computed (all zero): the model card's calibration has none")
                 out[COMBINED] = np.zeros(brain.shape, np.float32)

@@ -467,6 +467,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     normal_variants: bool = False, detection_map: str | None = None,
                     combined: tuple[str, ...] = (), toy_anomalies: int = 0, balance_contrasts: bool = False,
                     true_brain_masks: bool = False, tables_by_contrast: bool = False,
+                    combined_by_contrast: dict[str, tuple[str, ...]] | None = None,
                     log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
@@ -486,7 +487,9 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     ``true_brain_masks`` (label maps only): every head is scored on its true brain mask, as a skull-stripped scan
     (``calibration.calibrate``). ``tables_by_contrast`` (synthetic only): the combined map gets healthy tables per
     recognised contrast (``calibration.calibrate``); a recalibration on normal scans makes them again, from those
-    scans, where the card has them."""
+    scans, where the card has them. ``combined_by_contrast`` (synthetic only): recognised contrast -> the combined
+    map's components for scans of it (chosen on other validation data); a recalibration on normal scans keeps the
+    card's."""
     from .calibration import calibrate
     from .combined import COMBINED, combined_components, contrast_tables
     from .model_card import load_model
@@ -545,6 +548,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
         card.calibration = calibrate(scorer, healthy, anomalous, log=log, detection_map=detection_map,
                                      healthy_quota=quota, true_brain_masks=true_brain_masks,
                                      tables_by_contrast=tables_by_contrast,
+                                     components_by_contrast=combined_by_contrast,
                                      combined_components=tuple(combined),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      **({"maps": maps} if maps else {}))
@@ -560,6 +564,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
         card.calibration = calibrate(scorer, held_out, anomalous, log=log,
                                      combined_components=combined_components(previous),
                                      tables_by_contrast=bool(contrast_tables(previous)),
+                                     components_by_contrast=(previous.get(COMBINED) or {}).get("components_by_contrast"),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      detection_map=previous.get("detection_map"),
                                      min_volume_mm3=float(previous.get("min_volume_mm3", 0.0)),

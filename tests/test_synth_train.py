@@ -240,6 +240,7 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--maps", "residual,z",
                      "--detection-map", "tissue"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined", "combined,z"]) != 0
+    assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined-by-contrast", "t2=E"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--detection-map", "z"]) != 0
     assert json.loads((out / "card.json").read_text(encoding="utf-8"))["calibration"] == forced  # untouched
     # a site's normal scans with toy anomalies put into copies of them: the card's detection map and components
@@ -623,6 +624,48 @@ def test_combined_map_tables_per_contrast_measure_a_scan_against_normals_of_its_
     for cal in (own, pooled):  # the lesions found at each calibration's own point
         assert min(findings(cal, [coded(800 + s, True, bright) for s in range(4)], points["own" if cal is own
                                                                                          else "pooled"])) >= 1
+
+
+def test_combined_map_components_per_contrast_replace_a_map_that_fails_on_that_contrast():
+    """Components given per recognised contrast: a bright-fluid scan's combined map is made of its own components
+    (hand computation: the surprise of the one map that sees its lesions), other scans keep the pooled ones; the
+    card records them and `combined_components` reads them; unknown maps are refused."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.combined import all_components, combine, combined_components, surprise
+
+    dark, bright = "dark_fluid", "bright_fluid"
+    shape = (28, 28, 28)
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 10:17] = True
+    fluid = np.zeros(shape, bool)
+    fluid[1:9, 18:27, 1:9] = True
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        sick = lesion & (volume.data[1, 1, 1] > 0)
+        maps = {m: rng.normal(size=shape) + 3.0 * sick for m in ("nll", "residual")}
+        if volume.metadata["contrast"] == bright:  # nll fails there: bright fluid, lesion unseen
+            maps["nll"] = rng.normal(size=shape) + 4.0 * fluid
+        return {m: v.astype(np.float32) for m, v in maps.items()}
+
+    healthy, anomalous = _validation_by_contrast(shape, lesion, [(dark, 8), (bright, 8)], stride=20)
+    cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("residual", "nll", "combined"),
+                    combined_components=("nll", "residual"), components_by_contrast={bright: ("residual",)})
+    assert cal["combined"]["components_by_contrast"] == {bright: ["residual"]}
+    assert combined_components(cal, bright) == ("residual",) and combined_components(cal, dark) == ("nll", "residual")
+    assert combined_components(cal) == ("nll", "residual") and set(all_components(cal)) == {"nll", "residual"}
+    volume = _coded_of_contrast(shape, 900, True, bright)
+    maps = make(volume)
+    expected = surprise(maps["residual"], {"quantiles": cal["maps"]["residual"]["quantiles"], "levels": cal["levels"]})
+    np.testing.assert_allclose(combine(maps, cal, combined_components(cal, bright), bright), expected)
+    point = cal["operating_point"]
+    found = combine(maps, cal, combined_components(cal, bright), bright) >= point["threshold"]
+    pooled = combine(maps, cal, ("nll", "residual"), bright) >= point["threshold"]  # what the pooled ones would do
+    assert (found & lesion).sum() > 0.5 * lesion.sum() > (pooled & lesion).sum()
+    assert (found & fluid).mean() < (pooled & fluid).mean()
+    with pytest.raises(ValueError, match="not among the calibrated maps"):
+        calibrate(_MapScorer(make), healthy, anomalous, maps=("residual", "nll", "combined"),
+                  combined_components=("nll", "residual"), components_by_contrast={bright: ("tissue",)})
 
 
 def test_true_brain_masks_keep_heads_whose_brain_extraction_would_fail():
