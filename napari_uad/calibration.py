@@ -316,13 +316,21 @@ def _score(scorer: Scorer, volume: Volume, maps: tuple[str, ...], true_brain_mas
     return scorer.score(volume, maps, mask, postprocess=False)
 
 
+def _by_contrast(contrasts: list) -> dict[str, list[int]]:
+    """Recognised contrast -> indices of the volumes of it (in ``contrasts``' order; unrecognised ones left out)."""
+    groups: dict[str, list[int]] = {}
+    for i, contrast in enumerate(contrasts):
+        if contrast is not None:
+            groups.setdefault(contrast, []).append(i)
+    return dict(sorted(groups.items()))
+
+
 def _contrast_points(kept: list, search: "_OperatingSearch", max_fp: float) -> dict:
     """Operating point of each recognised contrast with >= ``MIN_VOLUMES_PER_CONTRAST`` healthy and anomalous
     validation volumes (the pooled search's thresholds and findings, counted on that contrast's volumes only), with
     the numbers of volumes it rests on."""
     points = {}
-    for contrast in sorted({k.contrast for k in kept if k.contrast is not None}):
-        members = [i for i, k in enumerate(kept) if k.contrast == contrast]
+    for contrast, members in _by_contrast([k.contrast for k in kept]).items():
         n_healthy = sum(kept[i].truth is None for i in members)
         if min(n_healthy, len(members) - n_healthy) < MIN_VOLUMES_PER_CONTRAST:
             continue
@@ -377,31 +385,31 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
     healthy_contrasts = [k.contrast for k in kept[:n_healthy]]
     anomalous_contrasts = [k.contrast for k in kept[n_healthy:]]
 
-    def values(source: dict, contrasts: list, names: tuple[str, ...]) -> np.ndarray:
-        """The combined map of every volume of ``source`` (each with its contrast's tables), concatenated."""
-        return np.concatenate([combine({m: source[m][i] for m in names}, out, names, c)
-                               for i, c in enumerate(contrasts)])
+    def values(source: dict, contrasts: list, components) -> list[np.ndarray]:
+        """The combined map of every volume of ``source``, each with the components ``components(contrast)`` and
+        its contrast's tables."""
+        return [combine({m: source[m][i] for m in components(c)}, out, components(c), c)
+                for i, c in enumerate(contrasts)]
 
     trials = []
     if truths:
         truth = np.concatenate(truths)
         for size in (2, 3):
             for combo in combinations(singles, size):
-                trials.append((best_dice_threshold(values(scores, anomalous_contrasts, combo), truth), combo))
+                trials.append((best_dice_threshold(np.concatenate(values(scores, anomalous_contrasts,
+                                                                         lambda c, combo=combo: combo)), truth), combo))
     names = components or max(trials, key=lambda t: t[0][1])[1]
 
     def of(contrast: str | None) -> tuple[str, ...]:
         return tuple(own.get(contrast or "") or names)
 
-    pools[COMBINED] = [combine({m: pools[m][i] for m in of(c)}, out, of(c), c) for i, c in enumerate(healthy_contrasts)]
+    pools[COMBINED] = values(pools, healthy_contrasts, of)
     healthy = np.concatenate(pools[COMBINED])
     entry = {"quantiles": quantile_table(healthy).tolist(),
              "threshold_fpr_1pct": float(np.quantile(healthy, 0.99)),
              "threshold_fpr_0.1pct": float(np.quantile(healthy, 0.999))}
     if truths:
-        thr, dice = best_dice_threshold(np.concatenate([combine({m: scores[m][i] for m in of(c)}, out, of(c), c)
-                                                        for i, c in enumerate(anomalous_contrasts)]),
-                                        np.concatenate(truths))
+        thr, dice = best_dice_threshold(np.concatenate(values(scores, anomalous_contrasts, of)), np.concatenate(truths))
         entry.update(threshold=thr, best_dice_validation=dice)
     else:
         entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
@@ -429,16 +437,12 @@ def _tables_by_contrast(pools: dict, healthy: list, names: set) -> dict:
     """contrast -> {map: healthy quantile table (list)} for the maps ``names``, from the healthy samples
     (``pools[m][i]`` of ``healthy[i]``) of each recognised contrast with >= ``MIN_VOLUMES_PER_CONTRAST``
     volumes; {} when fewer than two contrasts are present (the pooled tables are then that contrast's)."""
-    contrasts = [k.contrast for k in healthy]
-    if len({c for c in contrasts if c is not None}) < 2:
+    groups = _by_contrast([k.contrast for k in healthy])
+    if len(groups) < 2:
         return {}
-    tables = {}
-    for contrast in sorted({c for c in contrasts if c is not None}):
-        members = [i for i, c in enumerate(contrasts) if c == contrast]
-        if len(members) >= MIN_VOLUMES_PER_CONTRAST:
-            tables[contrast] = {m: quantile_table(np.concatenate([pools[m][i] for i in members])).tolist()
-                                for m in sorted(names)}
-    return tables
+    return {contrast: {m: quantile_table(np.concatenate([pools[m][i] for i in members])).tolist()
+                       for m in sorted(names)}
+            for contrast, members in groups.items() if len(members) >= MIN_VOLUMES_PER_CONTRAST}
 
 
 def _ood_reference(pools: dict, reference: dict, entries: dict, modality: str) -> dict:
