@@ -15,7 +15,8 @@
 - The out-of-distribution reference (``ood``): brain volumes, fields of view, volume scores and the largest
   fraction of brain above each threshold over the healthy volumes (see ``napari_uad.ood``).
 - Operating points per contrast (``operating_point.by_contrast``): the same search on the validation volumes of
-  each contrast the tissue fit recognises (``tissue.scan_contrast``: dark or bright fluid), for contrasts with at least
+  each contrast the tissue fit recognises (``tissue.scan_contrast``: dark or bright fluid), from that contrast's own
+  Dice threshold up through its own healthy table, for contrasts with at least
   ``MIN_VOLUMES_PER_CONTRAST`` healthy and as many anomalous volumes; a scan of that contrast gets that point,
   any other scan the pooled one (``ModelCard.contrast_point``). One pooled threshold cannot serve contrasts
   whose normal anatomy looks different to the maps (CSF is bright on T2, dark on T1 and FLAIR).
@@ -286,10 +287,9 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     if truths:
         name = out["detection_map"] = chosen
         entry = out["maps"][name]
-        search = _OperatingSearch.of(kept, name, entry, out["levels"])
-        point = search.choose(max_fp_per_normal_scan)
+        point = _OperatingSearch.of(kept, name, entry, out["levels"]).choose(max_fp_per_normal_scan)
         point["edge_margin_mm"] = edge_margin_mm
-        point["by_contrast"] = _contrast_points(kept, search, max_fp_per_normal_scan)
+        point["by_contrast"] = _contrast_points(kept, pools[name], name, out["levels"], max_fp_per_normal_scan)
         entry["threshold_best_dice"], entry["threshold"] = entry["threshold"], point["threshold"]
         out["min_volume_mm3"], out["operating_point"] = point["min_volume_mm3"], point
     elif detection_map in out["maps"]:
@@ -325,18 +325,30 @@ def _by_contrast(contrasts: list) -> dict[str, list[int]]:
     return dict(sorted(groups.items()))
 
 
-def _contrast_points(kept: list, search: "_OperatingSearch", max_fp: float) -> dict:
+def _contrast_points(kept: list, healthy_samples: list, name: str, levels: list, max_fp: float) -> dict:
     """Operating point of each recognised contrast with >= ``MIN_VOLUMES_PER_CONTRAST`` healthy and anomalous
-    validation volumes (the pooled search's thresholds and findings, counted on that contrast's volumes only), with
-    the numbers of volumes it rests on."""
+    validation volumes: the pooled point's search on that contrast's volumes only, its candidate thresholds from
+    that contrast's own Dice threshold up through its own healthy table (``healthy_samples[i]``: healthy
+    ``kept[i]``'s sample of the map ``name``) -- a contrast whose map runs on another scale (the combined map of its
+    own components, its own tables) is not held to the pooled volumes' thresholds -- with the numbers of volumes
+    it rests on."""
     points = {}
     for contrast, members in _by_contrast([k.contrast for k in kept]).items():
-        n_healthy = sum(kept[i].truth is None for i in members)
-        if min(n_healthy, len(members) - n_healthy) < MIN_VOLUMES_PER_CONTRAST:
+        healthy = [i for i in members if kept[i].truth is None]
+        anomalous = [kept[i] for i in members if kept[i].truth is not None]
+        if min(len(healthy), len(anomalous)) < MIN_VOLUMES_PER_CONTRAST:
             continue
-        point = search.of_volumes(members).choose(max_fp)
-        points[contrast] = {**point, "n_healthy_volumes": n_healthy, "n_anomalous_volumes": len(members) - n_healthy}
+        own = {"threshold": _best_dice_of(anomalous, name)[0],
+               "quantiles": quantile_table(np.concatenate([healthy_samples[i] for i in healthy])).tolist()}
+        point = _OperatingSearch.of([kept[i] for i in members], name, own, levels).choose(max_fp)
+        points[contrast] = {**point, "n_healthy_volumes": len(healthy), "n_anomalous_volumes": len(anomalous)}
     return points
+
+
+def _best_dice_of(anomalous: list, name: str) -> tuple[float, float]:
+    """(threshold, Dice) of map ``name`` pooled over these anomalous validation volumes' brain voxels."""
+    return best_dice_threshold(np.concatenate([k.maps[name][k.brain].astype(np.float32) for k in anomalous]),
+                               np.concatenate([k.truth[k.brain] for k in anomalous]))
 
 
 def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, name: str, size_mm: float,
@@ -359,8 +371,7 @@ def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, na
                  **{"threshold_fpr_0.1pct": float(np.quantile(values, 0.999))}, median_filter_mm=size_mm)
     anomalous = kept[n_healthy:]
     if anomalous:
-        thr, dice = best_dice_threshold(np.concatenate([k.maps[name][k.brain].astype(np.float32) for k in anomalous]),
-                                        np.concatenate([k.truth[k.brain] for k in anomalous]))
+        thr, dice = _best_dice_of(anomalous, name)
         entry.update(threshold=thr, best_dice_validation=dice)
     else:
         entry["threshold"] = entry["threshold_fpr_0.1pct"]
@@ -467,7 +478,7 @@ def _ood_reference(pools: dict, reference: dict, entries: dict, modality: str) -
 class _OperatingSearch(NamedTuple):
     """The candidate detection thresholds of a map (raw units) and, per threshold, each validation volume's
     findings matched against its lesions (component volumes in mm^3, matched lesion, number of lesions): what the
-    operating-point rule chooses from, counted once and shared by the pooled and the per-contrast points."""
+    operating-point rule chooses from (the pooled point's over all volumes, a contrast's over its own)."""
 
     dice_threshold: float
     thresholds: np.ndarray
@@ -492,10 +503,6 @@ class _OperatingSearch(NamedTuple):
                 per_volume.append((sizes * k.voxel_volume_mm3, matched, n_true))
             matches.append(per_volume)
         return cls(dice_threshold, thresholds, matches)
-
-    def of_volumes(self, members: list[int]) -> "_OperatingSearch":
-        """The same search restricted to the volumes at these indices."""
-        return self._replace(matches=[[per_volume[i] for i in members] for per_volume in self.matches])
 
     def choose(self, max_fp: float, min_volumes: tuple[float, ...] = MIN_VOLUME_CANDIDATES_MM3) -> dict:
         """Detection threshold and minimum finding volume (mm^3) by the module docstring's rule, each threshold

@@ -565,6 +565,38 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
     assert "contrast" not in validation_rates(cal, "nll", points[bright]["threshold"], 400.0)
 
 
+def test_a_contrasts_operating_point_is_searched_on_its_own_scale():
+    """A contrast whose detection map runs on a smaller scale (here: bright-fluid volumes, lesion and noise at a
+    third of the dark-fluid ones', as a combined map of other components can be) has its point searched from its
+    own Dice threshold down there, not from the pooled one, which lies above all its lesions: every bright-fluid
+    lesion is found and fresh bright-fluid normals stay quiet at that point."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.findings import label_components
+
+    dark, bright = "dark_fluid", "bright_fluid"
+    shape = (28, 28, 28)
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 10:17] = True
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        nll = rng.normal(size=shape) + 5.0 * (lesion & (volume.data[1, 1, 1] > 0))
+        scale = 0.3 if volume.metadata["contrast"] == bright else 1.0
+        return {"nll": (scale * nll).astype(np.float32)}
+
+    healthy, anomalous = _validation_by_contrast(shape, lesion, [(dark, 8), (bright, 8)])
+    cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll",))
+    pooled, own = cal["operating_point"], cal["operating_point"]["by_contrast"][bright]
+    assert own["threshold_best_dice"] <= own["threshold"] < 0.3 * 5.0 < pooled["threshold_best_dice"]
+    assert own["fp_target_met"] and own["validation"]["object_recall"] == 1.0
+    assert min(r["threshold"] for r in own["table"]) == own["threshold_best_dice"]
+    sick = make(_coded_of_contrast(shape, 700, True, bright))["nll"]
+    labels, _ = label_components(sick, own["threshold"], 1.0, own["min_volume_mm3"])
+    assert labels[lesion].any()  # found at its contrast's point
+    normals = [make(_coded_of_contrast(shape, 800 + s, False, bright))["nll"] for s in range(6)]
+    assert np.mean([label_components(m, own["threshold"], 1.0, own["min_volume_mm3"])[1] for m in normals]) <= 1.5
+
+
 def test_combined_map_tables_per_contrast_measure_a_scan_against_normals_of_its_own_contrast():
     """With ``tables_by_contrast`` each component of the combined map is measured against the healthy volumes of
     the scan's own recognised contrast (8 or more of them; a rarer contrast uses the pooled tables): a bright
