@@ -426,6 +426,13 @@ def _validation_by_contrast(shape, lesion, plan, stride: int = 10):
     return healthy, anomalous
 
 
+def _cube_nll(volume, lesion, signal: float):
+    """(rng, nll) of a coded volume: its seeded generator and a unit-noise map with ``signal`` added in the cube
+    ``lesion`` if the volume is sick."""
+    rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+    return rng, rng.normal(size=lesion.shape) + signal * (lesion & (volume.data[1, 1, 1] > 0))
+
+
 def _cube_lesion_maps(signal: float, shape=(28, 28, 28)):
     """(shape, lesion, make): a 7^3 cube lesion and, for _MapScorer, maps of unit noise ("nll" with ``signal``
     added in the cube of sick volumes, "residual" noise only)."""
@@ -433,8 +440,7 @@ def _cube_lesion_maps(signal: float, shape=(28, 28, 28)):
     lesion[10:17, 10:17, 10:17] = True
 
     def make(volume):
-        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
-        nll = rng.normal(size=shape) + signal * (lesion & (volume.data[1, 1, 1] > 0))
+        rng, nll = _cube_nll(volume, lesion, signal)
         return {"nll": nll.astype(np.float32), "residual": rng.normal(size=shape).astype(np.float32)}
 
     return shape, lesion, make
@@ -519,14 +525,10 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
     from napari_uad.model_card import ModelCard
 
     dark, bright = "dark_fluid", "bright_fluid"
-
-    shape = (28, 28, 28)
-    lesion = np.zeros(shape, bool)
-    lesion[10:17, 10:17, 10:17] = True
+    shape, lesion, _ = _cube_lesion_maps(5.0)
 
     def make(volume):
-        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
-        nll = rng.normal(size=shape) + 5.0 * (lesion & (volume.data[1, 1, 1] > 0))
+        rng, nll = _cube_nll(volume, lesion, 5.0)
         if volume.metadata["contrast"] == bright:  # three bright 5^3 "CSF spaces" away from the lesion
             for _ in range(3):
                 corner = rng.integers(0, 23, 3)
@@ -574,13 +576,10 @@ def test_a_contrasts_operating_point_is_searched_on_its_own_scale():
     from napari_uad.findings import label_components
 
     dark, bright = "dark_fluid", "bright_fluid"
-    shape = (28, 28, 28)
-    lesion = np.zeros(shape, bool)
-    lesion[10:17, 10:17, 10:17] = True
+    shape, lesion, _ = _cube_lesion_maps(5.0)
 
     def make(volume):
-        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
-        nll = rng.normal(size=shape) + 5.0 * (lesion & (volume.data[1, 1, 1] > 0))
+        _, nll = _cube_nll(volume, lesion, 5.0)
         scale = 0.3 if volume.metadata["contrast"] == bright else 1.0
         return {"nll": (scale * nll).astype(np.float32)}
 
