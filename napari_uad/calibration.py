@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .combined import COMBINED, combine, contrast_tables, healthy_quantile
+from .combined import COMBINED, combine, combined_components, contrast_tables, healthy_quantile
 from .findings import interior, label_components
 from .io import Volume
 from .mask import dice as mask_dice
@@ -195,9 +195,10 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     with_combined = COMBINED in maps
     maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
     by_contrast = {c: tuple(names) for c, names in (components_by_contrast or {}).items()}
-    unknown = sorted({m for names in by_contrast.values() for m in names if m not in maps or m == COMBINED})
+    unknown = sorted({m for names in (combined_components, *by_contrast.values()) for m in names
+                      if m not in maps or m == COMBINED})
     if unknown:
-        raise ValueError(f"combined components per contrast: {', '.join(unknown)} not among the calibrated maps")
+        raise ValueError(f"combined components: {', '.join(unknown)} not among the calibrated maps")
     whole = _maps_kept_whole(maps, detection_map, tuple(dict.fromkeys(
         [*combined_components, *(m for names in by_contrast.values() for m in names)])))
     rng = np.random.default_rng(seed)
@@ -410,9 +411,11 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                 trials.append((best_dice_threshold(np.concatenate(values(scores, anomalous_contrasts,
                                                                          lambda c, combo=combo: combo)), truth), combo))
     names = components or max(trials, key=lambda t: t[0][1])[1]
+    # the components each scan's combined map takes, read as scoring reads them from the card
+    out[COMBINED].update(components=list(names), components_by_contrast={c: list(n) for c, n in own.items()})
 
     def of(contrast: str | None) -> tuple[str, ...]:
-        return tuple(own.get(contrast or "") or names)
+        return combined_components(out, contrast)
 
     pools[COMBINED] = values(pools, healthy_contrasts, of)
     healthy = np.concatenate(pools[COMBINED])
