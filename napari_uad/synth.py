@@ -25,7 +25,7 @@ from scipy import ndimage
 from .preprocessing.template import load_atlas
 
 __all__ = ["CONTRASTS", "ANOMALY_KINDS", "SynthCase", "load_atlas", "healthy_volume", "insert_anomaly",
-           "synth_case"]
+           "synth_case", "bright_ball"]
 
 CONTRASTS = ("t1", "t2", "flair", "pd", "random")
 ANOMALY_KINDS = ("sphere", "cube", "tumour", "blobs", "irregular")
@@ -120,6 +120,19 @@ def healthy_volume(seed: int, contrast: str | None = None, slice_thickness: floa
 def _ball(shape, centre, radii) -> np.ndarray:
     grids = np.ogrid[tuple(slice(0, s) for s in shape)]
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1.0
+
+
+def bright_ball(data: np.ndarray, fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A gross anomaly for the out-of-distribution guard: (copy of the skull-stripped ``data`` (brain = data > 0)
+    whose central ``fraction`` of brain voxels, by distance from the brain's centroid in voxels, is replaced by a
+    textured ball at 1.8 x the brain's 99th intensity percentile, its mask). ``data`` is not changed."""
+    out = np.asarray(data, dtype=np.float32).copy()
+    brain = out > 0
+    r = np.sqrt(((np.indices(brain.shape) - np.argwhere(brain).mean(0)[:, None, None, None]) ** 2).sum(0))
+    ball = brain & (r < np.quantile(r[brain], fraction))
+    noise = np.random.default_rng(seed).standard_normal(int(ball.sum()))
+    out[ball] = np.percentile(out[brain], 99) * 1.8 * (1 + 0.1 * noise)
+    return out, ball
 
 
 def insert_anomaly(case: SynthCase, seed: int, kind: str | None = None, brain: np.ndarray | None = None
