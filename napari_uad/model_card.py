@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .asymmetry import SMOOTHING_MM as ASYMMETRY_SIGMA_MM
 from .io import atomic_write, file_sha256
 from .model import ArchitectureConfig, CeVAE
 from .preprocessing import PreprocessingConfig
@@ -66,6 +67,8 @@ class ScoringConfig:
         keeps the map's first definition).
     detection_median_mm: width (world mm) of a 3D median filter applied to the card's detection map before it
         is shown and thresholded (``napari_uad.postprocess``); 0 = none. Its calibration is of the filtered map.
+    asymmetry_sigma_mm: Gaussian sigma (world mm) the asymmetry map smooths the scan by before comparing the
+        hemispheres (``napari_uad.asymmetry``; a card without it keeps the map's first 2 mm).
     """
 
     smoothgrad_samples: int = 4
@@ -83,12 +86,15 @@ class ScoringConfig:
     tissue_fluid_floor: float = TissueSettings.fluid_floor
     tissue_deform_mm: float = TissueSettings.deform_mm
     detection_median_mm: float = 0.0
+    asymmetry_sigma_mm: float = ASYMMETRY_SIGMA_MM
 
     def __post_init__(self):
         if self.grad_reduction not in GRAD_REDUCTIONS:
             raise ValueError(f"grad_reduction {self.grad_reduction!r}: choose from {', '.join(GRAD_REDUCTIONS)}")
         if not 0.0 <= float(self.detection_median_mm) < 50.0:
             raise ValueError(f"detection_median_mm must be in [0, 50) mm, not {self.detection_median_mm}")
+        if not 0.0 < float(self.asymmetry_sigma_mm) <= 20.0:
+            raise ValueError(f"asymmetry_sigma_mm must be in (0, 20] mm, not {self.asymmetry_sigma_mm}")
 
     def to_dict(self) -> dict:
         return asdict(self)

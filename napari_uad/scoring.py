@@ -296,7 +296,8 @@ class Scorer:
                              "model")
                 out["asymmetry"] = np.zeros(brain.shape, np.float32)
             else:
-                out["asymmetry"] = asymmetry_map(prepared.standardised, brain, mirror, volume.spacing)
+                out["asymmetry"] = asymmetry_map(prepared.standardised, brain, mirror, volume.spacing,
+                                                 self.card.scoring.asymmetry_sigma_mm)
         if COMBINED in maps:
             if components:
                 out[COMBINED] = combine(out, self.card.calibration,

@@ -314,6 +314,32 @@ def test_asymmetry_map_flags_a_one_sided_lesion_in_any_grid(brain, tiny_model_di
     assert a.min() < -2.5  # the blob's healthy mirror: darker than its other side
 
 
+def test_the_cards_asymmetry_smoothing_reaches_the_map(brain, tiny_model_dir):
+    """The asymmetry map smooths the scan by the card's ``scoring.asymmetry_sigma_mm`` (default: the map's first
+    2 mm): the same scan scored under two settings gives two different maps, each reproducible; a setting outside
+    (0, 20] mm is refused with the field named."""
+    import dataclasses
+
+    from napari_uad.model_card import ScoringConfig, load_model
+    from napari_uad.scoring import Scorer
+
+    data, _, affine = brain
+    volume = Volume.from_array(data, affine)
+    model, card = load_model(tiny_model_dir)
+    card.preprocessing = PreprocessingConfig(template="mni152-2009")
+    assert card.scoring.asymmetry_sigma_mm == 2.0
+    maps = {}
+    for sigma in (2.0, 6.0, 6.0):
+        card.scoring = dataclasses.replace(card.scoring, asymmetry_sigma_mm=sigma)
+        result = Scorer(model, card, device="cpu", options=PipelineOptions(skull_strip="off")).score(volume,
+                                                                                                  ("asymmetry",))
+        maps.setdefault(sigma, []).append(result.maps["asymmetry"])
+    assert np.array_equal(*maps[6.0])
+    assert np.abs(maps[6.0][0] - maps[2.0][0]).max() > 0.1
+    with pytest.raises(ValueError, match="asymmetry_sigma_mm"):
+        ScoringConfig(asymmetry_sigma_mm=0.0)
+
+
 @pytest.mark.parametrize("family, contrast", [("t1", "dark_fluid"), ("flair", "dark_fluid"),
                                              ("t2", "bright_fluid")])
 def test_score_uses_the_cards_operating_point_for_the_scans_recognised_contrast(family, contrast, tiny_model_dir,
