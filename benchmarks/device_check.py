@@ -34,7 +34,7 @@ def main() -> int:
     model, card, files = setup
     import torch
 
-    from napari_uad.findings import find_findings, interior
+    from napari_uad.findings import card_findings
     from napari_uad.io import Volume
     from napari_uad.mask import dice
     from napari_uad.scoring import DEFAULT_MAPS, Scorer, parse_maps
@@ -48,7 +48,6 @@ def main() -> int:
     # one model per device: a Scorer moves its model to its device
     scorers = {"cpu": Scorer(model, card, device="cpu"), args.device: Scorer(load_model(args.model)[0], card,
                                                                              device=args.device, amp=args.amp)}
-    margin = float(card.calibration.get("edge_margin_mm", 0.0))
     rows, ok = [], True
     for i, _, head in heads_in_turn(files, args.n, 800_000, lesion=lambda i: "any" if i % 2 else None):
         seed = 800_000 + i
@@ -57,9 +56,7 @@ def main() -> int:
         for d, scorer in scorers.items():
             t0 = time.perf_counter()
             result = scorer.score(volume, maps, head.brain)
-            threshold, min_volume = card.operating_point(result.contrast)
-            labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
-                                             allowed=interior(result.mask, volume.spacing, margin))
+            labels, findings, threshold, _ = card_findings(result, volume, card)
             out[d] = result
             found[d] = {"contrast": result.contrast, "threshold": threshold, "findings": len(findings),
                         "mask": labels > 0, "seconds": round(time.perf_counter() - t0, 2)}

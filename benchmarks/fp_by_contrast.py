@@ -53,7 +53,7 @@ def main() -> None:
         return
     scorer, card, files = setup
     from napari_uad.calibration import MIN_BRAIN_MASK_DICE
-    from napari_uad.findings import find_findings, interior
+    from napari_uad.findings import card_findings
     from napari_uad.io import Volume
     from napari_uad.mask import dice
     from napari_uad.synth_labels import CLINICAL_FAMILIES
@@ -67,9 +67,7 @@ def main() -> None:
         volume = Volume.from_array(data, head.affine, modality="MR")
         result = scorer.score(volume)
         # the card's operating point for the head's recognised contrast, as `napari-uad score` uses
-        threshold, min_volume = card.operating_point(result.contrast)
-        labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
-                                         allowed=interior(result.mask, volume.spacing, margin))
+        labels, findings, threshold, min_volume = card_findings(result, volume, card)
         where = [tissue_of(head.labels[labels == f.finding_id]) for f in findings]
         brain_dice = float(dice(result.mask, head.brain))
         t = totals[family]

@@ -158,7 +158,7 @@ def main() -> int:
     if not (args.shared / "data").is_dir():
         print(f"{args.shared / 'data'}: not found; nothing to benchmark")
         return 0
-    from napari_uad.findings import find_findings, interior
+    from napari_uad.findings import card_findings
     from napari_uad.io import read_volume
     from napari_uad.model_card import load_model
     from napari_uad.ood import check_input, check_score
@@ -180,11 +180,8 @@ def main() -> int:
         det = result.maps[det_name]
         found, facts = check_score(result, volume.voxel_volume_mm3, card, det_name)
         warnings += found
-        margin = float(card.calibration.get("edge_margin_mm", 0.0))
-        # the card's operating point for the scan's recognised contrast, as `napari-uad score` uses
-        threshold, min_volume = card.operating_point(result.contrast)
-        labels, findings = find_findings(det, volume, threshold, min_volume,
-                                         allowed=interior(result.mask, volume.spacing, margin))
+        # the card's operating point for the scan's recognised contrast and its edge margin, as `napari-uad score`
+        labels, findings, threshold, min_volume = card_findings(result, volume, card)
         ref, ref_name = reference_mask(path, volume, result.mask, args.out, args.robex_reference)
         inside = [float(ref[labels == f.finding_id].mean()) >= 0.5 for f in findings]
         tumour_path = path.parent / TUMOUR_FILE

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from .io import Volume
 
-__all__ = ["interior", "Finding", "label_components", "describe_components", "find_findings"]
+__all__ = ["interior", "Finding", "label_components", "describe_components", "find_findings", "card_findings"]
 
 
 @dataclass(frozen=True)
@@ -160,3 +160,16 @@ def find_findings(score_map: np.ndarray, volume: Volume, threshold: float, min_v
         score_map = np.where(allowed, score_map, np.float32(-np.inf)).astype(score_map.dtype, copy=False)
     labels, _ = label_components(score_map, threshold, volume.voxel_volume_mm3, min_volume_mm3, connectivity)
     return labels, describe_components(labels, score_map, volume)
+
+
+def card_findings(result, volume: Volume, card) -> tuple[np.ndarray, list[Finding], float | None, float]:
+    """Findings of a scored scan at its model card's own settings, as ``napari-uad score`` makes them without
+    options: the card's detection map, its operating point for the scan's recognised contrast
+    (``result.contrast``) and its edge margin (world mm) from the brain mask's surface. ``result``: a
+    ``scoring.ScoreResult`` of ``volume`` (canonical grid); ``card``: a ``model_card.ModelCard``. Returns (labels,
+    findings, threshold, minimum volume mm^3)."""
+    threshold, min_volume = card.operating_point(result.contrast)
+    margin = float(card.calibration.get("edge_margin_mm", 0.0))
+    labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
+                                     allowed=interior(result.mask, volume.spacing, margin))
+    return labels, findings, threshold, min_volume

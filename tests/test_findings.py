@@ -71,3 +71,31 @@ def test_edge_margin_keeps_findings_away_from_the_brain_surface():
     assert len(findings) == 2
     labels, findings = find_findings(score, volume, 1.0, allowed=deep)
     assert len(findings) == 1 and labels[20, 20, 9] == 1 and labels[6, 20, 9] == 0
+
+
+def test_card_findings_use_the_cards_point_for_the_scans_contrast_and_its_edge_margin():
+    """``card_findings`` is what `napari-uad score` finds without options: the card's detection map at the point
+    of the scan's recognised contrast (the pooled one otherwise), no finding within the edge margin of the brain
+    mask's surface."""
+    from types import SimpleNamespace
+
+    from napari_uad.findings import card_findings
+    from napari_uad.model_card import ModelCard
+
+    card = ModelCard(name="t", version="0")
+    card.calibration = {"detection_map": "combined", "maps": {"combined": {"threshold": 2.0}}, "min_volume_mm3": 0.0,
+                        "edge_margin_mm": 3.0,
+                        "operating_point": {"by_contrast": {"bright_fluid": {"threshold": 4.0, "min_volume_mm3": 8.0}}}}
+    brain = np.zeros((30, 30, 30), bool)
+    brain[2:28, 2:28, 2:28] = True
+    score = np.zeros(brain.shape, np.float32)
+    score[10:13, 10:13, 10:13] = 3.0  # 27 mm^3, between the two thresholds
+    score[18:20, 18:20, 18:20] = 5.0  # 8 mm^3, above both
+    score[2:5, 14:17, 14:17] = 5.0  # on the brain's surface: inside the 3 mm edge margin
+    volume = Volume.from_array(brain.astype(np.float32), np.eye(4))
+    for contrast, threshold, expected in ((None, 2.0, 2), ("dark_fluid", 2.0, 2), ("bright_fluid", 4.0, 1)):
+        result = SimpleNamespace(maps={"combined": score}, mask=brain, contrast=contrast)
+        labels, findings, used, min_volume = card_findings(result, volume, card)
+        assert used == threshold and len(findings) == expected and labels.max() == expected
+        assert not labels[2:5].any()
+        assert min_volume == (8.0 if contrast == "bright_fluid" else 0.0)
