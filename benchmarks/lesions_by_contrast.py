@@ -9,8 +9,10 @@ family gets each kind once per 16 heads), normal variants, seeds from --seed, ea
 skull-stripped scan (as calibration with --true-brain-masks scores them). Findings are made as ``napari-uad score``
 makes them (the card's operating point for the recognised contrast, its edge margin). For every lesion object (a
 connected component of the lesion mask, as object recall counts them) one line: kind, volume (mm^3), the detection
-map's maximum inside it, how many mm^3 of it reach the threshold, and whether a finding overlaps it. Says why a
-contrast's object recall is what it is (too small, too faint, or cut by the minimum volume); changes no card.
+map's maximum inside it, how many mm^3 of it reach the threshold, whether a finding overlaps it (``found``: what a
+reviewer sees) and whether a finding matches it by object recall's rule (``matched``: ``metrics.component_matches``,
+the finding's centroid inside it and a size within 0.5-2x). Says why a contrast's object recall is what it is (too
+small, too faint, or cut by the minimum volume); changes no card.
 """
 
 from __future__ import annotations
@@ -31,37 +33,39 @@ def main() -> None:
     if setup is None:
         return
     scorer, card, files = setup
-    from napari_uad.findings import find_findings, interior
+    from napari_uad.findings import card_findings
+    from napari_uad.metrics import component_matches
     from napari_uad.io import Volume
     from napari_uad.synth_lesions import LESION_KINDS
 
-    margin = float(card.calibration.get("edge_margin_mm", 0.0))
     structure = ndimage.generate_binary_structure(3, 3)
     rows = []
-    for i, path, head in heads_in_turn(files, 4 * args.n, args.seed, lesion=lambda i: LESION_KINDS[(i // 4) % 4]):
+    kind_of = lambda i: LESION_KINDS[(i // 4) % 4]  # noqa: E731  (each family gets each kind once per 16 heads)
+    for i, path, head in heads_in_turn(files, 4 * args.n, args.seed, lesion=kind_of):
         data = np.where(head.brain, head.data, 0).astype(head.data.dtype)
         volume = Volume.from_array(data, head.affine, modality="MR")
         result = scorer.score(volume, mask=head.brain)
-        threshold, min_volume = card.operating_point(result.contrast)
+        labels, _, threshold, min_volume = card_findings(result, volume, card)
         score_map = result.maps[card.detection_map]
-        labels, _ = find_findings(score_map, volume, threshold, min_volume,
-                                  allowed=interior(result.mask, volume.spacing, margin))
         voxel_mm3 = float(np.prod(volume.spacing))
+        matched = set(component_matches(labels, head.lesion)[1].tolist())
         objects, n_objects = ndimage.label(head.lesion > 0, structure=structure)
         for k in range(1, n_objects + 1):
             inside = objects == k
             row = {"seed": args.seed + i, "family": head.params["contrast_family"],
-                   "recognised_contrast": result.contrast, "kind": LESION_KINDS[(i // 4) % 4], "threshold": round(threshold, 3), "min_volume_mm3": min_volume,
+                   "recognised_contrast": result.contrast, "kind": kind_of(i), "threshold": round(threshold, 3),
+                   "min_volume_mm3": min_volume,
                    "lesion_mm3": round(float(inside.sum()) * voxel_mm3, 1),
                    "max_score": round(float(score_map[inside].max()), 3),
                    "mm3_above_threshold": round(float((score_map[inside] >= threshold).sum()) * voxel_mm3, 1),
-                   "found": bool((labels[inside] > 0).any())}
+                   "found": bool((labels[inside] > 0).any()), "matched": k in matched}
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {}
     for contrast in sorted({r["recognised_contrast"] or "unrecognised" for r in rows}):
         mine = [r for r in rows if (r["recognised_contrast"] or "unrecognised") == contrast]
-        summary[contrast] = {kind: f"{sum(r['found'] for r in mine if r['kind'] == kind)} / "
+        summary[contrast] = {kind: f"{sum(r['found'] for r in mine if r['kind'] == kind)} found, "
+                                   f"{sum(r['matched'] for r in mine if r['kind'] == kind)} matched / "
                                    f"{sum(r['kind'] == kind for r in mine)}" for kind in LESION_KINDS}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": f"{card.name} {card.version}", "seed": args.seed, "n": args.n,
