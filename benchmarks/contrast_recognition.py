@@ -19,7 +19,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from _validation import heads_in_turn, validation_args  # noqa: E402
+from _validation import fitted_tissue_means, heads_in_turn, validation_args  # noqa: E402
 
 EXPECTED = {"t1": "dark_fluid", "flair": "dark_fluid", "t2": "bright_fluid", "pd": "bright_fluid"}
 
@@ -33,18 +33,13 @@ def main() -> None:
     if setup is None:
         return
     _, card, files = setup
-    from napari_uad.io import Volume
-    from napari_uad.preprocessing import prepare_volume
     from napari_uad.synth_labels import CLINICAL_FAMILIES
-    from napari_uad.tissue import CONTRASTS, scan_contrast, tissue_outliers
+    from napari_uad.tissue import CONTRASTS, scan_contrast
 
     rows, confusion = [], Counter()
     for i, _, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
         family = head.params["contrast_family"]
-        volume = Volume.from_array(head.data, head.affine, modality="MR")
-        prepared = prepare_volume(volume, card.preprocessing, card.input_size, mask=head.brain)
-        _, means = tissue_outliers(prepared.standardised, prepared.brain, prepared.tissue_priors(), volume.spacing,
-                                   card.scoring.tissue())
+        means = fitted_tissue_means(card, head.data, head.affine, head.brain)
         contrast = scan_contrast(means)
         confusion[(family, contrast)] += 1
         row = {"seed": args.seed + i, "family": family, "means_csf_gm_wm": [round(float(m), 3) for m in means],

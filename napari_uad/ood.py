@@ -3,7 +3,8 @@
 The card's ``calibration.ood`` block (written by :func:`napari_uad.calibration.calibrate` from its healthy
 validation volumes) holds: modality, brain volume range (ml), smallest field-of-view side (mm), the healthy
 volume scores, the largest fraction of brain voxels above the detection threshold and whether the healthy scans
-were contrast-enhanced (absent in older cards: ours were not). Each check returns
+were contrast-enhanced (absent in older cards: ours were not). One check needs no reference: the scan's tissue fit
+must have its classes in an order some MR contrast has. Each check returns
 human-readable warnings; a CT scan given to an MR model (or the reverse) is refused unless forced.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from .io import Volume
 from .model_card import ModelCard
+from .tissue import implausible_tissue_order
 
 if TYPE_CHECKING:
     from .scoring import ScoreResult
@@ -69,13 +71,16 @@ def check_input(volume: Volume, card: ModelCard, force: bool = False) -> list[st
 
 
 def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarray, volume_score: float,
-                 card: ModelCard, detection_map: str, template_dice: float | None = None) -> tuple[list[str], dict]:
+                 card: ModelCard, detection_map: str, template_dice: float | None = None,
+                 tissue_means: tuple[float, float, float] | None = None) -> tuple[list[str], dict]:
     """Warnings after scoring and the numbers they rest on (for S.json).
 
     brain: brain mask (canonical grid); detection: the detection map, same grid; the fraction above threshold
     is taken at the card's calibrated threshold, so it is comparable to the card's healthy reference whatever
     threshold the user chose. template_dice: Dice of the brain mask with the aligned template's brain
-    (``ScoreResult.template_brain_dice``; None when the scan was not aligned).
+    (``ScoreResult.template_brain_dice``; None when the scan was not aligned). tissue_means: the tissue fit's CSF,
+    GM and WM means (``ScoreResult.tissue_means``; None when the tissue map was not computed), checked against the
+    orders MR contrasts have (``tissue.implausible_tissue_order``; needs no calibration reference).
     """
     ref = ood_reference(card)
     warnings: list[str] = []
@@ -94,6 +99,13 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
             warnings.append(f"the brain mask fits the template brain poorly (Dice {template_dice:.2f}; healthy "
                             f"calibration scans >= {lowest:.2f}): brain extraction may have cut away part of the "
                             "brain or a lesion")
+    if tissue_means is not None:
+        facts["tissue_means_csf_gm_wm"] = [round(float(m), 3) for m in tissue_means]
+        why = implausible_tissue_order(tissue_means)
+        if why is not None:
+            warnings.append(f"the scan's tissue fit is implausible ({why}; no T1, T2, PD or FLAIR scan looks like "
+                            "that): a large anomaly may have taken over a tissue class, or this is not a structural "
+                            "brain MR")
     threshold = card.default_threshold(detection_map)
     healthy_max = ref.get("max_fraction_above_threshold", {}).get(detection_map)
     if threshold is not None and brain.any():
@@ -115,6 +127,7 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
 
 def check_score(result: "ScoreResult", voxel_volume_mm3: float, card: ModelCard, detection_map: str
                 ) -> tuple[list[str], dict]:
-    """:func:`check_result` on a scorer's result (its brain mask, detection map, volume score, template fit)."""
+    """:func:`check_result` on a scorer's result (its brain mask, detection map, volume score, template fit and
+    tissue fit)."""
     return check_result(result.mask, voxel_volume_mm3, result.maps[detection_map], result.volume_score, card,
-                        detection_map, result.template_brain_dice)
+                        detection_map, result.template_brain_dice, result.tissue_means)

@@ -123,6 +123,9 @@ class ScoreResult:
     contrast: the scan's contrast recognised from its tissue fit (``tissue.scan_contrast``: "dark_fluid" or
         "bright_fluid"), which picks the card's operating point and the combined map's healthy tables; None where
         the tissue map was not computed.
+    tissue_means: the tissue fit's CSF, GM and WM means (standardised intensity units) that ``contrast`` was
+        read from, which the out-of-distribution guard checks for an order no MR contrast has
+        (``tissue.implausible_tissue_order``); None where the tissue map was not computed.
     """
 
     maps: dict[str, np.ndarray]
@@ -139,6 +142,7 @@ class ScoreResult:
     warnings: list[str] = field(default_factory=list)
     preprocessing: list[dict] = field(default_factory=list)
     contrast: str | None = None
+    tissue_means: tuple[float, float, float] | None = None
 
 
 def _native_slice_profile(prepared: PreparedVolume, slice_kl: np.ndarray, slice_rec: np.ndarray
@@ -279,7 +283,7 @@ class Scorer:
             native = prepared.to_native(np.stack([out[name] for name in model_maps]))
             out = {name: native[c] for c, name in enumerate(model_maps)}
         brain = prepared.brain
-        contrast = None
+        contrast = tissue_means = None
         if "tissue" in computed:
             priors = prepared.tissue_priors()
             if priors is None:
@@ -288,7 +292,8 @@ class Scorer:
             else:
                 out["tissue"], means = tissue_outliers(prepared.standardised, brain, priors, volume.spacing,
                                                        self.card.scoring.tissue())
-                contrast = None if means is None else scan_contrast(means)
+                if means is not None:
+                    contrast, tissue_means = scan_contrast(means), tuple(float(m) for m in means)
         if "asymmetry" in computed:
             mirror = prepared.midsagittal_mirror()
             if mirror is None:
@@ -324,7 +329,8 @@ class Scorer:
         return ScoreResult(maps=out, mask=brain, slice_scores=slice_scores, slice_kl=slice_kl, slice_rec=slice_rec,
                            volume_score=volume_score, device=self.device.type, batch_size=batch_size,
                            seconds=seconds, warnings=notes, preprocessing=prepared.steps,
-                           template_brain_dice=template_dice, postprocessing=done_post, contrast=contrast)
+                           template_brain_dice=template_dice, postprocessing=done_post, contrast=contrast,
+                           tissue_means=tissue_means)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _postprocess(self, out: dict[str, np.ndarray], brain: np.ndarray, spacing) -> dict:

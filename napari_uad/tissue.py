@@ -47,7 +47,7 @@ from scipy.special import log_ndtr, logsumexp
 from .mask import bounding_box
 
 __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smooth_priors", "scan_contrast",
-           "deformed_priors", "TissueSettings", "TISSUES", "CONTRASTS"]
+           "deformed_priors", "implausible_tissue_order", "TissueSettings", "TISSUES", "CONTRASTS"]
 
 TISSUES = ("csf", "gm", "wm")
 CONTRASTS = {"dark_fluid": "T1/FLAIR-like (dark fluid)", "bright_fluid": "T2/PD-weighted (bright fluid)"}
@@ -225,6 +225,20 @@ def scan_contrast(means: np.ndarray) -> str:
     fluid brighter than both tissues -> "bright_fluid" (T2- or PD-weighted), else "dark_fluid" (T1, FLAIR)."""
     csf, gm, wm = (float(m) for m in means)
     return "bright_fluid" if csf > max(gm, wm) else "dark_fluid"
+
+
+def implausible_tissue_order(means) -> str | None:
+    """Why the fitted CSF, GM, WM means (any intensity scale) cannot be a structural brain MR's, or None.
+
+    Grey matter's relaxation times and proton density lie between white matter's and fluid's, so on T1, T2 and PD
+    weighting grey matter is between them, and on FLAIR (fluid nulled) it is the brightest: it is darker than both
+    fluid and white matter on no clinical contrast. A fit that says so has been taken over by something else -- a
+    large bright anomaly absorbed by the central classes (CSF and WM priors), or a scan that is not a structural
+    brain MR. Chosen on validation heads (docs/RESULTS.md, "Out-of-distribution guard: the tissue fit")."""
+    csf, gm, wm = (float(m) for m in means)
+    if gm < min(csf, wm):
+        return "grey matter darker than both fluid and white matter"
+    return None
 
 
 def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,

@@ -1,5 +1,5 @@
-"""The out-of-distribution guard: fires on a CT scan, a tiny volume and a brain a third of which is 'lesion';
-stays quiet on the bundled sample scored by the bundled model."""
+"""The out-of-distribution guard: fires on a CT scan, a tiny volume, a brain a third of which is 'lesion' and a tissue
+fit no MR contrast gives; stays quiet on the bundled sample scored by the bundled model."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from napari_uad.io import Volume
 from napari_uad.model_card import ModelCard
 from napari_uad.ood import UNRELIABLE, ModalityMismatch, check_input, check_result
 from napari_uad.resources import sample_data_dir
+from napari_uad.tissue import implausible_tissue_order
 
 
 def card_with_reference() -> ModelCard:
@@ -104,6 +105,31 @@ def test_a_brain_mask_that_misses_part_of_the_template_brain_fires():
                         card_with_reference(), "nll", template_dice=0.5)[0] == []
 
 
+@pytest.mark.parametrize("contrast, means", [("T1", (-1.7, -0.4, 1.3)), ("T2", (1.5, 0.4, -1.2)),
+                                             ("FLAIR", (-2.4, 0.6, 0.3)), ("PD", (1.0, 0.5, -1.0)),
+                                             ("PD, fluid between", (-0.5, 0.6, -0.9))])
+def test_the_tissue_orders_of_mr_contrasts_are_plausible(contrast, means):
+    """CSF, GM, WM means as the tissue fits of healthy validation heads give them (standardised units)."""
+    assert implausible_tissue_order(means) is None
+
+
+@pytest.mark.parametrize("means", [(1.2, -0.8, 1.1), (0.7, -0.6, 1.0), (-0.3, -0.6, 1.1)])
+def test_grey_matter_darker_than_fluid_and_white_matter_is_implausible_and_warns(means):
+    """The fits of brains whose central 30 % is a bright ball: the CSF and WM classes absorb it."""
+    assert implausible_tissue_order(means) == "grey matter darker than both fluid and white matter"
+    volume, brain = brain_ball()
+    quiet, facts = check_result(brain, volume.voxel_volume_mm3, np.zeros(brain.shape, np.float32), 120.0,
+                                card_with_reference(), "nll", tissue_means=(-1.7, -0.4, 1.3))
+    assert quiet == [] and facts["tissue_means_csf_gm_wm"] == [-1.7, -0.4, 1.3]
+    loud, facts = check_result(brain, volume.voxel_volume_mm3, np.zeros(brain.shape, np.float32), 120.0,
+                               card_with_reference(), "nll", tissue_means=means)
+    assert len(loud) == 1 and loud[0].startswith("the scan's tissue fit is implausible (grey matter darker")
+    # without a tissue fit (the tissue map not computed) there is nothing to check
+    assert "tissue_means_csf_gm_wm" not in check_result(brain, volume.voxel_volume_mm3,
+                                                        np.zeros(brain.shape, np.float32), 120.0,
+                                                        card_with_reference(), "nll")[1]
+
+
 def test_check_score_reads_the_scorers_result():
     """The callers hand over the ScoreResult: its mask, detection map, volume score and template fit are used."""
     from napari_uad.ood import check_score
@@ -116,19 +142,20 @@ def test_check_score_reads_the_scorers_result():
     score[brain] = 10.0  # the whole brain above the card's threshold
     k = np.zeros(brain.shape[2])
     result = ScoreResult(maps={"nll": score}, mask=brain, slice_scores=k, slice_kl=k, slice_rec=k, volume_score=400.0,
-                         device="cpu", batch_size=1, template_brain_dice=0.86)
+                         device="cpu", batch_size=1, template_brain_dice=0.86, tissue_means=(0.7, -0.6, 1.0))
     assert check_score(result, volume.voxel_volume_mm3, card, "nll") == check_result(
-        brain, volume.voxel_volume_mm3, score, 400.0, card, "nll", template_dice=0.86)
+        brain, volume.voxel_volume_mm3, score, 400.0, card, "nll", template_dice=0.86, tissue_means=(0.7, -0.6, 1.0))
     found, facts = check_score(result, volume.voxel_volume_mm3, card, "nll")
-    assert len(found) == 3 and facts["template_brain_dice"] == 0.86 and facts["fraction_above_card_threshold"] == 1
+    assert len(found) == 4 and facts["template_brain_dice"] == 0.86 and facts["fraction_above_card_threshold"] == 1
 
 
 @pytest.mark.slow
 def test_bundled_sample_is_quiet_and_a_lesion_scan_speaks(tmp_path, capsys):
     """End to end with the bundled model: the sample brain raises no OOD warning; a T2-like synthetic brain with
     30 % of it replaced by a bright 'lesion' gets warnings in S.json and on stderr (brain extraction cuts the
-    ball away, and the guard says so). A FLAIR-like brain with the same ball gets neither a warning nor a finding
-    from 3.7.0 or 3.8.0: a known gap (docs/RESULTS.md, "Out-of-distribution guard: a known gap")."""
+    ball away, and the guard says so). On a FLAIR-like brain the ball survives brain extraction and lights up no
+    finding (the tissue fit absorbs it); the guard then speaks through the tissue fit's implausible class order
+    (docs/RESULTS.md, "Out-of-distribution guard: the tissue fit"), with the default maps."""
     import nibabel as nib
 
     from napari_uad.synth import bright_ball, healthy_volume
@@ -150,3 +177,12 @@ def test_bundled_sample_is_quiet_and_a_lesion_scan_speaks(tmp_path, capsys):
     report = json.loads((out / "lesion.json").read_text())
     assert UNRELIABLE in report["out_of_distribution"]["warnings"]
     assert UNRELIABLE in capsys.readouterr().err
+    flair = healthy_volume(2026, contrast="flair")
+    data, _ = bright_ball(flair.data, 0.3)
+    nib.save(nib.Nifti1Image(data, flair.affine), str(tmp_path / "ball_flair.nii.gz"))
+    assert cli_main(["score", str(tmp_path / "ball_flair.nii.gz"), "--out", str(out), "--quiet"]) == 0
+    ood = json.loads((out / "ball_flair.json").read_text())["out_of_distribution"]
+    assert any("tissue fit is implausible" in w for w in ood["warnings"]) and UNRELIABLE in ood["warnings"]
+    assert UNRELIABLE in capsys.readouterr().err
+    csf, gm, wm = ood["tissue_means_csf_gm_wm"]
+    assert gm < min(csf, wm)
