@@ -83,7 +83,7 @@ def main() -> None:
         return "<".join("CSF GM WM".split()[c] for c in np.argsort(means))
 
     summary, rows = {}, []
-    for name in args.sets.split(","):
+    for name in [s for s in args.sets.split(",") if s]:
         if name not in SETS:
             raise SystemExit(f"unknown set {name!r}; choose from {', '.join(SETS)}")
         fired, orders = Counter(), Counter()

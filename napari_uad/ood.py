@@ -103,9 +103,9 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
         facts["tissue_means_csf_gm_wm"] = [round(float(m), 3) for m in tissue_means]
         why = implausible_tissue_order(tissue_means)
         if why is not None:
-            warnings.append(f"the scan's tissue fit is implausible ({why}; no T1, T2, PD or FLAIR scan looks like "
-                            "that): a large anomaly may have taken over a tissue class, or this is not a structural "
-                            "brain MR")
+            warnings.append(f"the scan's tissue fit is implausible ({why}, which no T1, T2, PD or FLAIR scan "
+                            "without contrast agent shows): a large anomaly or a contrast agent may have taken over a "
+                            "tissue class, or this is not a structural brain MR")
     threshold = card.default_threshold(detection_map)
     healthy_max = ref.get("max_fraction_above_threshold", {}).get(detection_map)
     if threshold is not None and brain.any():

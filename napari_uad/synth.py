@@ -25,7 +25,7 @@ from scipy import ndimage
 from .preprocessing.template import load_atlas
 
 __all__ = ["CONTRASTS", "ANOMALY_KINDS", "SynthCase", "load_atlas", "healthy_volume", "insert_anomaly",
-           "synth_case", "bright_ball"]
+           "synth_case", "bright_ball", "dark_ball"]
 
 CONTRASTS = ("t1", "t2", "flair", "pd", "random")
 ANOMALY_KINDS = ("sphere", "cube", "tumour", "blobs", "irregular")
@@ -122,17 +122,30 @@ def _ball(shape, centre, radii) -> np.ndarray:
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1.0
 
 
-def bright_ball(data: np.ndarray, fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A gross anomaly for the out-of-distribution guard: (copy of the skull-stripped ``data`` (brain = data > 0)
-    whose central ``fraction`` of brain voxels, by distance from the brain's centroid in voxels, is replaced by a
-    textured ball at 1.8 x the brain's 99th intensity percentile, its mask). ``data`` is not changed."""
+def _central_ball(data: np.ndarray, fraction: float, seed: int, level) -> tuple[np.ndarray, np.ndarray]:
+    """(copy of the skull-stripped ``data`` (brain = data > 0) whose central ``fraction`` of brain voxels, by
+    distance from the brain's centroid in voxels, is a textured ball at ``level(brain intensities)``, its mask)."""
     out = np.asarray(data, dtype=np.float32).copy()
     brain = out > 0
     r = np.sqrt(((np.indices(brain.shape) - np.argwhere(brain).mean(0)[:, None, None, None]) ** 2).sum(0))
     ball = brain & (r < np.quantile(r[brain], fraction))
     noise = np.random.default_rng(seed).standard_normal(int(ball.sum()))
-    out[ball] = np.percentile(out[brain], 99) * 1.8 * (1 + 0.1 * noise)
+    value = level(out[brain])
+    out[ball] = np.maximum(value * (1 + 0.1 * noise), 1e-3 * value)  # stays > 0: still brain when stripped
     return out, ball
+
+
+def bright_ball(data: np.ndarray, fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A gross anomaly for the out-of-distribution guard: (copy of the skull-stripped ``data`` (brain = data > 0)
+    whose central ``fraction`` of brain voxels, by distance from the brain's centroid in voxels, is replaced by a
+    textured ball at 1.8 x the brain's 99th intensity percentile, its mask). ``data`` is not changed."""
+    return _central_ball(data, fraction, seed, lambda brain: 1.8 * np.percentile(brain, 99))
+
+
+def dark_ball(data: np.ndarray, fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bright_ball`'s dark twin: the ball at the brain's 1st intensity percentile (fluid-dark on T1 and
+    FLAIR, darker than white matter on T2: a cavity, a large cyst, a haematoma on T2)."""
+    return _central_ball(data, fraction, seed, lambda brain: np.percentile(brain, 1))
 
 
 def insert_anomaly(case: SynthCase, seed: int, kind: str | None = None, brain: np.ndarray | None = None
