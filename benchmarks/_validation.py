@@ -68,15 +68,16 @@ def heads_in_turn(files: list[Path], count: int, seed: int, families: tuple[str,
                                   lesion=lesion(i), normal_variants=normal_variants)
 
 
-def fitted_tissue_means(card, data, affine, brain):
-    """The tissue fit's CSF, GM, WM means (standardised units) of a scan given as an array in the voxel order of
-    ``affine`` with its true brain mask: the card's preprocessing on that mask, the mixture fitted as the tissue
-    map fits it (no model pass)."""
+def fitted_tissue(card, data, affine, brain):
+    """(signed tissue map at the brain's voxels, the fit's CSF, GM, WM means) of a scan given as an array in the
+    voxel order of ``affine`` with its true brain mask, both in standardised units: the card's preprocessing on
+    that mask, the mixture fitted as the tissue map fits it (no model pass)."""
     from napari_uad.io import Volume
     from napari_uad.preprocessing import prepare_volume
     from napari_uad.tissue import tissue_outliers
 
     volume = Volume.from_array(data, affine, modality="MR")
     prepared = prepare_volume(volume, card.preprocessing, card.input_size, mask=brain)
-    return tissue_outliers(prepared.standardised, prepared.brain, prepared.tissue_priors(), volume.spacing,
-                           card.scoring.tissue())[1]
+    tissue, means = tissue_outliers(prepared.standardised, prepared.brain, prepared.tissue_priors(), volume.spacing,
+                                    card.scoring.tissue())
+    return tissue[prepared.brain], means

@@ -19,7 +19,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from _validation import fitted_tissue_means, heads_in_turn, validation_args  # noqa: E402
+from _validation import fitted_tissue, heads_in_turn, validation_args  # noqa: E402
 
 EXPECTED = {"t1": "dark_fluid", "flair": "dark_fluid", "t2": "bright_fluid", "pd": "bright_fluid"}
 
@@ -39,7 +39,7 @@ def main() -> None:
     rows, confusion = [], Counter()
     for i, _, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
         family = head.params["contrast_family"]
-        means = fitted_tissue_means(card, head.data, head.affine, head.brain)
+        _, means = fitted_tissue(card, head.data, head.affine, head.brain)
         contrast = scan_contrast(means)
         confusion[(family, contrast)] += 1
         row = {"seed": args.seed + i, "family": family, "means_csf_gm_wm": [round(float(m), 3) for m in means],

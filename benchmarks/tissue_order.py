@@ -2,7 +2,7 @@
 how often does a scan's tissue fit put grey matter below both fluid and white matter?
 
 Usage: python benchmarks/tissue_order.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 8]
-       [--n-lesion 8] [--sets label,label-lesion,mni,mni-lesion,ball] [--seed 720000]
+       [--n-lesion 8] [--sets label,label-lesion,mni,mni-lesion,ball,dark] [--seed 720000]
        [--out runs/tissue_order.json] [--scans FILE ...]
 
 Sets (each head prepared with the card's preprocessing on its true brain mask, its tissue mixture fitted as the
@@ -15,8 +15,11 @@ tissue map fits it; no model pass):
   ball         the gross anomaly the check is for: healthy label heads (--n per contrast, seeds --seed-20000+) and
                the sample brain's generator (seed 2026, each contrast) with the central 30 % of the brain a
                bright ball (``synth.bright_ball``)
-Prints a line per head (family, fitted CSF / GM / WM means in standardised units, class order, implausible) and
-per set the number of heads the check fires on and the class orders seen. --scans: also check these scan files as
+  dark         the same heads and brains with a dark ball instead (``synth.dark_ball``: at the brain's 1st
+               intensity percentile)
+Prints a line per head (family, fitted CSF / GM / WM means in standardised units, class order, implausible, and
+the share of the brain whose signed tissue map is <= -2 and <= -3: hypointense for its tissue) and per set the
+number of heads the order check fires on, the class orders seen and the range of the hypointense shares. --scans: also check these scan files as
 ``napari-uad score`` does (brain extraction where needed), e.g. the real test scans: reported, never used to
 choose anything.
 """
@@ -29,40 +32,41 @@ from pathlib import Path
 
 import numpy as np
 
-from _validation import fitted_tissue_means, heads_in_turn, validation_args  # noqa: E402
+from _validation import fitted_tissue, heads_in_turn, validation_args  # noqa: E402
 
-SETS = ("label", "label-lesion", "mni", "mni-lesion", "ball")
+SETS = ("label", "label-lesion", "mni", "mni-lesion", "ball", "dark")
+HYPO_LEVELS = (2, 3)  # the share of the brain whose signed tissue map is <= -level (hypointense for its tissue)
 
 
 def _cases(name: str, files, args):
     """Yield (family, data, affine, true brain mask) of a set's heads."""
-    from napari_uad.synth import bright_ball, healthy_volume, synth_case
+    from napari_uad.synth import bright_ball, dark_ball, healthy_volume, synth_case
     from napari_uad.synth_labels import CLINICAL_FAMILIES
     from napari_uad.synth_lesions import LESION_KINDS
 
-    if name in ("label", "ball"):
+    if name in ("label", "ball", "dark"):
         seed = args.seed if name == "label" else args.seed - 20_000
         for _, _, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), seed):
             data = np.where(head.brain, head.data, 0).astype(np.float32)
-            if name == "ball":
-                data, _ = bright_ball(data, 0.3)
+            if name != "label":
+                data, _ = (bright_ball if name == "ball" else dark_ball)(data, 0.3)
             yield head.params["contrast_family"], data, head.affine, head.brain
     if name == "label-lesion":
         count = args.n_lesion * len(LESION_KINDS)
         for _, _, head in heads_in_turn(files, count, args.seed + 10_000,
                                         lesion=lambda i: LESION_KINDS[i % len(LESION_KINDS)]):
             yield head.params["contrast_family"], head.data, head.affine, head.brain
-    if name in ("mni", "mni-lesion", "ball"):
-        seeds = {"mni": args.seed + 20_000, "mni-lesion": args.seed + 30_000, "ball": 2026}
-        count = 1 if name == "ball" else args.n
+    if name in ("mni", "mni-lesion", "ball", "dark"):
+        seeds = {"mni": args.seed + 20_000, "mni-lesion": args.seed + 30_000, "ball": 2026, "dark": 2026}
+        count = 1 if name in ("ball", "dark") else args.n
         for i in range(count * len(CLINICAL_FAMILIES)):
             family = CLINICAL_FAMILIES[i % len(CLINICAL_FAMILIES)]
             seed = seeds[name] + (0 if name == "ball" else i)
             case = (synth_case(seed, "any", contrast=family) if name == "mni-lesion"
                     else healthy_volume(seed, contrast=family))
             data = np.asarray(case.data, np.float32)
-            if name == "ball":
-                data, _ = bright_ball(data, 0.3)
+            if name in ("ball", "dark"):
+                data, _ = (bright_ball if name == "ball" else dark_ball)(data, 0.3)
             yield family, data, case.affine, np.asarray(case.data) > 0
 
 
@@ -88,17 +92,20 @@ def main() -> None:
             raise SystemExit(f"unknown set {name!r}; choose from {', '.join(SETS)}")
         fired, orders = Counter(), Counter()
         for family, data, affine, brain in _cases(name, files, args):
-            means = fitted_tissue_means(card, data, affine, brain)
+            tissue, means = fitted_tissue(card, data, affine, brain)
             why = implausible_tissue_order(means)
             row = {"set": name, "family": family, "means_csf_gm_wm": [round(float(m), 3) for m in means],
-                   "order": order(means), "implausible": why is not None}
+                   "order": order(means), "implausible": why is not None,
+                   **{f"hypointense_{level}": round(float((tissue <= -level).mean()), 5) for level in HYPO_LEVELS}}
             rows.append(row)
             orders[row["order"]] += 1
             fired[family] += int(row["implausible"])
             print(json.dumps(row), flush=True)
         heads = sum(orders.values())
+        shares = {f"hypointense_{level}": [r[f"hypointense_{level}"] for r in rows if r["set"] == name]
+                  for level in HYPO_LEVELS}
         summary[name] = {"heads": heads, "fired": sum(fired.values()), "fired_by_family": dict(fired),
-                         "orders": dict(orders)}
+                         "orders": dict(orders), **{k: {"min": min(v), "max": max(v)} for k, v in shares.items()}}
         print(json.dumps({name: summary[name]}), flush=True)
     scans = []
     if args.scans:
