@@ -30,9 +30,6 @@ _BRAIN_VOLUME_SLACK = 0.5  # flagged below half the smallest / above 1.5x the la
 _TEMPLATE_DICE_SLACK = 0.05  # flagged when the brain mask fits the aligned template brain this much worse than
 # every healthy calibration scan: brain extraction cut away part of the brain (or a lesion), or alignment failed
 _FRACTION_FACTOR = 10.0  # flagged when 10x more of the brain is above threshold than in any healthy scan ...
-_MAX_HYPOINTENSE_ML = 1.5 * 67.3  # flagged above 1.5x the largest hypointense region (tissue.hypointense_region_ml)
-# of 32 healthy validation heads (16 label-map heads, 16 MNI-template brains; 67.3 ml on a thick-slice head):
-# docs/RESULTS.md, "Out-of-distribution guard: the tissue fit"; the default tissue-map settings of the bundled cards
 _MIN_FRACTION = 0.15  # ... and at least 15 % of it: more than a large glioma with its oedema; a scan of
 # another contrast or a broken preprocessing lights up most of the brain
 
@@ -75,8 +72,7 @@ def check_input(volume: Volume, card: ModelCard, force: bool = False) -> list[st
 
 def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarray, volume_score: float,
                  card: ModelCard, detection_map: str, template_dice: float | None = None,
-                 tissue_means: tuple[float, float, float] | None = None, hypointense_ml: float | None = None
-                 ) -> tuple[list[str], dict]:
+                 tissue_means: tuple[float, float, float] | None = None) -> tuple[list[str], dict]:
     """Warnings after scoring and the numbers they rest on (for S.json).
 
     brain: brain mask (canonical grid); detection: the detection map, same grid; the fraction above threshold
@@ -85,8 +81,6 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
     (``ScoreResult.template_brain_dice``; None when the scan was not aligned). tissue_means: the tissue fit's CSF,
     GM and WM means (``ScoreResult.tissue_means``; None when the tissue map was not computed), checked against the
     orders MR contrasts have (``tissue.implausible_tissue_order``; needs no calibration reference).
-    hypointense_ml: the scan's largest region darker than its tissue should be (``ScoreResult.hypointense_ml``):
-    the detection map marks hyperintensity only, so a large dark region (a cavity, a cyst) is said here.
     """
     ref = ood_reference(card)
     warnings: list[str] = []
@@ -112,12 +106,6 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
             warnings.append(f"the scan's tissue fit is implausible ({why}, which no T1, T2, PD or FLAIR scan "
                             "without contrast agent shows): a large anomaly or a contrast agent may have taken over a "
                             "tissue class, or this is not a structural brain MR")
-    if hypointense_ml is not None:
-        facts["largest_hypointense_region_ml"] = round(float(hypointense_ml), 1)
-        if hypointense_ml > _MAX_HYPOINTENSE_ML:
-            warnings.append(f"a {hypointense_ml:.0f} ml region is darker than its tissue should be (healthy "
-                            f"validation scans: at most {_MAX_HYPOINTENSE_ML / 1.5:.0f} ml); the detection map marks "
-                            "only hyperintensity, so it is not a finding: a cavity, a cyst or a large dark lesion?")
     threshold = card.default_threshold(detection_map)
     healthy_max = ref.get("max_fraction_above_threshold", {}).get(detection_map)
     if threshold is not None and brain.any():
@@ -142,4 +130,4 @@ def check_score(result: "ScoreResult", voxel_volume_mm3: float, card: ModelCard,
     """:func:`check_result` on a scorer's result (its brain mask, detection map, volume score, template fit and
     tissue fit)."""
     return check_result(result.mask, voxel_volume_mm3, result.maps[detection_map], result.volume_score, card,
-                        detection_map, result.template_brain_dice, result.tissue_means, result.hypointense_ml)
+                        detection_map, result.template_brain_dice, result.tissue_means)

@@ -41,7 +41,7 @@ from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
 from .combined import COMBINED, all_components, combine, combined_components
 from .postprocess import median_filter_map, median_footprint
-from .tissue import hypointense_region_ml, scan_contrast, tissue_outliers
+from .tissue import scan_contrast, tissue_outliers
 from .asymmetry import asymmetry_map
 
 __all__ = ["default_maps", "DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
@@ -126,10 +126,6 @@ class ScoreResult:
     tissue_means: the tissue fit's CSF, GM and WM means (standardised intensity units) that ``contrast`` was
         read from, which the out-of-distribution guard checks for an order no MR contrast has
         (``tissue.implausible_tissue_order``); None where the tissue map was not computed.
-    hypointense_ml: the largest compact region (ml) darker than its tissue should be
-        (``tissue.hypointense_region_ml``), which the detection map (hyperintensity) does not mark and the
-        out-of-distribution guard reports when it is larger than on any healthy validation scan; None where the
-        tissue map was not computed.
     """
 
     maps: dict[str, np.ndarray]
@@ -147,7 +143,6 @@ class ScoreResult:
     preprocessing: list[dict] = field(default_factory=list)
     contrast: str | None = None
     tissue_means: tuple[float, float, float] | None = None
-    hypointense_ml: float | None = None
 
 
 def _native_slice_profile(prepared: PreparedVolume, slice_kl: np.ndarray, slice_rec: np.ndarray
@@ -288,7 +283,7 @@ class Scorer:
             native = prepared.to_native(np.stack([out[name] for name in model_maps]))
             out = {name: native[c] for c, name in enumerate(model_maps)}
         brain = prepared.brain
-        contrast = tissue_means = hypointense_ml = None
+        contrast = tissue_means = None
         if "tissue" in computed:
             priors = prepared.tissue_priors()
             if priors is None:
@@ -299,7 +294,6 @@ class Scorer:
                                                        self.card.scoring.tissue())
                 if means is not None:
                     contrast, tissue_means = scan_contrast(means), tuple(float(m) for m in means)
-                    hypointense_ml = hypointense_region_ml(out["tissue"], brain, volume.spacing)
         if "asymmetry" in computed:
             mirror = prepared.midsagittal_mirror()
             if mirror is None:
@@ -336,7 +330,7 @@ class Scorer:
                            volume_score=volume_score, device=self.device.type, batch_size=batch_size,
                            seconds=seconds, warnings=notes, preprocessing=prepared.steps,
                            template_brain_dice=template_dice, postprocessing=done_post, contrast=contrast,
-                           tissue_means=tissue_means, hypointense_ml=hypointense_ml)
+                           tissue_means=tissue_means)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _postprocess(self, out: dict[str, np.ndarray], brain: np.ndarray, spacing) -> dict:

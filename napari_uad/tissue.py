@@ -47,7 +47,7 @@ from scipy.special import log_ndtr, logsumexp
 from .mask import bounding_box
 
 __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smooth_priors", "scan_contrast",
-           "deformed_priors", "implausible_tissue_order", "hypointense_region_ml", "TissueSettings", "TISSUES", "CONTRASTS"]
+           "deformed_priors", "implausible_tissue_order", "TissueSettings", "TISSUES", "CONTRASTS"]
 
 TISSUES = ("csf", "gm", "wm")
 CONTRASTS = {"dark_fluid": "T1/FLAIR-like (dark fluid)", "bright_fluid": "T2/PD-weighted (bright fluid)"}
@@ -239,25 +239,6 @@ def implausible_tissue_order(means) -> str | None:
     if gm < min(csf, wm):
         return "grey matter darker than both fluid and white matter"
     return None
-
-
-def hypointense_region_ml(tissue: np.ndarray, brain: np.ndarray, spacing: tuple[float, float, float],
-                          level: float = 2.0, opening_mm: float = 4.0) -> float:
-    """Volume (ml) of the largest connected region of the brain that is hypointense for its tissue: signed tissue
-    map <= -``level``, morphologically opened by a ball of ``opening_mm`` world mm (so the thin partial-volume
-    rims along every tissue boundary drop out and only compact regions remain). tissue: the signed map
-    (``tissue_outlier_map``), brain: bool mask, both in the scan's grid of voxel size ``spacing`` (mm)."""
-    hypo = np.asarray(brain, bool) & (np.asarray(tissue) <= -level)
-    if not hypo.any():
-        return 0.0
-    sp = np.asarray(spacing, np.float64)
-    reach = np.floor(opening_mm / sp).astype(int)
-    offsets = (np.indices(2 * reach + 1) - reach[:, None, None, None]) * sp[:, None, None, None]
-    ball = (offsets**2).sum(axis=0) <= opening_mm**2
-    box = bounding_box(hypo, reach.tolist())
-    labels, n = ndimage.label(ndimage.binary_opening(hypo[box], ball))
-    largest = int(np.bincount(labels.ravel())[1:].max()) if n else 0
-    return largest * float(np.prod(sp)) / 1000.0
 
 
 def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
