@@ -1,5 +1,7 @@
 """The bundled model: its card verifies against its weights and is complete enough to score and calibrate."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,5 @@ def test_the_default_model_finds_the_sample_lesions(tmp_path):
     found = {lesion for lesion in overlaps.values() if lesion}
     false = [fid for fid, lesion in overlaps.items() if not lesion]
     assert n_lesions == 3 and len(found) >= 2 and len(false) <= 1
+    # and the out-of-distribution guard (tissue fit included: the default maps compute it) is quiet on it
+    assert json.loads((out / "sample_brain.json").read_text())["warnings"] == []
