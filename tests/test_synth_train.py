@@ -13,7 +13,7 @@ from napari_uad import cli
 from napari_uad.calibration import MIN_VOLUME_CANDIDATES_MM3, best_dice_threshold, quantile_table, to_quantile
 from napari_uad.model import ArchitectureConfig
 from napari_uad.model_card import ModelCard, load_model
-from napari_uad.synth import ANOMALY_KINDS, healthy_volume, insert_anomaly, synth_case
+from napari_uad.synth import ANOMALY_KINDS, bright_ball, dark_ball, healthy_volume, insert_anomaly, synth_case
 from napari_uad.train import TrainConfig, Trainer, context_encoding_batch, train_model
 
 
@@ -54,6 +54,23 @@ def test_several_lesions_accumulate_in_the_mask():
 def test_thick_slices_make_an_anisotropic_volume():
     case = synth_case(4, None, "flair", slice_thickness=3.0)
     assert np.allclose(np.sqrt((case.affine[:3, :3] ** 2).sum(0)), [1, 1, 3])
+
+
+@pytest.mark.parametrize("make, percentile, factor", [(bright_ball, 99, 1.8), (dark_ball, 1, 1.0)])
+def test_the_guards_gross_anomalies_replace_the_brains_central_fraction(make, percentile, factor):
+    """bright_ball / dark_ball (benchmarks/ood_ball.py, tests/test_ood.py): the central 30 % of the brain's voxels,
+    textured around 1.8 x its 99th / its 1st intensity percentile, still brain (> 0); the input is not changed."""
+    data = np.zeros((30, 30, 30), np.float32)
+    data[5:25, 5:25, 5:25] = np.random.default_rng(0).uniform(50, 150, (20, 20, 20))
+    before = data.copy()
+    out, ball = make(data, 0.3)
+    brain = data > 0
+    assert np.array_equal(data, before) and (ball <= brain).all()
+    assert ball.sum() == pytest.approx(0.3 * brain.sum(), rel=0.02)
+    assert ball[15, 15, 15] and not ball[5, 5, 5]  # central, not at the edge
+    level = factor * np.percentile(data[brain], percentile)
+    assert np.median(out[ball]) == pytest.approx(level, rel=0.02) and (out[brain] > 0).all()
+    assert np.array_equal(out[~ball], data[~ball])
 
 
 def test_synth_cli_writes_scans_masks_and_manifest(tmp_path):
