@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,10 +71,19 @@ def heads_in_turn(files: list[Path], count: int, seed: int, families: tuple[str,
                                   lesion=lesion(i), normal_variants=normal_variants)
 
 
-def fitted_tissue(card, data, affine, brain):
-    """(signed tissue map at the brain's voxels, the fit's CSF, GM, WM means) of a scan given as an array in the
-    voxel order of ``affine`` with its true brain mask, both in standardised units: the card's preprocessing on
-    that mask, the mixture fitted as the tissue map fits it (no model pass)."""
+class FittedTissue(NamedTuple):
+    """A scan's tissue fit on its true brain mask: the signed tissue map and the brain mask (the scan's canonical
+    grid), its voxel size (mm) and the fit's CSF, GM, WM means (standardised units)."""
+
+    tissue: np.ndarray
+    brain: np.ndarray
+    spacing: tuple[float, float, float]
+    means: np.ndarray
+
+
+def fitted_tissue(card, data, affine, brain) -> FittedTissue:
+    """The tissue fit of a scan given as an array in the voxel order of ``affine`` with its true brain mask: the
+    card's preprocessing on that mask, the mixture fitted as the tissue map fits it (no model pass)."""
     from napari_uad.io import Volume
     from napari_uad.preprocessing import prepare_volume
     from napari_uad.tissue import tissue_outliers
@@ -80,4 +92,4 @@ def fitted_tissue(card, data, affine, brain):
     prepared = prepare_volume(volume, card.preprocessing, card.input_size, mask=brain)
     tissue, means = tissue_outliers(prepared.standardised, prepared.brain, prepared.tissue_priors(), volume.spacing,
                                     card.scoring.tissue())
-    return tissue[prepared.brain], means
+    return FittedTissue(tissue, prepared.brain, volume.spacing, means)

@@ -39,7 +39,7 @@ def main() -> None:
     rows, confusion = [], Counter()
     for i, _, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
         family = head.params["contrast_family"]
-        _, means = fitted_tissue(card, head.data, head.affine, head.brain)
+        means = fitted_tissue(card, head.data, head.affine, head.brain).means
         contrast = scan_contrast(means)
         confusion[(family, contrast)] += 1
         row = {"seed": args.seed + i, "family": family, "means_csf_gm_wm": [round(float(m), 3) for m in means],

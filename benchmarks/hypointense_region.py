@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 import tissue_order
-from _validation import validation_setup
+from _validation import fitted_tissue, validation_setup
 
 LEVEL = 2.0  # tissue map <= -LEVEL: hypointense for its tissue
 SMOOTHING_MM = (5.0, 10.0)
@@ -60,18 +60,11 @@ def main() -> None:
     if setup is None:
         return
     _, card, files = setup
-    from napari_uad.io import Volume
-    from napari_uad.preprocessing import prepare_volume
-    from napari_uad.tissue import tissue_outliers
-
     with out.open("a") as f:
         for name in sets:
             for family, data, affine, brain in tissue_order._cases(name, files, args):
-                volume = Volume.from_array(data, affine, modality="MR")
-                prepared = prepare_volume(volume, card.preprocessing, card.input_size, mask=brain)
-                tissue, _ = tissue_outliers(prepared.standardised, prepared.brain, prepared.tissue_priors(),
-                                            volume.spacing, card.scoring.tissue())
-                row = {"set": name, "family": family, **head_stats(tissue, prepared.brain, volume.spacing)}
+                fit = fitted_tissue(card, data, affine, brain)
+                row = {"set": name, "family": family, **head_stats(fit.tissue, fit.brain, fit.spacing)}
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 print(json.dumps(row), flush=True)

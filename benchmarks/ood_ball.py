@@ -5,10 +5,11 @@ Usage: python benchmarks/ood_ball.py [--model NAME|PATH] [--contrasts t1,t2,flai
 
 For each contrast, the MNI-template synthetic brain of --seed (``synth.healthy_volume``, the sample brain's
 generator) with its central 30 % replaced by a textured ball at 1.8 x its 99th intensity percentile
-(``synth.bright_ball``; with --dark a ball at its 1st percentile, ``synth.dark_ball``) is written to --out and scored with ``napari-uad score`` (default maps). Prints per
-contrast: how the scan was read, the brain mask's volume and fit to the template, the share of the ball inside the
-brain mask, the findings, how many of them touch the ball, and the guard's warnings. No finding and no warning on
-such a scan is a failure the guard exists to prevent.
+(``synth.bright_ball``; with --dark a ball at its 1st percentile, ``synth.dark_ball``) is written to --out and
+scored with ``napari-uad score`` (default maps). Prints per contrast: how the scan was read, the brain mask's
+volume and fit to the template, the share of the ball inside the brain mask, the findings, how many of them touch
+the ball, and the guard's warnings. No finding and no warning on such a scan is a failure the guard exists to
+prevent.
 """
 
 from __future__ import annotations

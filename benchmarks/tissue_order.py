@@ -15,13 +15,14 @@ tissue map fits it; no model pass):
   ball         the gross anomaly the check is for: healthy label heads (--n per contrast, seeds --seed-20000+) and
                the sample brain's generator (seed 2026, each contrast) with the central 30 % of the brain a
                bright ball (``synth.bright_ball``)
-  dark         the same heads and brains with a dark ball instead (``synth.dark_ball``: at the brain's 1st
-               intensity percentile)
+  dark         the same label heads with a dark ball instead (``synth.dark_ball``: at the brain's 1st intensity
+               percentile), and the sample brain's generator with seeds 2026-2029 (one per contrast, as the
+               numbers in docs/RESULTS.md were measured)
 Prints a line per head (family, fitted CSF / GM / WM means in standardised units, class order, implausible, and
 the share of the brain whose signed tissue map is <= -2 and <= -3: hypointense for its tissue) and per set the
-number of heads the order check fires on, the class orders seen and the range of the hypointense shares. --scans: also check these scan files as
-``napari-uad score`` does (brain extraction where needed), e.g. the real test scans: reported, never used to
-choose anything.
+number of heads the order check fires on, the class orders seen and the range of the hypointense shares.
+--scans: also check these scan files as ``napari-uad score`` does (brain extraction where needed), e.g. the real
+test scans: reported, never used to choose anything.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _cases(name: str, files, args):
         count = 1 if name in ("ball", "dark") else args.n
         for i in range(count * len(CLINICAL_FAMILIES)):
             family = CLINICAL_FAMILIES[i % len(CLINICAL_FAMILIES)]
-            seed = seeds[name] + (0 if name == "ball" else i)
+            seed = seeds[name] + (0 if name == "ball" else i)  # "dark": 2026 + i (module docstring)
             case = (synth_case(seed, "any", contrast=family) if name == "mni-lesion"
                     else healthy_volume(seed, contrast=family))
             data = np.asarray(case.data, np.float32)
@@ -92,7 +93,8 @@ def main() -> None:
             raise SystemExit(f"unknown set {name!r}; choose from {', '.join(SETS)}")
         fired, orders = Counter(), Counter()
         for family, data, affine, brain in _cases(name, files, args):
-            tissue, means = fitted_tissue(card, data, affine, brain)
+            fit = fitted_tissue(card, data, affine, brain)
+            tissue, means = fit.tissue[fit.brain], fit.means
             why = implausible_tissue_order(means)
             row = {"set": name, "family": family, "means_csf_gm_wm": [round(float(m), 3) for m in means],
                    "order": order(means), "implausible": why is not None,

@@ -234,7 +234,8 @@ def implausible_tissue_order(means) -> str | None:
     weighting grey matter is between them, and on FLAIR (fluid nulled) it is the brightest: it is darker than both
     fluid and white matter on no clinical contrast. A fit that says so has been taken over by something else -- a
     large bright anomaly absorbed by the central classes (CSF and WM priors), enhancing vessels and choroid plexus
-    pulling the CSF class up on a contrast-enhanced T1, or a scan that is not a structural brain MR. Chosen on validation heads (docs/RESULTS.md, "Out-of-distribution guard: the tissue fit")."""
+    pulling the CSF class up on a contrast-enhanced T1, or a scan that is not a structural brain MR. Chosen on
+    validation heads (docs/RESULTS.md, "Out-of-distribution guard: the tissue fit")."""
     csf, gm, wm = (float(m) for m in means)
     if gm < min(csf, wm):
         return "grey matter darker than both fluid and white matter"
