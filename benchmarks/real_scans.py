@@ -197,7 +197,8 @@ def main() -> int:
                "brain_mask_dice": round(2 * float((ref & result.mask).sum()) / float(ref.sum() + result.mask.sum()), 4),
                "preprocess_s": round(result.seconds["preprocess"], 2), "total_s": round(time.perf_counter() - t0, 1),
                "ood_warnings": "; ".join(warnings),
-               "brain_above_threshold": facts.get("fraction_above_card_threshold")}
+               "brain_above_threshold": facts.get("fraction_above_card_threshold"),
+               "hypointense_mm": facts.get("hypointense_thickness_mm")}
         if tumour_path.exists():
             tv = read_volume(tumour_path, allow_constant=True)
             if tv.shape == volume.shape and np.allclose(tv.affine, volume.affine, atol=1e-3):

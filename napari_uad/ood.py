@@ -3,8 +3,10 @@
 The card's ``calibration.ood`` block (written by :func:`napari_uad.calibration.calibrate` from its healthy
 validation volumes) holds: modality, brain volume range (ml), smallest field-of-view side (mm), the healthy
 volume scores, the largest fraction of brain voxels above the detection threshold and whether the healthy scans
-were contrast-enhanced (absent in older cards: ours were not). One check needs no reference: the scan's tissue fit
-must have its classes in an order some MR contrast has. Each check returns
+were contrast-enhanced (absent in older cards: ours were not). Two checks need no reference: the scan's tissue fit
+must have its classes in an order some MR contrast has, and no region darker than its tissue may be thicker than
+1.5 x the thickest of the healthy validation heads' (a cavity or a large cyst, which the hyperintensity-scoring
+detection map does not mark). Each check returns
 human-readable warnings; a CT scan given to an MR model (or the reverse) is refused unless forced.
 """
 
@@ -32,6 +34,11 @@ _TEMPLATE_DICE_SLACK = 0.05  # flagged when the brain mask fits the aligned temp
 _FRACTION_FACTOR = 10.0  # flagged when 10x more of the brain is above threshold than in any healthy scan ...
 _MIN_FRACTION = 0.15  # ... and at least 15 % of it: more than a large glioma with its oedema; a scan of
 # another contrast or a broken preprocessing lights up most of the brain
+HYPOINTENSE_HEALTHY_MAX_MM = 9.17  # the thickest hypointense region (``tissue.hypointense_thickness_mm``, world
+# mm) of 64 healthy validation heads (32 label-map heads, 32 MNI-template brains; docs/RESULTS.md, "Out-of-
+# distribution guard: a thick dark region") ...
+HYPOINTENSE_THICKNESS_MM = 1.5 * HYPOINTENSE_HEALTHY_MAX_MM  # ... and the bound: 1.5 x that (64 fresh healthy heads:
+# none above it; 128 lesion heads: 2 FLAIR infarcts with tissue loss above it)
 
 
 class ModalityMismatch(ValueError):
@@ -72,7 +79,8 @@ def check_input(volume: Volume, card: ModelCard, force: bool = False) -> list[st
 
 def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarray, volume_score: float,
                  card: ModelCard, detection_map: str, template_dice: float | None = None,
-                 tissue_means: tuple[float, float, float] | None = None) -> tuple[list[str], dict]:
+                 tissue_means: tuple[float, float, float] | None = None, hypointense_mm: float | None = None
+                 ) -> tuple[list[str], dict]:
     """Warnings after scoring and the numbers they rest on (for S.json).
 
     brain: brain mask (canonical grid); detection: the detection map, same grid; the fraction above threshold
@@ -81,6 +89,9 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
     (``ScoreResult.template_brain_dice``; None when the scan was not aligned). tissue_means: the tissue fit's CSF,
     GM and WM means (``ScoreResult.tissue_means``; None when the tissue map was not computed), checked against the
     orders MR contrasts have (``tissue.implausible_tissue_order``; needs no calibration reference).
+    hypointense_mm: the thickness (world mm) of the thickest region darker than its tissue
+    (``ScoreResult.hypointense_mm``; None when the tissue map was not computed), against
+    ``HYPOINTENSE_THICKNESS_MM``.
     """
     ref = ood_reference(card)
     warnings: list[str] = []
@@ -106,6 +117,13 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
             warnings.append(f"the scan's tissue fit is implausible ({why}, which no T1, T2, PD or FLAIR scan "
                             "without contrast agent shows): a large anomaly or a contrast agent may have taken over a "
                             "tissue class, or this is not a structural brain MR")
+    if hypointense_mm is not None:
+        facts["hypointense_thickness_mm"] = round(float(hypointense_mm), 1)
+        if hypointense_mm > HYPOINTENSE_THICKNESS_MM:
+            warnings.append(f"a region darker than its tissue should be is {hypointense_mm:.0f} mm thick (inscribed "
+                            f"radius; healthy validation heads stay below {HYPOINTENSE_THICKNESS_MM:.0f} mm): a large "
+                            "dark anomaly such as a cavity or a cyst, which the detection map (it scores "
+                            "hyperintensity) does not mark; look at it")
     threshold = card.default_threshold(detection_map)
     healthy_max = ref.get("max_fraction_above_threshold", {}).get(detection_map)
     if threshold is not None and brain.any():
@@ -127,7 +145,7 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
 
 def check_score(result: "ScoreResult", voxel_volume_mm3: float, card: ModelCard, detection_map: str
                 ) -> tuple[list[str], dict]:
-    """:func:`check_result` on a scorer's result (its brain mask, detection map, volume score, template fit and
-    tissue fit)."""
+    """:func:`check_result` on a scorer's result (its brain mask, detection map, volume score, template fit,
+    tissue fit and thickest hypointense region)."""
     return check_result(result.mask, voxel_volume_mm3, result.maps[detection_map], result.volume_score, card,
-                        detection_map, result.template_brain_dice, result.tissue_means)
+                        detection_map, result.template_brain_dice, result.tissue_means, result.hypointense_mm)

@@ -41,7 +41,7 @@ from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
 from .combined import COMBINED, all_components, combine, combined_components
 from .postprocess import median_filter_map, median_footprint
-from .tissue import scan_contrast, tissue_outliers
+from .tissue import hypointense_thickness_mm, scan_contrast, tissue_outliers
 from .asymmetry import asymmetry_map
 
 __all__ = ["default_maps", "DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
@@ -126,6 +126,9 @@ class ScoreResult:
     tissue_means: the tissue fit's CSF, GM and WM means (standardised intensity units) that ``contrast`` was
         read from, which the out-of-distribution guard checks for an order no MR contrast has
         (``tissue.implausible_tissue_order``); None where the tissue map was not computed.
+    hypointense_mm: how thick (largest inscribed radius, world mm) the thickest region darker than its tissue is
+        (``tissue.hypointense_thickness_mm``), which the guard checks for a large dark anomaly that the detection
+        map does not score; None where the tissue map was not computed.
     """
 
     maps: dict[str, np.ndarray]
@@ -143,6 +146,7 @@ class ScoreResult:
     preprocessing: list[dict] = field(default_factory=list)
     contrast: str | None = None
     tissue_means: tuple[float, float, float] | None = None
+    hypointense_mm: float | None = None
 
 
 def _native_slice_profile(prepared: PreparedVolume, slice_kl: np.ndarray, slice_rec: np.ndarray
@@ -283,7 +287,7 @@ class Scorer:
             native = prepared.to_native(np.stack([out[name] for name in model_maps]))
             out = {name: native[c] for c, name in enumerate(model_maps)}
         brain = prepared.brain
-        contrast = tissue_means = None
+        contrast = tissue_means = hypointense_mm = None
         if "tissue" in computed:
             priors = prepared.tissue_priors()
             if priors is None:
@@ -294,6 +298,7 @@ class Scorer:
                                                        self.card.scoring.tissue())
                 if means is not None:
                     contrast, tissue_means = scan_contrast(means), tuple(float(m) for m in means)
+                    hypointense_mm = hypointense_thickness_mm(out["tissue"], brain, volume.spacing)
         if "asymmetry" in computed:
             mirror = prepared.midsagittal_mirror()
             if mirror is None:
@@ -330,7 +335,7 @@ class Scorer:
                            volume_score=volume_score, device=self.device.type, batch_size=batch_size,
                            seconds=seconds, warnings=notes, preprocessing=prepared.steps,
                            template_brain_dice=template_dice, postprocessing=done_post, contrast=contrast,
-                           tissue_means=tissue_means)
+                           tissue_means=tissue_means, hypointense_mm=hypointense_mm)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _postprocess(self, out: dict[str, np.ndarray], brain: np.ndarray, spacing) -> dict:

@@ -47,7 +47,8 @@ from scipy.special import log_ndtr, logsumexp
 from .mask import bounding_box
 
 __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smooth_priors", "scan_contrast",
-           "deformed_priors", "implausible_tissue_order", "TissueSettings", "TISSUES", "CONTRASTS"]
+           "deformed_priors", "implausible_tissue_order", "hypointense_thickness_mm", "TissueSettings", "TISSUES",
+           "CONTRASTS"]
 
 TISSUES = ("csf", "gm", "wm")
 CONTRASTS = {"dark_fluid": "T1/FLAIR-like (dark fluid)", "bright_fluid": "T2/PD-weighted (bright fluid)"}
@@ -240,6 +241,30 @@ def implausible_tissue_order(means) -> str | None:
     if gm < min(csf, wm):
         return "grey matter darker than both fluid and white matter"
     return None
+
+
+def hypointense_thickness_mm(tissue_map: np.ndarray, brain: np.ndarray, spacing: tuple[float, float, float],
+                             level: float = 2.0, smoothing_mm: float = 0.0) -> float:
+    """How thick the thickest region darker than its tissue is: the largest inscribed radius (world mm) of
+    ``brain & (map <= -level)``, by the Euclidean distance transform in mm (the brain's outside and the grid's
+    edge count as boundary). ``tissue_map``: the signed tissue map (``tissue_outlier_map``), same grid as the bool
+    ``brain``; ``spacing``: voxel size in mm; ``smoothing_mm``: Gaussian sigma applied to the map first
+    (brain-normalised, so the brain's edge is not pulled towards 0). 0.0 for an empty region.
+
+    Healthy heads' hypointense voxels lie in thin shells (extracerebral fluid where the aligned template expects
+    cortex, ventricle rims); a cavity or a large cyst is thick."""
+    if not brain.any():
+        return 0.0
+    sp = np.asarray(spacing, np.float64)
+    box = _brain_box(brain, spacing, smoothing_mm)
+    scores, inside = np.asarray(tissue_map, np.float32)[box], brain[box]
+    if smoothing_mm > 0:
+        sigma = smoothing_mm / sp
+        weight = ndimage.gaussian_filter(inside.astype(np.float32), sigma)
+        scores = ndimage.gaussian_filter(np.where(inside, scores, 0).astype(np.float32), sigma)
+        scores = scores / np.maximum(weight, 1e-6)
+    below = np.pad(inside & (scores <= -level), 1)
+    return float(ndimage.distance_transform_edt(below, sampling=sp).max()) if below.any() else 0.0
 
 
 def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,

@@ -130,6 +130,24 @@ def test_grey_matter_darker_than_fluid_and_white_matter_is_implausible_and_warns
                                                         card_with_reference(), "nll")[1]
 
 
+def test_a_thick_region_darker_than_its_tissue_warns_and_thin_ones_do_not():
+    """A cavity or a large cyst is dark where its tissue should be and thick; healthy heads' hypointense
+    voxels form thin shells (``ood.HYPOINTENSE_HEALTHY_MAX_MM`` at most on validation heads)."""
+    from napari_uad.ood import HYPOINTENSE_HEALTHY_MAX_MM, HYPOINTENSE_THICKNESS_MM
+
+    volume, brain = brain_ball()
+    zeros = np.zeros(brain.shape, np.float32)
+    quiet, facts = check_result(brain, volume.voxel_volume_mm3, zeros, 120.0, card_with_reference(), "nll",
+                                hypointense_mm=HYPOINTENSE_HEALTHY_MAX_MM)
+    assert quiet == [] and facts["hypointense_thickness_mm"] == round(HYPOINTENSE_HEALTHY_MAX_MM, 1)
+    loud, facts = check_result(brain, volume.voxel_volume_mm3, zeros, 120.0, card_with_reference(), "nll",
+                               hypointense_mm=HYPOINTENSE_THICKNESS_MM + 0.5)
+    assert len(loud) == 1 and "darker than its tissue" in loud[0] and "cavity" in loud[0]
+    # without a tissue map there is nothing to measure
+    assert "hypointense_thickness_mm" not in check_result(brain, volume.voxel_volume_mm3, zeros, 120.0,
+                                                          card_with_reference(), "nll")[1]
+
+
 def test_check_score_reads_the_scorers_result():
     """The callers hand over the ScoreResult: its mask, detection map, volume score and template fit are used."""
     from napari_uad.ood import check_score
@@ -142,11 +160,14 @@ def test_check_score_reads_the_scorers_result():
     score[brain] = 10.0  # the whole brain above the card's threshold
     k = np.zeros(brain.shape[2])
     result = ScoreResult(maps={"nll": score}, mask=brain, slice_scores=k, slice_kl=k, slice_rec=k, volume_score=400.0,
-                         device="cpu", batch_size=1, template_brain_dice=0.86, tissue_means=(0.7, -0.6, 1.0))
+                         device="cpu", batch_size=1, template_brain_dice=0.86, tissue_means=(0.7, -0.6, 1.0),
+                         hypointense_mm=60.0)
     assert check_score(result, volume.voxel_volume_mm3, card, "nll") == check_result(
-        brain, volume.voxel_volume_mm3, score, 400.0, card, "nll", template_dice=0.86, tissue_means=(0.7, -0.6, 1.0))
+        brain, volume.voxel_volume_mm3, score, 400.0, card, "nll", template_dice=0.86, tissue_means=(0.7, -0.6, 1.0),
+        hypointense_mm=60.0)
     found, facts = check_score(result, volume.voxel_volume_mm3, card, "nll")
-    assert len(found) == 4 and facts["template_brain_dice"] == 0.86 and facts["fraction_above_card_threshold"] == 1
+    assert len(found) == 5 and facts["template_brain_dice"] == 0.86 and facts["fraction_above_card_threshold"] == 1
+    assert facts["hypointense_thickness_mm"] == 60.0
 
 
 @pytest.mark.slow
@@ -186,3 +207,25 @@ def test_bundled_sample_is_quiet_and_a_lesion_scan_speaks(tmp_path, capsys):
     assert UNRELIABLE in capsys.readouterr().err
     csf, gm, wm = ood["tissue_means_csf_gm_wm"]
     assert gm < min(csf, wm)
+
+
+@pytest.mark.slow
+def test_a_flair_brain_with_a_large_cavity_gets_a_warning(tmp_path, capsys):
+    """End to end with the bundled model and default maps: a FLAIR-like brain whose central 30 % is dark
+    (``synth.dark_ball``: a cavity) gets no finding on it -- the detection map scores hyperintensity -- so the
+    guard must speak: the region darker than its tissue is thicker than any healthy validation head's
+    (docs/RESULTS.md, "Out-of-distribution guard: a thick dark region")."""
+    import nibabel as nib
+
+    from napari_uad.ood import HYPOINTENSE_THICKNESS_MM
+    from napari_uad.synth import dark_ball, healthy_volume
+
+    flair = healthy_volume(2026, contrast="flair")
+    data, _ = dark_ball(flair.data, 0.3)
+    nib.save(nib.Nifti1Image(data, flair.affine), str(tmp_path / "cavity.nii.gz"))
+    out = tmp_path / "out"
+    assert cli_main(["score", str(tmp_path / "cavity.nii.gz"), "--out", str(out), "--quiet"]) == 0
+    ood = json.loads((out / "cavity.json").read_text())["out_of_distribution"]
+    assert ood["hypointense_thickness_mm"] > HYPOINTENSE_THICKNESS_MM
+    assert any("darker than its tissue" in w for w in ood["warnings"]) and UNRELIABLE in ood["warnings"]
+    assert "darker than its tissue" in capsys.readouterr().err

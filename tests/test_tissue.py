@@ -330,3 +330,45 @@ def test_deformable_registration_recovers_a_shift_in_voxels_of_an_anisotropic_gr
     d = register_deformable(ball(18, 6), ball(22, 7), (1.0, 1.0, 5.0), smoothing_mm=3.0, iterations=60)
     assert d.shape == (3, 40, 40, 12)
     np.testing.assert_allclose(d[:, 18, 20, 6], [4.0, 0.0, 1.0], atol=0.6)
+
+
+def test_hypointense_thickness_is_the_inscribed_radius_in_mm():
+    """Hand computation: a 7-voxel cube at -5 in a brain of 0s; its centre is 4 voxels from the nearest voxel
+    outside it, i.e. 4 mm on a 1 mm grid and on a 1 x 1 x 2 mm grid (the fine axes are nearer), 8 mm on 2 mm."""
+    from napari_uad.tissue import hypointense_thickness_mm
+
+    tissue = np.zeros((21, 21, 21), np.float32)
+    brain = np.zeros(tissue.shape, bool)
+    brain[2:19, 2:19, 2:19] = True
+    tissue[7:14, 7:14, 7:14] = -5.0
+    assert hypointense_thickness_mm(tissue, brain, (1.0, 1.0, 1.0)) == pytest.approx(4.0)
+    assert hypointense_thickness_mm(tissue, brain, (1.0, 1.0, 2.0)) == pytest.approx(4.0)
+    assert hypointense_thickness_mm(tissue, brain, (2.0, 2.0, 2.0)) == pytest.approx(8.0)
+    # only voxels at or below -level count; nothing hypointense -> 0
+    assert hypointense_thickness_mm(tissue, brain, (1.0, 1.0, 1.0), level=6.0) == 0.0
+    assert hypointense_thickness_mm(np.zeros_like(tissue), brain, (1.0, 1.0, 1.0)) == 0.0
+    # outside the brain nothing counts, and the brain's edge is a boundary even where it meets the grid's edge
+    assert hypointense_thickness_mm(np.full(tissue.shape, -5.0, np.float32), np.ones(tissue.shape, bool),
+                                    (1.0, 1.0, 1.0)) == pytest.approx(11.0)
+    assert hypointense_thickness_mm(tissue, np.zeros(tissue.shape, bool), (1.0, 1.0, 1.0)) == 0.0
+
+
+def test_a_thin_hypointense_shell_is_thin_and_smoothing_closes_holes_in_a_thick_region():
+    """A healthy head's hypointense voxels form shells (fluid where the template expects cortex); a cavity is a
+    thick region whose noise may leave single voxels above the level."""
+    from napari_uad.tissue import hypointense_thickness_mm
+
+    shape, spacing = (40, 40, 40), (1.0, 1.0, 1.0)
+    brain = np.zeros(shape, bool)
+    brain[2:38, 2:38, 2:38] = True
+    r = np.sqrt(((np.indices(shape) - 19.5) ** 2).sum(0))
+    shell = np.where(brain & (r > 14) & (r <= 16), -5.0, 0.0).astype(np.float32)
+    assert hypointense_thickness_mm(shell, brain, spacing) <= 1.5
+    cavity = np.where(r <= 12, -5.0, 0.0).astype(np.float32)
+    holes = cavity.copy()
+    holes[::4, ::4, ::4] = 0.0  # every 64th voxel not hypointense
+    thick = hypointense_thickness_mm(cavity, brain, spacing)
+    assert 11.0 <= thick <= 12.5
+    # raw: the farthest point from a lattice of holes 4 voxels apart is a cell's centre, 2 sqrt(3) mm away
+    assert hypointense_thickness_mm(holes, brain, spacing) == pytest.approx(2 * np.sqrt(3))
+    assert hypointense_thickness_mm(holes, brain, spacing, smoothing_mm=2.0) >= thick - 2.5
