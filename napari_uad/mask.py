@@ -10,7 +10,7 @@ from skimage.filters import threshold_otsu
 
 from .io import Volume, VolumeError, read_volume
 
-__all__ = ["foreground_mask", "constant_background_value", "load_mask", "dice", "bounding_box"]
+__all__ = ["foreground_mask", "background_holes", "constant_background_value", "load_mask", "dice", "bounding_box"]
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -44,6 +44,17 @@ def constant_background_value(data: np.ndarray, min_fraction: float = 0.05) -> f
     if np.count_nonzero(data == candidate) < min_fraction * data.size:
         return None
     return float(candidate)
+
+
+def background_holes(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` (bool, same grid as ``data``) at the scan's constant background value
+    (``constant_background_value``): holes that ``foreground_mask`` filled in a skull-stripped scan, or a user
+    mask's voxels outside the stripped brain. They carry no tissue intensity. All False where the scan has no
+    constant background (a head with skull)."""
+    background = constant_background_value(data)
+    if background is None:
+        return np.zeros(mask.shape, dtype=bool)
+    return mask & (data == background)
 
 
 def foreground_mask(data: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ and from SmoothGrad (mean of |gradient| over n noisy copies of x, each slice wit
 then a Gaussian filter against checkerboard artefacts):
     kl_grad = |d KL / d x|         elbo_grad = |d (KL + Rec) / d x| (Rec: Gaussian NLL summed over pixels)
     combi = residual * kl_grad
-and, without the model, ``tissue``: each voxel against its own tissue class in the same scan (``tissue``);
+and, without the model, ``tissue``: each voxel against its own tissue class in the same scan (``tissue``; the
+mask's voxels at a skull-stripped scan's background value, ``mask.background_holes``, are no tissue: 0);
 ``asymmetry``: each voxel against its mirror across the midsagittal plane in the same scan (``asymmetry``);
 ``combined``: the mean healthy-quantile surprise of the maps the card's calibration chose (``combined``).
 Slice scores: KL + Rec (nats; Rec summed over the slice's foreground pixels in model space). Volume score:
@@ -34,7 +35,7 @@ import torch
 
 from .devices import free_memory_bytes, is_out_of_memory, resolve_device
 from .io import Volume
-from .mask import dice as mask_dice
+from .mask import background_holes, dice as mask_dice
 from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
@@ -294,11 +295,12 @@ class Scorer:
                 notes.append("tissue map not computed (all zero): it needs the template alignment of a brain model")
                 out["tissue"] = np.zeros(brain.shape, np.float32)
             else:
-                out["tissue"], means = tissue_outliers(prepared.standardised, brain, priors, volume.spacing,
+                tissue_brain = brain & ~background_holes(volume.data, brain)  # filled holes hold no tissue
+                out["tissue"], means = tissue_outliers(prepared.standardised, tissue_brain, priors, volume.spacing,
                                                        self.card.scoring.tissue())
                 if means is not None:
                     contrast, tissue_means = scan_contrast(means), tuple(float(m) for m in means)
-                    hypointense_mm = hypointense_thickness_mm(out["tissue"], brain, volume.spacing)
+                    hypointense_mm = hypointense_thickness_mm(out["tissue"], tissue_brain, volume.spacing)
         if "asymmetry" in computed:
             mirror = prepared.midsagittal_mirror()
             if mirror is None:

@@ -210,19 +210,21 @@ def test_bundled_sample_is_quiet_and_a_lesion_scan_speaks(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_flair_brain_with_a_large_cavity_gets_a_warning(tmp_path, capsys):
-    """End to end with the bundled model and default maps: a FLAIR-like brain whose central 30 % is dark
+@pytest.mark.parametrize("contrast", ["flair", "t1"])
+def test_a_brain_with_a_large_cavity_gets_a_warning(tmp_path, capsys, contrast):
+    """End to end with the bundled model and default maps: a FLAIR- or T1-like brain whose central 30 % is dark
     (``synth.dark_ball``: a cavity) gets no finding on it -- the detection map scores hyperintensity -- so the
-    guard must speak: the region darker than its tissue is thicker than any healthy validation head's
-    (docs/RESULTS.md, "Out-of-distribution guard: a thick dark region")."""
+    guard must speak: the region darker than its tissue is thicker than healthy validation heads' (docs/RESULTS.md,
+    "Out-of-distribution guard: a thick dark region"). The generator's brain has background voxels enclosed in
+    its mask (filled holes); were they in the tissue fit, the T1 cavity would pass unnoticed."""
     import nibabel as nib
 
     from napari_uad.ood import HYPOINTENSE_THICKNESS_MM
     from napari_uad.synth import dark_ball, healthy_volume
 
-    flair = healthy_volume(2026, contrast="flair")
-    data, _ = dark_ball(flair.data, 0.3)
-    nib.save(nib.Nifti1Image(data, flair.affine), str(tmp_path / "cavity.nii.gz"))
+    brain = healthy_volume(2026, contrast=contrast)
+    data, _ = dark_ball(brain.data, 0.3)
+    nib.save(nib.Nifti1Image(data, brain.affine), str(tmp_path / "cavity.nii.gz"))
     out = tmp_path / "out"
     assert cli_main(["score", str(tmp_path / "cavity.nii.gz"), "--out", str(out), "--quiet"]) == 0
     ood = json.loads((out / "cavity.json").read_text())["out_of_distribution"]

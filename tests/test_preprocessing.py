@@ -37,6 +37,22 @@ def test_mask_otsu_on_noisy_background_keeps_largest_component_and_fills_holes()
     assert dice > 0.97
 
 
+def test_background_holes_are_the_filled_voxels_at_the_background_value():
+    """A skull-stripped scan's mask fills enclosed background; those voxels hold no tissue (the tissue fit leaves
+    them out). A head with skull has no constant background, so nothing is a hole."""
+    from napari_uad.mask import background_holes
+
+    data = head_phantom(lesion=False)
+    data[18:22, 20:24, 10:14] = 0.0  # background enclosed by the brain
+    mask = foreground_mask(data)
+    holes = background_holes(data, mask)
+    assert mask[19, 21, 11] and holes.sum() == 4 * 4 * 4 and holes[18:22, 20:24, 10:14].all()
+    assert not (holes & (data != 0)).any()
+    rng = np.random.default_rng(0)
+    noisy = data + rng.uniform(1, 8, data.shape).astype(np.float32)  # no constant background
+    assert not background_holes(noisy, foreground_mask(noisy)).any()
+
+
 @pytest.mark.parametrize("shift", [0, 12])
 def test_hole_filling_matches_the_whole_volume_computation(shift):
     """Hole filling works inside the foreground's bounding box; it must equal filling the whole volume,
