@@ -241,6 +241,7 @@ def test_card_tissue_settings_reach_the_tissue_map(brain, tiny_model_dir, tmp_pa
     definition."""
     import dataclasses
 
+    from napari_uad.mask import background_holes
     from napari_uad.model_card import ScoringConfig, load_model, save_model
     from napari_uad.scoring import Scorer
     from napari_uad.tissue import TissueSettings, tissue_outlier_map
@@ -258,10 +259,13 @@ def test_card_tissue_settings_reach_the_tissue_map(brain, tiny_model_dir, tmp_pa
     volume = Volume.from_array(data, affine)
     got = Scorer(model, card, device="cpu", options=options).score(volume, ("tissue",)).maps["tissue"]
     prepared = prepare_volume(volume, card.preprocessing, card.input_size, options=options)
-    expected = tissue_outlier_map(prepared.standardised, prepared.brain, prepared.tissue_priors(), (2.0, 2.0, 2.0),
+    # without skull stripping the "brain" is the whole grid; its background voxels hold no tissue and are left out
+    tissue_brain = prepared.brain & ~background_holes(volume.data, prepared.brain)
+    assert tissue_brain.sum() < prepared.brain.sum()
+    expected = tissue_outlier_map(prepared.standardised, tissue_brain, prepared.tissue_priors(), (2.0, 2.0, 2.0),
                                   TissueSettings(5.0, 0.05, True, True, deform_mm=3.0))
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    first = tissue_outlier_map(prepared.standardised, prepared.brain, prepared.tissue_priors())
+    first = tissue_outlier_map(prepared.standardised, tissue_brain, prepared.tissue_priors())
     assert np.abs(got - first).max() > 0.1
 
 
