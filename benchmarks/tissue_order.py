@@ -45,12 +45,13 @@ def _cases(name: str, files, args):
     from napari_uad.synth_labels import CLINICAL_FAMILIES
     from napari_uad.synth_lesions import LESION_KINDS
 
+    ball = {"ball": bright_ball, "dark": dark_ball}.get(name)  # the gross anomaly of the set, if any
     if name in ("label", "ball", "dark"):
         seed = args.seed if name == "label" else args.seed - 20_000
         for _, _, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), seed):
             data = np.where(head.brain, head.data, 0).astype(np.float32)
-            if name != "label":
-                data, _ = (bright_ball if name == "ball" else dark_ball)(data, 0.3)
+            if ball is not None:
+                data, _ = ball(data, 0.3)
             yield head.params["contrast_family"], data, head.affine, head.brain
     if name == "label-lesion":
         count = args.n_lesion * len(LESION_KINDS)
@@ -66,8 +67,8 @@ def _cases(name: str, files, args):
             case = (synth_case(seed, "any", contrast=family) if name == "mni-lesion"
                     else healthy_volume(seed, contrast=family))
             data = np.asarray(case.data, np.float32)
-            if name in ("ball", "dark"):
-                data, _ = (bright_ball if name == "ball" else dark_ball)(data, 0.3)
+            if ball is not None:
+                data, _ = ball(data, 0.3)
             yield family, data, case.affine, np.asarray(case.data) > 0
 
 

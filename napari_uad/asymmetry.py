@@ -28,16 +28,14 @@ upper tail. A lesion that straddles the midline symmetrically is invisible to th
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-from .mask import bounding_box
+from .mask import smoothed_inside
 from .preprocessing.alignment import register_rigid, resample
 
 __all__ = ["mirror_voxel_map", "refine_mirror", "asymmetry_map", "SMOOTHING_MM"]
 
 SMOOTHING_MM = 2.0  # Gaussian sigma before comparing the hemispheres: tolerates ~2 mm of plane and anatomy error
 _MAD_TO_SD = 1.4826  # MAD of a normal distribution times this = its standard deviation
-_TRUNCATE = 4.0  # scipy's gaussian_filter default
 _MAX_REFINE_DEG, _MAX_REFINE_MM = 15.0, 20.0  # a refinement beyond these failed: the template's plane is kept
 
 
@@ -65,21 +63,6 @@ def refine_mirror(smoothed: np.ndarray, mirror: np.ndarray, spacing) -> np.ndarr
     return mirror @ np.linalg.inv(scale) @ world @ scale
 
 
-def _smoothed_inside(data: np.ndarray, brain: np.ndarray, spacing, sigma_mm: float) -> np.ndarray:
-    """Brain intensities smoothed by a Gaussian of ``sigma_mm`` world mm, normalised by the smoothed mask (so
-    voxels outside the brain do not pull the edge down); float32, 0 outside the brain."""
-    out = np.zeros(data.shape, np.float32)
-    sigma = np.asarray([sigma_mm / float(d) for d in spacing])
-    box = bounding_box(brain, [int(_TRUNCATE * s + 0.5) for s in sigma])
-    weight = brain[box].astype(np.float32)
-    values = np.where(brain[box], np.asarray(data[box], np.float32), np.float32(0.0))
-    if sigma_mm > 0:
-        num, den = ndimage.gaussian_filter(values, sigma), ndimage.gaussian_filter(weight, sigma)
-        values = np.where(den > 1e-6, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
-    out[box] = np.where(brain[box], values, np.float32(0.0))
-    return out
-
-
 def asymmetry_map(data: np.ndarray, brain: np.ndarray, mirror: np.ndarray,
                   spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), sigma_mm: float = SMOOTHING_MM,
                   refine: bool = True) -> np.ndarray:
@@ -93,7 +76,7 @@ def asymmetry_map(data: np.ndarray, brain: np.ndarray, mirror: np.ndarray,
     out = np.zeros(data.shape, np.float32)
     if not brain.any():
         return out
-    smoothed = _smoothed_inside(data, brain, spacing, sigma_mm)
+    smoothed = smoothed_inside(data, brain, spacing, sigma_mm)
     if refine:
         mirror = refine_mirror(smoothed, mirror, spacing)
     mirrored, mirrored_brain = resample(np.stack([smoothed, brain.astype(np.float32)]), mirror, brain.shape)

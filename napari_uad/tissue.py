@@ -44,7 +44,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import log_ndtr, logsumexp
 
-from .mask import bounding_box
+from .mask import bounding_box, smoothed_inside
 
 __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smooth_priors", "scan_contrast",
            "deformed_priors", "implausible_tissue_order", "hypointense_thickness_mm", "TissueSettings", "TISSUES",
@@ -255,16 +255,12 @@ def hypointense_thickness_mm(tissue_map: np.ndarray, brain: np.ndarray, spacing:
     cortex, ventricle rims); a cavity or a large cyst is thick."""
     if not brain.any():
         return 0.0
-    sp = np.asarray(spacing, np.float64)
-    box = _brain_box(brain, spacing, smoothing_mm)
-    scores, inside = np.asarray(tissue_map, np.float32)[box], brain[box]
-    if smoothing_mm > 0:
-        sigma = smoothing_mm / sp
-        weight = ndimage.gaussian_filter(inside.astype(np.float32), sigma)
-        scores = ndimage.gaussian_filter(np.where(inside, scores, 0).astype(np.float32), sigma)
-        scores = scores / np.maximum(weight, 1e-6)
-    below = np.pad(inside & (scores <= -level), 1)
-    return float(ndimage.distance_transform_edt(below, sampling=sp).max()) if below.any() else 0.0
+    scores = smoothed_inside(tissue_map, brain, spacing, smoothing_mm) if smoothing_mm > 0 else tissue_map
+    box = bounding_box(brain, (0, 0, 0))
+    below = np.pad(brain[box] & (scores[box] <= -level), 1)  # the pad: the grid's edge is a boundary too
+    if not below.any():
+        return 0.0
+    return float(ndimage.distance_transform_edt(below, sampling=np.asarray(spacing, np.float64)).max())
 
 
 def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
