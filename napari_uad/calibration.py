@@ -37,7 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .combined import COMBINED, combine, combined_components, contrast_tables, healthy_quantile
+from .combined import (COMBINED, NEGATED, SIGNED_MAPS, base_map, combine, combined_components, contrast_tables,
+                       dark_components, healthy_quantile)
 from .findings import interior, label_components
 from .io import Volume
 from .mask import dice as mask_dice
@@ -166,7 +167,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               max_fp_per_normal_scan: float = MAX_FP_PER_NORMAL_SCAN, detection_map: str | None = None,
               min_volume_mm3: float = 0.0, healthy_quota: Mapping[str, int] | None = None,
               true_brain_masks: bool = False, tables_by_contrast: bool = False,
-              components_by_contrast: Mapping[str, tuple[str, ...]] | None = None, log=lambda m: None) -> dict:
+              components_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
+              dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None, log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``healthy_quota``: healthy volumes to keep per stratum (``Volume.metadata["stratum"]``, e.g. the contrast);
@@ -183,6 +185,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     ``components_by_contrast``: recognised contrast -> the combined map's components for scans of it (chosen on
     other validation data, ``benchmarks/maps_by_contrast.py``); other scans use ``combined_components`` or the
     chosen ones. The combined map's healthy table and operating points are computed with them.
+    ``dark_by_contrast``: recognised contrast -> the combined map's dark channel for scans of it (``combined``
+    module docstring; ``-NAME``: a signed map negated, tabled here as a map of its own).
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
     which cannot choose them; with anomalies the trials are still recorded). ``detection_map``: with anomalies,
@@ -195,12 +199,17 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     with_combined = COMBINED in maps
     maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
     by_contrast = {c: tuple(names) for c, names in (components_by_contrast or {}).items()}
-    unknown = sorted({m for names in (combined_components, *by_contrast.values()) for m in names
-                      if m not in maps or m == COMBINED})
+    dark = {c: tuple(names) for c, names in (dark_by_contrast or {}).items()}
+    negated = tuple(dict.fromkeys(m for names in dark.values() for m in names if m.startswith(NEGATED)))
+    unknown = sorted({m for names in (combined_components, *by_contrast.values(), *dark.values()) for m in names
+                      if base_map(m) not in maps or m == COMBINED}
+                     | {m for m in negated if base_map(m) not in SIGNED_MAPS})
     if unknown:
-        raise ValueError(f"combined components: {', '.join(unknown)} not among the calibrated maps")
+        raise ValueError(f"combined components: {', '.join(unknown)} not among the calibrated maps (a negated "
+                         "one: of a signed map)")
+    maps = (*maps, *negated)  # scored as their signed maps, tabled as maps of their own
     whole = _maps_kept_whole(maps, detection_map, tuple(dict.fromkeys(
-        [*combined_components, *(m for names in by_contrast.values() for m in names)])))
+        [*combined_components, *(m for names in (*by_contrast.values(), *dark.values()) for m in names)])))
     rng = np.random.default_rng(seed)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     kept: list[_Scored] = []  # every validation volume, for the object-level rules
@@ -276,11 +285,13 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
             entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
         out["maps"][m] = entry
     if with_combined and (truths or combined_components):
-        _add_combined(out, pools, scores, truths, kept, tuple(combined_components), tables_by_contrast, by_contrast)
+        _add_combined(out, pools, scores, truths, kept, tuple(combined_components), tables_by_contrast, by_contrast,
+                      dark)
         maps = (*maps, COMBINED)
     if truths and detection_map is not None and detection_map not in out["maps"]:
         raise ValueError(f"detection map {detection_map!r} is not among the calibrated maps ({', '.join(maps)})")
-    chosen = ((detection_map or max(maps, key=lambda m: out["maps"][m]["best_dice_validation"])) if truths
+    scored = tuple(m for m in maps if m not in negated)  # a map a scan can show
+    chosen = ((detection_map or max(scored, key=lambda m: out["maps"][m]["best_dice_validation"])) if truths
               else detection_map if detection_map in out["maps"] else None)
     median_mm = float(scorer.card.scoring.detection_median_mm)
     if chosen is not None and median_mm > 0:
@@ -314,7 +325,11 @@ def _score(scorer: Scorer, volume: Volume, maps: tuple[str, ...], true_brain_mas
     """The calibration's scoring of one volume: raw maps (no post-processing), on its true brain mask where asked
     for and known."""
     mask = volume.metadata.get("true_brain") if true_brain_masks else None
-    return scorer.score(volume, maps, mask, postprocess=False)
+    result = scorer.score(volume, tuple(dict.fromkeys(map(base_map, maps))), mask, postprocess=False)
+    for m in maps:
+        if m != base_map(m):  # a dark-channel component: its signed map negated
+            result.maps[m] = -result.maps[base_map(m)]
+    return result
 
 
 def _by_contrast(contrasts: list) -> dict[str, list[int]]:
@@ -380,28 +395,30 @@ def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, na
 
 def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list, components: tuple[str, ...] = (),
                   by_contrast: bool = False, components_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
-                  candidates: int = 4) -> None:
+                  dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None, candidates: int = 4) -> None:
     """Add the combined map's entry and healthy samples (in place), its components chosen on the validation
     anomalies unless given; with ``by_contrast``, its components' healthy tables per recognised contrast; with
-    ``components_by_contrast``, other components for the volumes of those contrasts.
+    ``components_by_contrast``, other components for the volumes of those contrasts; with ``dark_by_contrast``, a
+    dark channel for them (after the trials, which compare bright channels).
 
     ``kept`` holds the healthy volumes first (``pools[m][i]`` is ``kept[i]``'s sample), then the anomalous ones
     (``scores[m][j]`` is ``kept[n_healthy + j]``'s brain voxels)."""
-    singles = sorted((m for m in out["maps"] if m not in GRADIENT_MAPS),
+    singles = sorted((m for m in out["maps"] if m not in GRADIENT_MAPS and m == base_map(m)),
                      key=lambda m: -(out["maps"][m]["best_dice_validation"] or 0.0))[:candidates]
     n_healthy = len(next(iter(pools.values())))
-    own = dict(components_by_contrast or {})
+    own, dark = dict(components_by_contrast or {}), dict(dark_by_contrast or {})
     out[COMBINED] = {"tables_by_contrast": _tables_by_contrast(pools, kept[:n_healthy], set(singles) | set(components)
-                                                              | {m for names in own.values() for m in names})
+                                                              | {m for names in (*own.values(), *dark.values())
+                                                                 for m in names})
                      if by_contrast else {}}
     healthy_contrasts = [k.contrast for k in kept[:n_healthy]]
     anomalous_contrasts = [k.contrast for k in kept[n_healthy:]]
 
-    def values(source: dict, contrasts: list, components) -> list[np.ndarray]:
-        """The combined map of every volume of ``source``, each with the components ``components(contrast)`` and
-        its contrast's tables."""
-        return [combine({m: source[m][i] for m in components(c)}, out, components(c), c)
-                for i, c in enumerate(contrasts)]
+    def values(source: dict, contrasts: list, components, channel=lambda c: ()) -> list[np.ndarray]:
+        """The combined map of every volume of ``source``, each with the components ``components(contrast)``, the
+        dark channel ``channel(contrast)`` and its contrast's tables."""
+        return [combine({m: source[m][i] for m in (*components(c), *channel(c))}, out, components(c), c,
+                        dark=channel(c)) for i, c in enumerate(contrasts)]
 
     trials = []
     if truths:
@@ -412,23 +429,28 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                                                                          lambda c, combo=combo: combo)), truth), combo))
     names = components or max(trials, key=lambda t: t[0][1])[1]
     # the components each scan's combined map takes, read as scoring reads them from the card
-    out[COMBINED].update(components=list(names), components_by_contrast={c: list(n) for c, n in own.items()})
+    out[COMBINED].update(components=list(names), components_by_contrast={c: list(n) for c, n in own.items()},
+                         dark_components_by_contrast={c: list(n) for c, n in dark.items()})
 
     def of(contrast: str | None) -> tuple[str, ...]:
         return combined_components(out, contrast)
 
-    pools[COMBINED] = values(pools, healthy_contrasts, of)
+    def dark_of(contrast: str | None) -> tuple[str, ...]:
+        return dark_components(out, contrast)
+
+    pools[COMBINED] = values(pools, healthy_contrasts, of, dark_of)
     healthy = np.concatenate(pools[COMBINED])
     entry = {"quantiles": quantile_table(healthy).tolist(),
              "threshold_fpr_1pct": float(np.quantile(healthy, 0.99)),
              "threshold_fpr_0.1pct": float(np.quantile(healthy, 0.999))}
     if truths:
-        thr, dice = best_dice_threshold(np.concatenate(values(scores, anomalous_contrasts, of)), np.concatenate(truths))
+        thr, dice = best_dice_threshold(np.concatenate(values(scores, anomalous_contrasts, of, dark_of)),
+                                        np.concatenate(truths))
         entry.update(threshold=thr, best_dice_validation=dice)
     else:
         entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
     out["maps"][COMBINED] = entry
-    tables = {c: {m: t[m] for m in of(c)} for c, t in contrast_tables(out).items()}
+    tables = {c: {m: t[m] for m in (*of(c), *dark_of(c))} for c, t in contrast_tables(out).items()}
     out[COMBINED] = {"components": list(names),
                      "rule": "kept from the card (normal scans cannot choose them)" if not trials else
                      "given by the caller (chosen on other validation data); the trials are this set's Dice"
@@ -437,14 +459,16 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                      f"{candidates} best single maps with the best validation Dice",
                      "trials": [{"components": list(n), "best_dice_validation": d} for (_, d), n in trials],
                      **({"components_by_contrast": {c: list(n) for c, n in sorted(own.items())}} if own else {}),
+                     **({"dark_components_by_contrast": {c: list(n) for c, n in sorted(dark.items())}} if dark else {}),
                      **({"tables_by_contrast": tables,
                          "tables_rule": "each component's healthy table from the healthy volumes of each recognised "
                                         f"contrast with >= {MIN_VOLUMES_PER_CONTRAST} of them; other scans: the "
                                         "pooled tables"} if tables else {})}
     for k in kept:  # whole combined maps where the operating point may need them (its components kept whole)
-        if all(m in k.maps for m in of(k.contrast)):
-            k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in of(k.contrast)}, out,
-                                       of(k.contrast), k.contrast).astype(np.float16)
+        needs = (*of(k.contrast), *dark_of(k.contrast))
+        if all(m in k.maps for m in needs):
+            k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in needs}, out, of(k.contrast),
+                                       k.contrast, dark=dark_of(k.contrast)).astype(np.float16)
 
 
 def _tables_by_contrast(pools: dict, healthy: list, names: set) -> dict:

@@ -254,6 +254,10 @@ def _add_calibrate_parser(sub) -> None:
     p.add_argument("--combined-by-contrast", default=None, metavar="SPEC",
                    help="--synthetic: the combined map's components per recognised contrast, e.g. "
                         "'bright_fluid=asymmetry;dark_fluid=tissue,E' (other scans: --combined or the chosen ones)")
+    p.add_argument("--dark-by-contrast", default=None, metavar="SPEC",
+                   help="--synthetic: a dark channel of the combined map per recognised contrast, -NAME being the "
+                        "signed map NAME negated, e.g. 'dark_fluid=-tissue,E,-asymmetry': a scan of that contrast "
+                        "scores the larger of the two channels' mean surprise (napari_uad.combined)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
@@ -549,8 +553,11 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _components_by_contrast(spec: str | None) -> dict[str, tuple[str, ...]] | None:
-    """'CONTRAST=MAP,MAP;CONTRAST=MAP' -> {contrast: maps}; CliError naming the problem."""
+def _components_by_contrast(spec: str | None, option: str = "--combined-by-contrast"
+                            ) -> dict[str, tuple[str, ...]] | None:
+    """'CONTRAST=MAP,MAP;CONTRAST=MAP' -> {contrast: maps}; CliError naming the problem. ``-NAME`` (a signed map
+    negated) only for ``--dark-by-contrast``."""
+    from .combined import NEGATED, SIGNED_MAPS
     from .scoring import parse_maps
     from .tissue import CONTRASTS
 
@@ -560,8 +567,18 @@ def _components_by_contrast(spec: str | None) -> dict[str, tuple[str, ...]] | No
     for part in spec.split(";"):
         contrast, _, names = part.partition("=")
         if contrast.strip() not in CONTRASTS or not names.strip():
-            raise CliError(f"--combined-by-contrast: {part!r} is not CONTRAST=MAPS (contrasts: {', '.join(CONTRASTS)})")
-        out[contrast.strip()] = parse_maps(names)
+            raise CliError(f"{option}: {part!r} is not CONTRAST=MAPS (contrasts: {', '.join(CONTRASTS)})")
+        listed = [n.strip() for n in names.split(",") if n.strip()]
+        negated = [n for n in listed if n.startswith(NEGATED)]
+        if negated and option != "--dark-by-contrast":
+            raise CliError(f"{option}: {', '.join(negated)}: a negated map belongs to --dark-by-contrast")
+        wrong = [n for n in negated if n[len(NEGATED):] not in SIGNED_MAPS]
+        if wrong:
+            raise CliError(f"{option}: {', '.join(wrong)}: only a signed map can be negated "
+                           f"({', '.join(SIGNED_MAPS)})")
+        if len(negated) < len(listed):
+            parse_maps([n for n in listed if n not in negated])  # ValueError naming an unknown map
+        out[contrast.strip()] = tuple(dict.fromkeys(listed)) if negated else parse_maps(listed)
     return out
 
 
@@ -584,7 +601,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         for option, given in (("--balance-contrasts", args.balance_contrasts),
                               ("--true-brain-masks", args.true_brain_masks),
                               ("--tables-by-contrast", args.tables_by_contrast),
-                              ("--combined-by-contrast", args.combined_by_contrast)):
+                              ("--combined-by-contrast", args.combined_by_contrast),
+                              ("--dark-by-contrast", args.dark_by_contrast)):
             if given and not (args.synthetic is not None and args.label_maps):
                 raise CliError(f"{option} needs --synthetic with --label-maps (synthetic heads of known contrast "
                                "and brain)")
@@ -605,6 +623,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                             balance_contrasts=args.balance_contrasts, true_brain_masks=args.true_brain_masks,
                             tables_by_contrast=args.tables_by_contrast,
                             combined_by_contrast=_components_by_contrast(args.combined_by_contrast),
+                            dark_by_contrast=_components_by_contrast(args.dark_by_contrast, "--dark-by-contrast"),
                             log=_log)
         else:
             if args.detection_map or args.combined:

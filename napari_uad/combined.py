@@ -12,6 +12,14 @@ contrast the tissue fit recognises (``tissue.scan_contrast``: dark or bright flu
 against the healthy volumes of that contrast only -- what is normal in a T2 scan's CSF is not normal in a T1
 scan's; any other scan against the pooled tables. Components per contrast (``calibration.combined.
 components_by_contrast``, where a calibration was given them): a scan of that contrast combines those maps instead.
+
+A dark channel per contrast (card ``calibration.combined.dark_components_by_contrast``, where a calibration was
+given one): the combined map of a scan of that contrast is the larger of two means, the components' (the bright
+channel) and the dark channel's. A dark-channel component ``-NAME`` is the signed map NAME negated (positive where
+the scan is darker than its tissue, or than its mirror voxel), measured against its own healthy table
+(``calibration.maps["-NAME"]``); unsigned maps (E) enter both channels as they are. So a region darker than its
+tissue (an infarct's cavity on T1, a black hole) can score as high as a bright one, and it still has to be
+unusual in every map of its channel.
 """
 
 from __future__ import annotations
@@ -20,11 +28,26 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["COMBINED", "MAX_SURPRISE", "healthy_quantile", "surprise", "component_table", "combine",
-           "combined_components", "all_components", "contrast_tables"]
+__all__ = ["COMBINED", "MAX_SURPRISE", "NEGATED", "SIGNED_MAPS", "healthy_quantile", "surprise", "component_table",
+           "component_values", "base_map", "combine", "combined_components", "dark_components", "all_components",
+           "contrast_tables"]
 
 COMBINED = "combined"
 MAX_SURPRISE = 5.0  # -log10 of the finest tail level of the quantile tables (1e-5)
+NEGATED = "-"  # prefix of a dark-channel component: the signed map negated
+SIGNED_MAPS = ("signed_residual", "tissue", "asymmetry")  # the maps whose sign means brighter / darker
+
+
+def base_map(name: str) -> str:
+    """The map a component is computed from: ``-tissue`` -> ``tissue``; other names unchanged."""
+    return name[len(NEGATED):] if name.startswith(NEGATED) else name
+
+
+def component_values(maps: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """Component ``name``'s values from the scored maps: ``maps[name]``, or a signed map negated for ``-NAME``."""
+    if name in maps or not name.startswith(NEGATED):
+        return maps[name]
+    return -np.asarray(maps[base_map(name)])
 
 
 def healthy_quantile(scores: np.ndarray, table: Mapping) -> np.ndarray:
@@ -55,14 +78,21 @@ def component_table(calibration: Mapping, name: str, contrast: str | None = None
     return {"quantiles": quantiles, "levels": calibration["levels"]}
 
 
-def combine(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Sequence[str],
-            contrast: str | None = None) -> np.ndarray:
-    """Mean surprise of ``components``, each against ``component_table`` for a scan of ``contrast``."""
+def _mean_surprise(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Sequence[str],
+                   contrast: str | None) -> np.ndarray:
     total = None
     for name in components:
-        s = surprise(maps[name], component_table(calibration, name, contrast))
+        s = surprise(component_values(maps, name), component_table(calibration, name, contrast))
         total = s if total is None else total + s
     return total / np.float32(len(components))
+
+
+def combine(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Sequence[str],
+            contrast: str | None = None, dark: Sequence[str] = ()) -> np.ndarray:
+    """Mean surprise of ``components``, each against ``component_table`` for a scan of ``contrast``; with a
+    ``dark`` channel, the voxelwise larger of that mean and the dark components' mean."""
+    bright = _mean_surprise(maps, calibration, components, contrast)
+    return np.maximum(bright, _mean_surprise(maps, calibration, dark, contrast)) if dark else bright
 
 
 def combined_components(calibration: Mapping, contrast: str | None = None) -> tuple[str, ...]:
@@ -75,10 +105,21 @@ def combined_components(calibration: Mapping, contrast: str | None = None) -> tu
     return names if names and all(n in calibration.get("maps", {}) for n in names) else ()
 
 
+def dark_components(calibration: Mapping, contrast: str | None = None) -> tuple[str, ...]:
+    """The dark channel recorded in a card's calibration for a scan of ``contrast``
+    (``combined.dark_components_by_contrast``); () where it has none, or a table is missing."""
+    spec = calibration.get(COMBINED) or {}
+    names = tuple((spec.get("dark_components_by_contrast") or {}).get(contrast or "") or ())
+    return names if names and all(n in calibration.get("maps", {}) for n in names) else ()
+
+
 def all_components(calibration: Mapping) -> tuple[str, ...]:
-    """Every map the combined map may need, whatever the scan's contrast (pooled components first)."""
+    """Every map the combined map may need, whatever the scan's contrast (pooled components first; a dark
+    channel's ``-NAME`` as the scored map NAME)."""
     spec = calibration.get(COMBINED) or {}
     names = [*combined_components(calibration)]
     for contrast in spec.get("components_by_contrast") or {}:
         names += [n for n in combined_components(calibration, contrast) if n not in names]
+    for contrast in spec.get("dark_components_by_contrast") or {}:
+        names += [n for n in map(base_map, dark_components(calibration, contrast)) if n not in names]
     return tuple(names)

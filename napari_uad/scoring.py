@@ -40,7 +40,7 @@ from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
-from .combined import COMBINED, all_components, combine, combined_components
+from .combined import COMBINED, all_components, combine, combined_components, dark_components
 from .postprocess import median_filter_map, median_footprint
 from .tissue import hypointense_thickness_mm, scan_contrast, tissue_outliers
 from .asymmetry import asymmetry_map
@@ -312,8 +312,9 @@ class Scorer:
                                                  self.card.scoring.asymmetry_sigma_mm)
         if COMBINED in maps:
             if components:
-                out[COMBINED] = combine(out, self.card.calibration,
-                                        combined_components(self.card.calibration, contrast), contrast)
+                cal = self.card.calibration
+                out[COMBINED] = combine(out, cal, combined_components(cal, contrast), contrast,
+                                        dark=dark_components(cal, contrast))
             else:
                 notes.append("combined map not computed (all zero): the model card's calibration has none")
                 out[COMBINED] = np.zeros(brain.shape, np.float32)

@@ -468,6 +468,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     combined: tuple[str, ...] = (), toy_anomalies: int = 0, balance_contrasts: bool = False,
                     true_brain_masks: bool = False, tables_by_contrast: bool = False,
                     combined_by_contrast: dict[str, tuple[str, ...]] | None = None,
+                    dark_by_contrast: dict[str, tuple[str, ...]] | None = None,
                     log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
@@ -489,14 +490,16 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     recognised contrast (``calibration.calibrate``); a recalibration on normal scans makes them again, from those
     scans, where the card has them. ``combined_by_contrast`` (synthetic only): recognised contrast -> the combined
     map's components for scans of it (chosen on other validation data); a recalibration on normal scans keeps the
-    card's."""
+    card's. ``dark_by_contrast`` (synthetic only): recognised contrast -> the combined map's dark channel for scans
+    of it (``napari_uad.combined``; ``-NAME`` = a signed map negated); a recalibration on normal scans keeps the
+    card's and tables it on those scans."""
     from .calibration import calibrate
     from .combined import COMBINED, combined_components, contrast_tables
     from .model_card import load_model
     from .scoring import MAP_NAMES, Scorer
     from .synth_labels import CLINICAL_FAMILIES
 
-    if synthetic_volumes <= 0 and (detection_map or combined):
+    if synthetic_volumes <= 0 and (detection_map or combined or dark_by_contrast):
         raise ValueError("a detection map or combined components can be given only with synthetic validation volumes "
                          "(normal scans keep the card's)")
     if "combined" in combined:
@@ -549,6 +552,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                      healthy_quota=quota, true_brain_masks=true_brain_masks,
                                      tables_by_contrast=tables_by_contrast,
                                      components_by_contrast=combined_by_contrast,
+                                     dark_by_contrast=dark_by_contrast,
                                      combined_components=tuple(combined),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      **({"maps": maps} if maps else {}))
@@ -565,6 +569,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                      combined_components=combined_components(previous),
                                      tables_by_contrast=bool(contrast_tables(previous)),
                                      components_by_contrast=(previous.get(COMBINED) or {}).get("components_by_contrast"),
+                                     dark_by_contrast=(previous.get(COMBINED) or {}).get("dark_components_by_contrast"),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      detection_map=previous.get("detection_map"),
                                      min_volume_mm3=float(previous.get("min_volume_mm3", 0.0)),

@@ -382,3 +382,37 @@ def test_score_uses_the_cards_operating_point_for_the_scans_recognised_contrast(
     assert card_point["operating_point"] == {"threshold": source, "min_volume_mm3": source}
     assert given["threshold"] == 4.0 and given["operating_point"] == {"threshold": "given", "min_volume_mm3": source}
     assert given["min_volume_mm3"] == expected["min_volume_mm3"]
+
+
+def test_scorer_combined_map_takes_the_cards_dark_channel(brain, tiny_model_dir):
+    """A card with a dark channel for the scan's recognised contrast: the scorer's combined map is the voxelwise
+    larger of the bright channel's mean surprise (tissue, asymmetry) and the dark channel's (the two maps negated,
+    each against its own table), as computed by hand from the scorer's own tissue and asymmetry maps; where the
+    scan is darker than its tissue the dark channel is what scores."""
+    from napari_uad.model_card import load_model
+    from napari_uad.scoring import Scorer
+
+    data, mask, affine = brain
+    model, card = load_model(tiny_model_dir)
+    card.preprocessing = PreprocessingConfig(template="mni152-2009")
+    levels = [0.0, 0.5, 0.9, 0.99, 0.999, 1.0]
+    tables = {"tissue": [-20.0, 0.0, 1.0, 2.0, 3.0, 20.0], "-tissue": [-20.0, 0.0, 0.5, 1.0, 1.5, 20.0],
+              "asymmetry": [-5.0, 0.0, 0.2, 0.4, 0.6, 5.0], "-asymmetry": [-5.0, 0.0, 0.3, 0.5, 0.7, 5.0]}
+    channel = ["-tissue", "-asymmetry"]
+    card.calibration = {"levels": levels, "maps": {m: {"quantiles": q} for m, q in tables.items()},
+                        "combined": {"components": ["tissue", "asymmetry"],
+                                     "dark_components_by_contrast": {"dark_fluid": channel, "bright_fluid": channel}}}
+    volume = Volume.from_array(data, affine)
+    result = Scorer(model, card, device="cpu").score(volume, ("tissue", "asymmetry", "combined"), mask=mask)
+    assert result.contrast in ("dark_fluid", "bright_fluid")
+
+    def surprise(values, name):  # -log10(1 - healthy quantile), capped at 5
+        q = np.interp(values.astype(np.float64), tables[name], levels)
+        return np.minimum(-np.log10(np.maximum(1 - q, 1e-5)), 5.0)
+
+    t, a = result.maps["tissue"], result.maps["asymmetry"]
+    bright = (surprise(t, "tissue") + surprise(a, "asymmetry")) / 2
+    dark = (surprise(-t, "-tissue") + surprise(-a, "-asymmetry")) / 2
+    inside = result.mask
+    np.testing.assert_allclose(result.maps["combined"][inside], np.maximum(bright, dark)[inside], atol=1e-5)
+    assert (dark[inside] > bright[inside] + 0.5).sum() > 10  # the dark channel carries those voxels

@@ -226,7 +226,8 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     # tables per contrast made by an earlier calibration: a site's recalibration does not keep them (its pooled
     # tables replace those they were made beside; one scan per contrast is too few for tables of its own)
     stale = {**card, "calibration": {**before, "combined": {**before["combined"], "tables_by_contrast": {
-        "bright_fluid": {m: before["maps"][m]["quantiles"] for m in before["combined"]["components"]}}}}}
+        "bright_fluid": {m: before["maps"][m]["quantiles"] for m in before["combined"]["components"]}},
+        "dark_components_by_contrast": {"dark_fluid": ["-tissue", "E"]}}}}  # and a dark channel
     (out / "card.json").write_text(json.dumps(stale), encoding="utf-8")
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans")]) == 0
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
@@ -243,6 +244,9 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert card["calibration"]["combined"]["components"] == before["combined"]["components"]
     assert "tables_by_contrast" not in card["calibration"]["combined"]
     assert card["calibration"]["maps"]["combined"]["quantiles"] != before["maps"]["combined"]["quantiles"]
+    # the dark channel stays, its negated map tabled on these scans
+    assert card["calibration"]["combined"]["dark_components_by_contrast"] == {"dark_fluid": ["-tissue", "E"]}
+    assert "quantiles" in card["calibration"]["maps"]["-tissue"]
     # a detection map and combined components chosen elsewhere (benchmarks/real_anatomy.py) are honoured; the
     # combinations are still tried and recorded, and the operating point is searched for the given map
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--workers", "1", "--device", "cpu",
@@ -258,6 +262,7 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
                      "--detection-map", "tissue"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined", "combined,z"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined-by-contrast", "t2=E"]) != 0
+    assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--dark-by-contrast", "dark_fluid=-E"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--detection-map", "z"]) != 0
     assert json.loads((out / "card.json").read_text(encoding="utf-8"))["calibration"] == forced  # untouched
     # a site's normal scans with toy anomalies put into copies of them: the card's detection map and components
@@ -714,6 +719,56 @@ def test_combined_map_components_per_contrast_replace_a_map_that_fails_on_that_c
     with pytest.raises(ValueError, match="not among the calibrated maps"):
         calibrate(_MapScorer(make), healthy, anomalous, maps=("residual", "nll", "combined"),
                   combined_components=("nll", "residual"), components_by_contrast={bright: ("tissue",)})
+
+
+def test_dark_channel_finds_a_lesion_darker_than_its_tissue_on_its_contrast_only():
+    """A dark channel (``-tissue``: the signed tissue map negated, with E): a lesion darker than its tissue is found
+    on a dark-fluid scan, whose combined map is the larger of the two channels' mean surprise (hand computation
+    against the card's tables); the bright channel alone misses it; a bright-fluid scan keeps its bright channel;
+    the card records the channel and the negated map's own table; a negated unsigned map is refused."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.combined import all_components, combine, combined_components, dark_components, surprise
+
+    dark, bright = "dark_fluid", "bright_fluid"
+    shape = (28, 28, 28)
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 10:17] = True
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        sick = lesion & (volume.data[1, 1, 1] > 0)
+        return {"tissue": (rng.normal(size=shape) - 4.0 * sick).astype(np.float32),  # darker than its tissue
+                "E": (np.abs(rng.normal(size=shape)) + 2.0 * sick).astype(np.float32)}
+
+    healthy, anomalous = _validation_by_contrast(shape, lesion, [(dark, 8), (bright, 8)], stride=20)
+    cal = calibrate(_MapScorer(make), healthy, anomalous, maps=("E", "tissue", "combined"),
+                    combined_components=("tissue", "E"), dark_by_contrast={dark: ("-tissue", "E")},
+                    detection_map="combined")
+    assert cal["combined"]["dark_components_by_contrast"] == {dark: ["-tissue", "E"]}
+    assert dark_components(cal, dark) == ("-tissue", "E") and dark_components(cal, bright) == ()
+    assert set(all_components(cal)) == {"tissue", "E"}  # what the scorer computes: the signed map itself
+    assert cal["detection_map"] == "combined"
+    assert cal["maps"]["-tissue"]["quantiles"] != cal["maps"]["tissue"]["quantiles"]  # its own healthy table
+
+    def tab(name):
+        return {"quantiles": cal["maps"][name]["quantiles"], "levels": cal["levels"]}
+
+    point = cal["operating_point"]["by_contrast"].get(dark, cal["operating_point"])
+    volume = _coded_of_contrast(shape, 900, True, dark)
+    maps = make(volume)
+    got = combine(maps, cal, combined_components(cal, dark), dark, dark=dark_components(cal, dark))
+    brightside = (surprise(maps["tissue"], tab("tissue")) + surprise(maps["E"], tab("E"))) / 2
+    darkside = (surprise(-maps["tissue"], tab("-tissue")) + surprise(maps["E"], tab("E"))) / 2
+    np.testing.assert_allclose(got, np.maximum(brightside, darkside), rtol=1e-6)
+    assert ((got >= point["threshold"]) & lesion).sum() > 0.5 * lesion.sum()
+    assert ((brightside >= point["threshold"]) & lesion).sum() < 0.1 * lesion.sum()  # bright channel alone: missed
+    other = _coded_of_contrast(shape, 901, True, bright)
+    np.testing.assert_allclose(combine(make(other), cal, combined_components(cal, bright), bright,
+                                       dark=dark_components(cal, bright)),
+                               combine(make(other), cal, ("tissue", "E"), bright))
+    with pytest.raises(ValueError, match="not among the calibrated maps"):
+        calibrate(_MapScorer(make), healthy, anomalous, maps=("E", "tissue", "combined"),
+                  combined_components=("tissue", "E"), dark_by_contrast={dark: ("-E", "tissue")})
 
 
 def test_true_brain_masks_keep_heads_whose_brain_extraction_would_fail():
