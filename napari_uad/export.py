@@ -20,7 +20,7 @@ FINDINGS_COLUMNS: tuple[str, ...] = (
     "scan_path", "scan_sha256", "finding_id", "tag", "category", "note", "reviewer", "reviewed_at",
     "model_name", "model_version", "model_sha256", "detection_map", "threshold", "min_volume_mm3",
     "centroid_i", "centroid_j", "centroid_k", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
-    "volume_mm3", "voxel_count", "max_score", "mean_score", "first_slice", "last_slice",
+    "volume_mm3", "voxel_count", "max_score", "mean_score", "signal", "first_slice", "last_slice",
 )
 UNREVIEWED = "unreviewed"
 
@@ -35,7 +35,8 @@ def findings_rows(findings: Iterable[Finding], *, scan_path: str, scan_sha256: s
                   min_volume_mm3: float, reviews: Mapping[int, Mapping[str, str]] | None = None) -> list[dict]:
     """CSV rows (dicts keyed by FINDINGS_COLUMNS). ``reviews`` maps finding_id -> tag/category/note/reviewer/
     reviewed_at; findings without a review are 'unreviewed' with empty review fields.
-    World coordinates are RAS mm; voxel coordinates index the original scan file."""
+    World coordinates are RAS mm; voxel coordinates index the original scan file; ``signal``: hyperintense or
+    hypointense against the finding's own tissue class (empty without a tissue map)."""
     reviews = reviews or {}
     rows = []
     for f in findings:
@@ -65,6 +66,7 @@ def findings_rows(findings: Iterable[Finding], *, scan_path: str, scan_sha256: s
             "voxel_count": f.voxel_count,
             "max_score": _num(f.max_score),
             "mean_score": _num(f.mean_score),
+            "signal": f.signal,
             "first_slice": f.first_slice,
             "last_slice": f.last_slice,
         })

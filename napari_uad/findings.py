@@ -24,6 +24,8 @@ class Finding:
     centroid_ijk: centre of mass in original-file voxel coordinates.
     centroid_xyz_mm: centre of mass in world RAS mm.
     first_slice, last_slice: range of axial slice indices (original file index along its axial axis).
+    signal: "hyperintense" or "hypointense" -- brighter or darker than its own tissue class expects (the sign of
+    the signed tissue map's mean over the finding); "" where no tissue map was given.
     """
 
     finding_id: int
@@ -35,6 +37,7 @@ class Finding:
     mean_score: float
     first_slice: int
     last_slice: int
+    signal: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,8 +109,19 @@ def component_centroids(lab: np.ndarray, coords: np.ndarray, n: int) -> tuple[np
         return counts, sums / counts[:, None]
 
 
-def describe_components(labels: np.ndarray, score_map: np.ndarray, volume: Volume) -> list[Finding]:
-    """Measure every labelled component; ``labels`` and ``score_map`` are in the volume's canonical grid."""
+def _signals(signed: np.ndarray | None, flat: np.ndarray, lab: np.ndarray, n: int) -> list[str]:
+    """Per label 1..n: "hyperintense" / "hypointense" by the sign of ``signed``'s mean over it; "" without a map
+    (or where the mean is 0: no tissue there)."""
+    if signed is None:
+        return [""] * n
+    sums = np.bincount(lab, weights=signed.ravel()[flat].astype(np.float64), minlength=n + 1)[1:]
+    return ["hyperintense" if s > 0 else "hypointense" if s < 0 else "" for s in sums]
+
+
+def describe_components(labels: np.ndarray, score_map: np.ndarray, volume: Volume,
+                        signed: np.ndarray | None = None) -> list[Finding]:
+    """Measure every labelled component; ``labels``, ``score_map`` and ``signed`` (the signed tissue map, for each
+    finding's ``signal``; optional) are in the volume's canonical grid."""
     flat, lab, coords = labelled_voxels(labels)
     if lab.size == 0:
         return []
@@ -121,6 +135,7 @@ def describe_components(labels: np.ndarray, score_map: np.ndarray, volume: Volum
     k_last = np.full(n + 1, -1)
     np.minimum.at(k_first, lab, coords[:, 2])
     np.maximum.at(k_last, lab, coords[:, 2])
+    signals = _signals(signed, flat, lab, n)
     world = volume.canonical_to_world(centres)
     original = volume.canonical_to_original_index(centres)
     axial = volume.axial_original_axis
@@ -139,6 +154,7 @@ def describe_components(labels: np.ndarray, score_map: np.ndarray, volume: Volum
             mean_score=float(means[i]),
             first_slice=first,
             last_slice=last,
+            signal=signals[i],
         ))
     return findings
 
@@ -151,15 +167,17 @@ def interior(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
 
 
 def find_findings(score_map: np.ndarray, volume: Volume, threshold: float, min_volume_mm3: float = 0.0,
-                  connectivity: int = 3, allowed: np.ndarray | None = None) -> tuple[np.ndarray, list[Finding]]:
+                  connectivity: int = 3, allowed: np.ndarray | None = None, signed: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, list[Finding]]:
     """Threshold, label and describe: (labels in the canonical grid, findings ordered by id).
 
     ``allowed``: where findings may lie (e.g. the brain mask less an edge margin, :func:`interior`); None = all.
+    ``signed``: the signed tissue map, which says whether each finding is hyper- or hypointense (optional).
     """
     if allowed is not None:
         score_map = np.where(allowed, score_map, np.float32(-np.inf)).astype(score_map.dtype, copy=False)
     labels, _ = label_components(score_map, threshold, volume.voxel_volume_mm3, min_volume_mm3, connectivity)
-    return labels, describe_components(labels, score_map, volume)
+    return labels, describe_components(labels, score_map, volume, signed)
 
 
 def card_findings(result, volume: Volume, card) -> tuple[np.ndarray, list[Finding], float | None, float]:
@@ -171,5 +189,6 @@ def card_findings(result, volume: Volume, card) -> tuple[np.ndarray, list[Findin
     threshold, min_volume = card.operating_point(result.contrast)
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
-                                     allowed=interior(result.mask, volume.spacing, margin))
+                                     allowed=interior(result.mask, volume.spacing, margin),
+                                     signed=result.maps.get("tissue"))
     return labels, findings, threshold, min_volume

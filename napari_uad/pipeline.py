@@ -138,7 +138,8 @@ class ScoreJob:
         threshold, min_volume = self.operating_point(result.contrast)
         labels, findings = find_findings(result.maps[self.detection_map], volume, threshold, min_volume,
                                          self.connectivity,
-                                         interior(result.mask, volume.spacing, self.edge_margin_mm))
+                                         interior(result.mask, volume.spacing, self.edge_margin_mm),
+                                         signed=result.maps.get("tissue"))
         t_findings = time.perf_counter() - t1
         t2 = time.perf_counter()
         model = f"{card.name} {card.version}"

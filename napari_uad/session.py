@@ -124,7 +124,7 @@ class ScoredScan:
 
     def findings(self, name: str, threshold: float, min_volume_mm3: float, connectivity: int = 3) -> FindingsView:
         labels, findings = find_findings(self.result.maps[name], self.volume, threshold, min_volume_mm3,
-                                         connectivity, self.allowed)
+                                         connectivity, self.allowed, signed=self.result.maps.get("tissue"))
         world = np.array([f.centroid_xyz_mm for f in findings]).reshape(-1, 3)
         inv = np.linalg.inv(self.volume.affine)
         canonical = world @ inv[:3, :3].T + inv[:3, 3]

@@ -49,6 +49,29 @@ def test_finding_positions_in_original_grid_and_world():
     assert (f.first_slice, f.last_slice) == (ks.min(), ks.max())
 
 
+def test_findings_say_whether_they_are_brighter_or_darker_than_their_tissue():
+    """A finding's signal is the sign of the signed tissue map's mean over it: hyperintense, hypointense, or blank
+    without a tissue map; it reaches the findings CSV row."""
+    from napari_uad.export import findings_rows
+
+    data = np.ones((20, 20, 10), np.float32)
+    data[0, 0, 0] = 2.0
+    vol = Volume.from_array(data, np.eye(4))
+    score = np.zeros(vol.shape, np.float32)
+    tissue = np.zeros(vol.shape, np.float32)
+    score[2:5, 2:5, 2:5] = score[12:15, 12:15, 5:8] = 3.0
+    tissue[2:5, 2:5, 2:5] = 4.0  # brighter than its tissue
+    tissue[12:15, 12:15, 5:8] = -4.0  # darker ...
+    tissue[12, 12, 5] = 30.0  # ... with one bright voxel, outweighed by the mean over the finding
+    _, findings = find_findings(score, vol, 1.0, signed=tissue)
+    by_place = {tuple(round(v) for v in f.centroid_ijk[:2]): f.signal for f in findings}
+    assert by_place == {(3, 3): "hyperintense", (13, 13): "hypointense"}
+    assert {f.signal for f in find_findings(score, vol, 1.0)[1]} == {""}
+    rows = findings_rows(findings, scan_path="s.nii.gz", scan_sha256="0", model_name="m", model_version="1",
+                         model_sha256="0", detection_map="combined", threshold=1.0, min_volume_mm3=0.0)
+    assert sorted(r["signal"] for r in rows) == ["hyperintense", "hypointense"]
+
+
 def test_edge_margin_keeps_findings_away_from_the_brain_surface():
     """interior() measures the margin in world mm (anisotropic voxels honoured); find_findings only labels
     voxels it allows, so a blob on the brain's surface goes and a deep one stays."""

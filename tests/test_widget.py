@@ -14,6 +14,7 @@ if not os.environ.get("DISPLAY"):
 napari = pytest.importorskip("napari")
 
 from napari_uad._reader import get_reader  # noqa: E402
+from napari_uad._widget_parts.findings_panel import TABLE_COLUMNS  # noqa: E402
 from napari_uad.export import FINDINGS_COLUMNS  # noqa: E402
 from napari_uad.io import write_image_file  # noqa: E402
 
@@ -201,7 +202,7 @@ def test_review_session_restores_after_viewer_closed(qtbot, make_napari_viewer, 
     first = w2.view.findings[0].finding_id
     assert w2.review.reviews[first]["tag"] == "uncertain"
     assert w2.review.reviews[first]["note"] == "check on follow-up"
-    assert w2.findings_table.item(0, 11).text() == "uncertain"
+    assert w2.findings_table.item(0, TABLE_COLUMNS.index("tag")).text() == "uncertain"
 
 
 @pytest.mark.parametrize("kind", ["RAS", "LPS", "permuted", "aniso"])

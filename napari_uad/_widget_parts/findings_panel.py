@@ -26,8 +26,8 @@ from .profile import SliceProfile
 __all__ = ["FindingsPanel", "TABLE_COLUMNS", "TAG_COLORS"]
 
 TAG_COLORS = {"unreviewed": "#bbbbbb", "TP": "#2ecc40", "FP": "#ff4136", "uncertain": "#ffdc00"}
-TABLE_COLUMNS = ("id", "i", "j", "k", "x mm", "y mm", "z mm", "volume mm³", "max", "mean", "slices", "tag",
-                 "category", "note")
+TABLE_COLUMNS = ("id", "i", "j", "k", "x mm", "y mm", "z mm", "volume mm³", "max", "mean", "signal", "slices",
+                 "tag", "category", "note")
 
 
 class FindingsPanel(QWidget):
@@ -147,7 +147,7 @@ class FindingsPanel(QWidget):
         for row, f in enumerate(view.findings):
             review = review_of(f.finding_id)
             values = (f.finding_id, *(f"{v:.1f}" for v in f.centroid_ijk), *(f"{v:.1f}" for v in f.centroid_xyz_mm),
-                      f"{f.volume_mm3:.1f}", f"{f.max_score:.4g}", f"{f.mean_score:.4g}",
+                      f"{f.volume_mm3:.1f}", f"{f.max_score:.4g}", f"{f.mean_score:.4g}", f.signal,
                       f"{f.first_slice}–{f.last_slice}", review.get("tag", "unreviewed"),
                       review.get("category", ""), review.get("note", ""))
             for col, value in enumerate(values):

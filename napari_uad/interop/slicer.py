@@ -27,8 +27,8 @@ SEGMENT_COLORS = {"TP": (1.0, 0.0, 0.0), "FP": (0.5, 0.5, 0.5), "uncertain": (1.
 MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
                   "Schema/markups-schema-v1.0.3.json#")
 _TAG_PREFIX = "napari-uad."
-_TAG_FIELDS = ("tag", "category", "note", "reviewer", "reviewed_at", "max_score", "mean_score", "volume_mm3",
-               "detection_map", "threshold", "model_name", "model_version")
+_TAG_FIELDS = ("tag", "category", "note", "reviewer", "reviewed_at", "max_score", "mean_score", "signal",
+               "volume_mm3", "detection_map", "threshold", "model_name", "model_version")
 
 
 def _segment(row: Mapping) -> dict:
