@@ -106,6 +106,11 @@ def test_score_threshold_tag_export(qtbot, widget, scan_path, tmp_path):
     widget.update_findings()
     n = widget.findings_table.rowCount()
     assert n >= 3
+    # each row shows its own finding's values under the right headers (tag and signal first, positions last)
+    cell = {c: widget.findings_table.item(0, TABLE_COLUMNS.index(c)).text() for c in TABLE_COLUMNS}
+    first = widget.view.findings[0]
+    assert (cell["id"], cell["tag"], cell["signal"]) == (str(first.finding_id), "unreviewed", first.signal)
+    assert (cell["volume mm³"], cell["x mm"]) == (f"{first.volume_mm3:.1f}", f"{first.centroid_xyz_mm[0]:.1f}")
     # tag two findings with the keyboard shortcuts (T = TP, then F = FP), moving on after each
     widget.select_finding(0)
     viewer.window._qt_viewer.canvas.native.setFocus()

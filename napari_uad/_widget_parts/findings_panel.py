@@ -26,8 +26,9 @@ from .profile import SliceProfile
 __all__ = ["FindingsPanel", "TABLE_COLUMNS", "TAG_COLORS"]
 
 TAG_COLORS = {"unreviewed": "#bbbbbb", "TP": "#2ecc40", "FP": "#ff4136", "uncertain": "#ffdc00"}
-TABLE_COLUMNS = ("id", "i", "j", "k", "x mm", "y mm", "z mm", "volume mm³", "max", "mean", "signal", "slices",
-                 "tag", "category", "note")
+# what the reviewer reads first (tag, signal, size, score, slices) is visible without scrolling; positions after
+TABLE_COLUMNS = ("id", "tag", "signal", "volume mm³", "max", "mean", "slices", "category", "note", "i", "j", "k",
+                 "x mm", "y mm", "z mm")
 
 
 class FindingsPanel(QWidget):
@@ -146,10 +147,10 @@ class FindingsPanel(QWidget):
         table.setRowCount(len(view.findings))
         for row, f in enumerate(view.findings):
             review = review_of(f.finding_id)
-            values = (f.finding_id, *(f"{v:.1f}" for v in f.centroid_ijk), *(f"{v:.1f}" for v in f.centroid_xyz_mm),
-                      f"{f.volume_mm3:.1f}", f"{f.max_score:.4g}", f"{f.mean_score:.4g}", f.signal,
-                      f"{f.first_slice}–{f.last_slice}", review.get("tag", "unreviewed"),
-                      review.get("category", ""), review.get("note", ""))
+            values = (f.finding_id, review.get("tag", "unreviewed"), f.signal, f"{f.volume_mm3:.1f}",
+                      f"{f.max_score:.4g}", f"{f.mean_score:.4g}", f"{f.first_slice}–{f.last_slice}",
+                      review.get("category", ""), review.get("note", ""),
+                      *(f"{v:.1f}" for v in f.centroid_ijk), *(f"{v:.1f}" for v in f.centroid_xyz_mm))
             for col, value in enumerate(values):
                 item = QTableWidgetItem(str(value))
                 if col == TABLE_COLUMNS.index("tag"):
