@@ -67,7 +67,7 @@ def test_reviewed_segmentation_reads_back_with_its_tags(tmp_path, tiny_model_dir
     out, rows = _score(tmp_path, tiny_model_dir, "LPS")
     scan = read_volume(tmp_path / "scan_LPS.nii.gz")
     labels = read_volume(out / "scan_LPS.labels.nii.gz", allow_constant=True).data
-    rows[0].update(tag="TP", category="reference finding", note="enhancing | rim: 5 mm")
+    rows[0].update(tag="TP", category="reference finding", note="enhancing | rim: 5 mm", signal="hypointense")
     if len(rows) > 1:
         rows[1].update(tag="FP")
     path = write_segmentation(tmp_path / "reviewed.seg.nrrd", scan, labels, rows)
@@ -76,6 +76,11 @@ def test_reviewed_segmentation_reads_back_with_its_tags(tmp_path, tiny_model_dir
     np.testing.assert_allclose(affine, scan.original_affine, atol=1e-5)
     first = int(rows[0]["finding_id"])
     assert fields[first]["tag"] == "TP" and fields[first]["note"] == "enhancing | rim: 5 mm"
+    assert fields[first]["signal"] == "hypointense"
+    from napari_uad.interop.slicer import write_markups
+
+    points = json.loads(write_markups(tmp_path / "reviewed.mrk.json", rows).read_text())["markups"][0]["controlPoints"]
+    assert "hypointense" in points[0]["description"] and "TP" in points[0]["description"]
     seg = slicerio.read_segmentation(str(path))
     assert seg["segments"][0]["color"] == pytest.approx([1.0, 0.0, 0.0])  # TP: red
     reader = get_reader(str(path))

@@ -87,13 +87,15 @@ def read_segmentation_findings(path: str | os.PathLike) -> tuple[np.ndarray, np.
 
 def write_markups(path: str | os.PathLike, rows: Sequence[Mapping], name: str = "napari-uad findings") -> Path:
     """A Slicer markups point list: one control point per finding at its centroid (LPS mm), labelled
-    ``finding <id>``, the tag and score in its description."""
+    ``finding <id>``, the tag, score, size and signal (hyper-/hypointense) in its description."""
     points = []
     for r in rows:
         ras = np.array([float(r["centroid_x_mm"]), float(r["centroid_y_mm"]), float(r["centroid_z_mm"])])
         lps = (LPS_TO_RAS[:3, :3] @ ras).tolist()
         tag = r.get("tag") or "unreviewed"
         description = f"{tag}; max {r['detection_map']} {float(r['max_score']):.4g}; {float(r['volume_mm3']):.0f} mm3"
+        if r.get("signal"):
+            description += f"; {r['signal']}"
         if r.get("category"):
             description += f"; {r['category']}"
         points.append({"id": str(r["finding_id"]), "label": f"finding {r['finding_id']}", "description": description,
