@@ -37,8 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .combined import (COMBINED, NEGATED, SIGNED_MAPS, base_map, combine, combined_components, contrast_tables,
-                       dark_components, healthy_quantile)
+from .combined import (COMBINED, NEGATED, SIGNED_MAPS, base_map, combine, combined_components, component_values,
+                       contrast_tables, dark_components, healthy_quantile)
 from .findings import interior, label_components
 from .io import Volume
 from .mask import dice as mask_dice
@@ -328,7 +328,7 @@ def _score(scorer: Scorer, volume: Volume, maps: tuple[str, ...], true_brain_mas
     result = scorer.score(volume, tuple(dict.fromkeys(map(base_map, maps))), mask, postprocess=False)
     for m in maps:
         if m != base_map(m):  # a dark-channel component: its signed map negated
-            result.maps[m] = -result.maps[base_map(m)]
+            result.maps[m] = component_values(result.maps, m)
     return result
 
 

@@ -557,7 +557,7 @@ def _components_by_contrast(spec: str | None, option: str = "--combined-by-contr
                             ) -> dict[str, tuple[str, ...]] | None:
     """'CONTRAST=MAP,MAP;CONTRAST=MAP' -> {contrast: maps}; CliError naming the problem. ``-NAME`` (a signed map
     negated) only for ``--dark-by-contrast``."""
-    from .combined import NEGATED, SIGNED_MAPS
+    from .combined import NEGATED, SIGNED_MAPS, base_map
     from .scoring import parse_maps
     from .tissue import CONTRASTS
 
@@ -572,7 +572,7 @@ def _components_by_contrast(spec: str | None, option: str = "--combined-by-contr
         negated = [n for n in listed if n.startswith(NEGATED)]
         if negated and option != "--dark-by-contrast":
             raise CliError(f"{option}: {', '.join(negated)}: a negated map belongs to --dark-by-contrast")
-        wrong = [n for n in negated if n[len(NEGATED):] not in SIGNED_MAPS]
+        wrong = [n for n in negated if base_map(n) not in SIGNED_MAPS]
         if wrong:
             raise CliError(f"{option}: {', '.join(wrong)}: only a signed map can be negated "
                            f"({', '.join(SIGNED_MAPS)})")
