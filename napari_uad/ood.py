@@ -5,8 +5,8 @@ validation volumes) holds: modality, brain volume range (ml), smallest field-of-
 volume scores, the largest fraction of brain voxels above the detection threshold and whether the healthy scans
 were contrast-enhanced (absent in older cards: ours were not). Two checks need no reference: the scan's tissue fit
 must have its classes in an order some MR contrast has, and no region darker than its tissue may be thicker than
-1.5 x the thickest of the healthy validation heads' (a cavity or a large cyst, which the hyperintensity-scoring
-detection map does not mark). Each check returns
+1.5 x the thickest of the healthy validation heads' (a cavity or a large cyst, which a detection map that scores
+hyperintensity does not mark; every bundled card's does). Each check returns
 human-readable warnings; a CT scan given to an MR model (or the reverse) is refused unless forced.
 """
 
@@ -79,8 +79,8 @@ def check_input(volume: Volume, card: ModelCard, force: bool = False) -> list[st
 
 def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarray, volume_score: float,
                  card: ModelCard, detection_map: str, template_dice: float | None = None,
-                 tissue_means: tuple[float, float, float] | None = None, hypointense_mm: float | None = None
-                 ) -> tuple[list[str], dict]:
+                 tissue_means: tuple[float, float, float] | None = None, hypointense_mm: float | None = None,
+                 contrast: str | None = None) -> tuple[list[str], dict]:
     """Warnings after scoring and the numbers they rest on (for S.json).
 
     brain: brain mask (canonical grid); detection: the detection map, same grid; the fraction above threshold
@@ -91,7 +91,8 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
     orders MR contrasts have (``tissue.implausible_tissue_order``; needs no calibration reference).
     hypointense_mm: the thickness (world mm) of the thickest region darker than its tissue
     (``ScoreResult.hypointense_mm``; None when the tissue map was not computed), against
-    ``HYPOINTENSE_THICKNESS_MM``.
+    ``HYPOINTENSE_THICKNESS_MM``; its warning says whether the detection map can mark such a region (the combined
+    map with a dark channel for the scan's recognised ``contrast``, ``combined.dark_components``) or not.
     """
     ref = ood_reference(card)
     warnings: list[str] = []
@@ -122,8 +123,8 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
         if hypointense_mm > HYPOINTENSE_THICKNESS_MM:
             warnings.append(f"a region darker than its tissue should be is {hypointense_mm:.0f} mm thick (inscribed "
                             f"radius; healthy validation heads stay below {HYPOINTENSE_THICKNESS_MM:.0f} mm): a large "
-                            "dark anomaly such as a cavity or a cyst, which the detection map (it scores "
-                            "hyperintensity) does not mark; look at it")
+                            f"dark anomaly such as a cavity or a cyst, {_dark_coverage(card, detection_map, contrast)}; "
+                            "look at it")
     threshold = card.default_threshold(detection_map)
     healthy_max = ref.get("max_fraction_above_threshold", {}).get(detection_map)
     if threshold is not None and brain.any():
@@ -143,9 +144,19 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
     return warnings, facts
 
 
+def _dark_coverage(card: ModelCard, detection_map: str, contrast: str | None) -> str:
+    """What the detection map does with a region darker than its tissue, in words for the warning."""
+    from .combined import COMBINED, dark_components
+
+    if detection_map == COMBINED and dark_components(card.calibration, contrast):
+        return "which only the detection map's dark channel scores: check that the findings cover it"
+    return "which the detection map (it scores hyperintensity) does not mark"
+
+
 def check_score(result: "ScoreResult", voxel_volume_mm3: float, card: ModelCard, detection_map: str
                 ) -> tuple[list[str], dict]:
     """:func:`check_result` on a scorer's result (its brain mask, detection map, volume score, template fit,
     tissue fit and thickest hypointense region)."""
     return check_result(result.mask, voxel_volume_mm3, result.maps[detection_map], result.volume_score, card,
-                        detection_map, result.template_brain_dice, result.tissue_means, result.hypointense_mm)
+                        detection_map, result.template_brain_dice, result.tissue_means, result.hypointense_mm,
+                        result.contrast)

@@ -143,6 +143,17 @@ def test_a_thick_region_darker_than_its_tissue_warns_and_thin_ones_do_not():
     loud, facts = check_result(brain, volume.voxel_volume_mm3, zeros, 120.0, card_with_reference(), "nll",
                                hypointense_mm=HYPOINTENSE_THICKNESS_MM + 0.5)
     assert len(loud) == 1 and "darker than its tissue" in loud[0] and "cavity" in loud[0]
+    assert "scores hyperintensity) does not mark" in loud[0]
+    # a card whose combined map has a dark channel for the scan's contrast does score it: the warning says so
+    card = card_with_reference()
+    card.calibration.update(detection_map="combined", combined={"dark_components_by_contrast": {
+        "dark_fluid": ["-tissue"]}})
+    card.calibration["maps"].update({"-tissue": {}, "combined": {"threshold": 2.0}})
+    for contrast, marks in (("dark_fluid", True), ("bright_fluid", False), (None, False)):
+        said = check_result(brain, volume.voxel_volume_mm3, zeros, 120.0, card, "combined",
+                            hypointense_mm=HYPOINTENSE_THICKNESS_MM + 0.5, contrast=contrast)[0]
+        assert len(said) == 1 and ("dark channel scores" in said[0]) is marks
+        assert ("does not mark" in said[0]) is not marks
     # without a tissue map there is nothing to measure
     assert "hypointense_thickness_mm" not in check_result(brain, volume.voxel_volume_mm3, zeros, 120.0,
                                                           card_with_reference(), "nll")[1]

@@ -1,0 +1,124 @@
+"""Validation experiment: does a finding's shape (its thickness) tell a lesion from a healthy structure?
+
+Usage: python benchmarks/finding_shape.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 8]
+       [--seed 700000] [--families t1,flair] [--offsets=-0.4,-0.2,0,0.2] [--out runs/finding_shape.json]
+
+``--n`` normal heads and ``--n`` lesion heads per family in --families from the held-out *validation* label maps
+(the last --val-maps maps; never the tumour test cases), lesion kinds tumour, MS, infarct, haemorrhage in turn,
+normal variants, normal heads from --seed and lesion heads from --seed + 50 000, each scored on its true brain as a
+skull-stripped scan (as calibration with --true-brain-masks scores them). For each head, at the card's threshold
+for its recognised contrast plus each of --offsets, the card's detection map is thresholded inside the brain less
+the edge margin (no minimum volume) and every component is measured: volume (mm^3), thickness (mm: twice the
+largest distance from one of its voxels to the nearest voxel outside it, i.e. the diameter of the largest ball it
+holds, voxel size honoured), signal (hyper-/hypointense against its tissue class), whether it overlaps a lesion
+and whether it matches one by object recall's rule. From these rows any (threshold, minimum volume, minimum
+thickness) rule's false findings per normal head and lesions found can be counted without scoring again; the
+script prints that table for the card's threshold and the thickness minima 0-8 mm. Changes no card.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from scipy import ndimage
+
+from _validation import heads_in_turn, validation_args  # noqa: E402
+
+THICKNESS_MINIMA_MM = (0.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+
+
+def component_thickness(labels: np.ndarray, spacing) -> np.ndarray:
+    """Per label 1..n of ``labels`` (components that do not touch): twice the largest distance (mm) from one of its
+    voxels to the nearest voxel outside it -- the diameter of the largest ball it holds (a one-voxel sheet: 2 x its
+    voxel size across the sheet)."""
+    n = int(labels.max())
+    if n == 0:
+        return np.zeros(0)
+    padded = np.pad(labels > 0, 1)
+    distance = ndimage.distance_transform_edt(padded, sampling=[float(s) for s in spacing])[1:-1, 1:-1, 1:-1]
+    return 2.0 * np.asarray(ndimage.maximum(distance, labels, np.arange(1, n + 1)), dtype=np.float64)
+
+
+def main() -> None:
+    def options(parser) -> None:
+        parser.add_argument("--seed", type=int, default=700_000)
+        parser.add_argument("--families", default="t1,flair")
+        parser.add_argument("--offsets", default="-0.4,-0.2,0,0.2",
+                            help="thresholds measured: the card's point plus each of these")
+
+    args, setup = validation_args(__doc__.splitlines()[0], 8, "finding_shape.json", options, scorer=True)
+    if setup is None:
+        return
+    scorer, card, files = setup
+    from napari_uad.findings import describe_components, interior, label_components
+    from napari_uad.io import Volume
+    from napari_uad.metrics import component_matches, finding_overlaps
+    from napari_uad.synth_lesions import LESION_KINDS
+
+    families = tuple(args.families.split(","))
+    offsets = [float(v) for v in args.offsets.split(",")]
+    margin = float(card.calibration.get("edge_margin_mm", 0.0))
+    kind_of = lambda i: LESION_KINDS[(i // len(families)) % len(LESION_KINDS)]  # noqa: E731
+    heads = [(False, *h) for h in heads_in_turn(files, args.n * len(families), args.seed, families)]
+    heads += [(True, *h) for h in heads_in_turn(files, args.n * len(families), args.seed + 50_000, families,
+                                                 lesion=kind_of)]
+    rows, summary_heads = [], []
+    for lesion, i, path, head in heads:
+        data = np.where(head.brain, head.data, 0).astype(head.data.dtype)
+        volume = Volume.from_array(data, head.affine, modality="MR")
+        result = scorer.score(volume, mask=head.brain)
+        threshold, min_volume = card.operating_point(result.contrast)
+        allowed = interior(result.mask, volume.spacing, margin)
+        score = np.where(allowed, result.maps[card.detection_map], np.float32(-np.inf)).astype(np.float32)
+        truth = head.lesion > 0 if lesion else np.zeros(score.shape, bool)
+        n_lesions = int(ndimage.label(truth, structure=ndimage.generate_binary_structure(3, 3))[1])
+        seed = args.seed + (50_000 if lesion else 0) + i
+        summary_heads.append({"seed": seed, "lesion": kind_of(i) if lesion else "", "n_lesions": n_lesions,
+                              "family": head.params["contrast_family"], "contrast": result.contrast,
+                              "card_threshold": threshold, "card_min_volume_mm3": min_volume})
+        for offset in offsets:
+            labels, _ = label_components(score, threshold + offset, volume.voxel_volume_mm3)
+            findings = describe_components(labels, score, volume, result.maps.get("tissue"))
+            thickness = component_thickness(labels, volume.spacing)
+            overlaps, _ = finding_overlaps(labels, truth)
+            _, matched, _ = component_matches(labels, truth)
+            for f in findings:
+                rows.append({"seed": seed, "offset": offset, "finding": f.finding_id,
+                             "volume_mm3": round(f.volume_mm3, 1), "thickness_mm": round(float(thickness[f.finding_id - 1]), 2),
+                             "signal": f.signal, "max_score": round(f.max_score, 3),
+                             "overlaps": overlaps.get(f.finding_id, 0), "matched": int(matched[f.finding_id - 1])})
+        print(json.dumps(summary_heads[-1]), sum(r["seed"] == seed for r in rows), "components", flush=True)
+    table = rule_table(summary_heads, rows, 0.0)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": f"{card.name} {card.version}", "seed": args.seed,
+                                    "families": families, "heads": summary_heads, "table_at_card_threshold": table,
+                                    "components": rows}, indent=1) + "\n")
+    for line in table:
+        print(json.dumps(line))
+
+
+def rule_table(heads: list[dict], rows: list[dict], offset: float, min_volumes=(None, 10.0, 25.0, 50.0, 100.0)
+               ) -> list[dict]:
+    """At threshold card + ``offset``: per minimum volume (None: the card's) and minimum thickness, false findings
+    per normal head (all, hypointense) and lesions found (overlapped) out of all lesions, over the heads given."""
+    out = []
+    normal = [h for h in heads if not h["lesion"]]
+    for min_volume in min_volumes:
+        for min_thickness in THICKNESS_MINIMA_MM:
+            def kept(h):
+                mv = h["card_min_volume_mm3"] if min_volume is None else min_volume
+                return [r for r in rows if r["seed"] == h["seed"] and r["offset"] == offset
+                        and r["volume_mm3"] >= mv and r["thickness_mm"] >= min_thickness]
+            fp = [r for h in normal for r in kept(h)]
+            found = sum(len({r["overlaps"] for r in kept(h) if r["overlaps"]}) for h in heads if h["lesion"])
+            out.append({"offset": offset, "min_volume_mm3": min_volume or "card", "min_thickness_mm": min_thickness,
+                        "fp_per_normal_head": round(len(fp) / max(len(normal), 1), 2),
+                        "hypointense_fp_per_normal_head": round(
+                            sum(r["signal"] == "hypointense" for r in fp) / max(len(normal), 1), 2),
+                        "lesions_found": found, "lesions": sum(h["n_lesions"] for h in heads if h["lesion"])})
+    return out
+
+
+if __name__ == "__main__":
+    main()
