@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/finding_shape.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 8]
        [--seed 700000] [--families t1,flair] [--offsets=-0.4,-0.2,0,0.2] [--out runs/finding_shape.json]
+       python benchmarks/finding_shape.py --analyse runs/finding_shape.json   (the rule tables again, every offset)
 
 ``--n`` normal heads and ``--n`` lesion heads per family in --families from the held-out *validation* label maps
 (the last --val-maps maps; never the tumour test cases), lesion kinds tumour, MS, infarct, haemorrhage in turn,
@@ -13,12 +14,15 @@ largest distance from one of its voxels to the nearest voxel outside it, i.e. th
 holds, voxel size honoured), signal (hyper-/hypointense against its tissue class), whether it overlaps a lesion
 and whether it matches one by object recall's rule. From these rows any (threshold, minimum volume, minimum
 thickness) rule's false findings per normal head and lesions found can be counted without scoring again; the
-script prints that table for the card's threshold and the thickness minima 0-8 mm. Changes no card.
+script prints that table for every offset and the thickness minima 0-8 mm (``--analyse``: again, from the JSON
+written, without scoring). Changes no card.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -40,7 +44,22 @@ def component_thickness(labels: np.ndarray, spacing) -> np.ndarray:
     return 2.0 * np.asarray(ndimage.maximum(distance, labels, np.arange(1, n + 1)), dtype=np.float64)
 
 
+def analyse(path: Path) -> None:
+    """Print the rule table of a JSON written by this script, every offset (normal heads of each family apart)."""
+    saved = json.loads(path.read_text())
+    offsets = sorted({r["offset"] for r in saved["components"]})
+    for family in sorted({h["family"] for h in saved["heads"]}) + ["all"]:
+        heads = [h for h in saved["heads"] if family in ("all", h["family"])]
+        for offset in offsets:
+            for line in rule_table(heads, saved["components"], offset):
+                print(json.dumps({"model": saved["model"], "family": family, **line}))
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--analyse":
+        analyse(Path(sys.argv[2]))
+        return
+
     def options(parser) -> None:
         parser.add_argument("--seed", type=int, default=700_000)
         parser.add_argument("--families", default="t1,flair")
@@ -89,13 +108,10 @@ def main() -> None:
                              "signal": f.signal, "max_score": round(f.max_score, 3),
                              "overlaps": overlaps.get(f.finding_id, 0), "matched": int(matched[f.finding_id - 1])})
         print(json.dumps(summary_heads[-1]), sum(r["seed"] == seed for r in rows), "components", flush=True)
-    table = rule_table(summary_heads, rows, 0.0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": f"{card.name} {card.version}", "seed": args.seed,
-                                    "families": families, "heads": summary_heads, "table_at_card_threshold": table,
-                                    "components": rows}, indent=1) + "\n")
-    for line in table:
-        print(json.dumps(line))
+                                    "families": families, "heads": summary_heads, "components": rows}, indent=1) + "\n")
+    analyse(args.out)
 
 
 def rule_table(heads: list[dict], rows: list[dict], offset: float, min_volumes=(None, 10.0, 25.0, 50.0, 100.0)

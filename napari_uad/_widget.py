@@ -39,8 +39,8 @@ _PART_CONTROLS = {
                       "window_selector", "gradient_toggle", "score_button", "progress_bar", "progress_label",
                       "ood_banner"),
     "map_display": ("map_selector", "calibrated_toggle"),
-    "findings_panel": ("threshold_slider", "threshold_label", "min_volume_spinbox", "connectivity_selector",
-                       "profile", "findings_table", "prev_button", "next_button"),
+    "findings_panel": ("threshold_slider", "threshold_label", "min_volume_spinbox", "min_thickness_spinbox",
+                       "connectivity_selector", "profile", "findings_table", "prev_button", "next_button"),
     "review_panel": ("restore_button", "tag_buttons", "category_selector", "note_edit", "reviewer_edit",
                      "export_button"),
 }
@@ -188,7 +188,7 @@ class AnomalyReviewWidget(QWidget):
         self.image_layer, self.scan = layer, scan
         self.scoring_panel.show_warnings(scan.warnings)
         self.map_display.show_scan(scan, layer)
-        self.findings_panel.set_min_volume(scan.default_min_volume)
+        self.findings_panel.set_min_volume(scan.default_min_volume, scan.default_min_thickness)
         self.findings_panel.reset(scan, self.map_display.current)
         self.map_display.show_maps()
         self.findings_panel.profile.set_scores(scan.result.slice_scores)
@@ -234,7 +234,8 @@ class AnomalyReviewWidget(QWidget):
         min_volume = self.findings_panel.min_volume_spinbox.value()
         self.findings_panel.show_threshold(thr, self.scan.quantile_of(name, thr),
                                            self.scan.validation_rates(name, thr, min_volume))
-        self.view = self.scan.findings(name, thr, min_volume, self.connectivity)
+        self.view = self.scan.findings(name, thr, min_volume, self.connectivity,
+                                       self.findings_panel.min_thickness_spinbox.value())
         labels_name = self.map_display.layer_name("findings")
         labels = to_display(self.view.labels)
         if labels_name in self.viewer.layers:

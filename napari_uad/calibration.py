@@ -168,7 +168,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               min_volume_mm3: float = 0.0, healthy_quota: Mapping[str, int] | None = None,
               true_brain_masks: bool = False, tables_by_contrast: bool = False,
               components_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
-              dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None, log=lambda m: None) -> dict:
+              dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None, min_thickness_mm: float = 0.0,
+              min_thickness_by_contrast: Mapping[str, float] | None = None, log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``healthy_quota``: healthy volumes to keep per stratum (``Volume.metadata["stratum"]``, e.g. the contrast);
@@ -187,6 +188,10 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     chosen ones. The combined map's healthy table and operating points are computed with them.
     ``dark_by_contrast``: recognised contrast -> the combined map's dark channel for scans of it (``combined``
     module docstring; ``-NAME``: a signed map negated, tabled here as a map of its own).
+    ``min_thickness_mm`` / ``min_thickness_by_contrast``: findings thinner than this (world mm,
+    ``findings.component_thickness``; pooled point / recognised contrast -> its point's) are dropped when the
+    operating points count findings, and the points record it (chosen on other validation data,
+    ``benchmarks/finding_shape.py``; not searched here).
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
     which cannot choose them; with anomalies the trials are still recorded). ``detection_map``: with anomalies,
@@ -299,14 +304,17 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     if truths:
         name = out["detection_map"] = chosen
         entry = out["maps"][name]
-        point = _OperatingSearch.of(kept, name, entry, out["levels"]).choose(max_fp_per_normal_scan)
+        point = _OperatingSearch.of(kept, name, entry, out["levels"], min_thickness_mm=min_thickness_mm
+                                    ).choose(max_fp_per_normal_scan)
         point["edge_margin_mm"] = edge_margin_mm
-        point["by_contrast"] = _contrast_points(kept, pools[name], name, out["levels"], max_fp_per_normal_scan)
+        point["by_contrast"] = _contrast_points(kept, pools[name], name, out["levels"], max_fp_per_normal_scan,
+                                                min_thickness_by_contrast or {})
         entry["threshold_best_dice"], entry["threshold"] = entry["threshold"], point["threshold"]
         out["min_volume_mm3"], out["operating_point"] = point["min_volume_mm3"], point
     elif detection_map in out["maps"]:
         entry = out["maps"][detection_map]
-        point = _OperatingSearch.of(kept, detection_map, entry, out["levels"], start=entry["threshold_fpr_1pct"]
+        point = _OperatingSearch.of(kept, detection_map, entry, out["levels"], start=entry["threshold_fpr_1pct"],
+                                    min_thickness_mm=min_thickness_mm
                                     ).choose(max_fp_per_normal_scan, min_volumes=(float(min_volume_mm3),))
         point["edge_margin_mm"], point["threshold_best_dice"] = edge_margin_mm, None
         point["rule"] = ("normal scans only: the lowest threshold from the 1 % healthy-voxel FPR threshold up whose "
@@ -317,6 +325,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     else:
         out["detection_map"] = "combi" if "combi" in maps else maps[0]
         out["min_volume_mm3"] = 0.0
+    if min_thickness_mm > 0:
+        out["min_thickness_mm"] = float(min_thickness_mm)
     out["ood"] = _ood_reference(pools, reference, out["maps"], scorer.card.modality)
     return out
 
@@ -341,13 +351,14 @@ def _by_contrast(contrasts: list) -> dict[str, list[int]]:
     return dict(sorted(groups.items()))
 
 
-def _contrast_points(kept: list, healthy_samples: list, name: str, levels: list, max_fp: float) -> dict:
+def _contrast_points(kept: list, healthy_samples: list, name: str, levels: list, max_fp: float,
+                     min_thickness: Mapping[str, float]) -> dict:
     """Operating point of each recognised contrast with >= ``MIN_VOLUMES_PER_CONTRAST`` healthy and anomalous
     validation volumes: the pooled point's search on that contrast's volumes only, its candidate thresholds from
     that contrast's own Dice threshold up through its own healthy table (``healthy_samples[i]``: healthy
     ``kept[i]``'s sample of the map ``name``) -- a contrast whose map runs on another scale (the combined map of its
     own components, its own tables) is not held to the pooled volumes' thresholds -- with the numbers of volumes
-    it rests on."""
+    it rests on; ``min_thickness``: contrast -> the minimum finding thickness (mm) of its point."""
     points = {}
     for contrast, members in _by_contrast([k.contrast for k in kept]).items():
         healthy = [i for i in members if kept[i].truth is None]
@@ -356,7 +367,11 @@ def _contrast_points(kept: list, healthy_samples: list, name: str, levels: list,
             continue
         own = {"threshold": _best_dice_of(anomalous, name)[0],
                "quantiles": quantile_table(np.concatenate([healthy_samples[i] for i in healthy])).tolist()}
-        point = _OperatingSearch.of([kept[i] for i in members], name, own, levels).choose(max_fp)
+        thickness = float(min_thickness.get(contrast, 0.0))
+        point = _OperatingSearch.of([kept[i] for i in members], name, own, levels,
+                                    min_thickness_mm=thickness).choose(max_fp)
+        if thickness > 0:
+            point["min_thickness_mm"] = thickness
         points[contrast] = {**point, "n_healthy_volumes": len(healthy), "n_anomalous_volumes": len(anomalous)}
     return points
 
@@ -512,8 +527,10 @@ class _OperatingSearch(NamedTuple):
     matches: list  # per threshold: per volume (component volumes mm^3, matched, n_true)
 
     @classmethod
-    def of(cls, kept, map_name: str, entry: dict, levels: list, start: float | None = None) -> "_OperatingSearch":
-        """Thresholds from ``start`` (default: the entry's Dice threshold) up through the healthy table's tail."""
+    def of(cls, kept, map_name: str, entry: dict, levels: list, start: float | None = None,
+           min_thickness_mm: float = 0.0) -> "_OperatingSearch":
+        """Thresholds from ``start`` (default: the entry's Dice threshold) up through the healthy table's tail;
+        components thinner than ``min_thickness_mm`` (world mm) are not findings."""
         from .metrics import component_matches
 
         dice_threshold = float(entry["threshold"] if start is None else start)
@@ -524,7 +541,8 @@ class _OperatingSearch(NamedTuple):
             per_volume = []
             for k in kept:
                 score = np.where(k.allowed, k.maps[map_name].astype(np.float32), np.float32(-np.inf))
-                labels, _ = label_components(score, float(threshold), k.voxel_volume_mm3)
+                labels, _ = label_components(score, float(threshold), k.voxel_volume_mm3,
+                                             min_thickness_mm=min_thickness_mm, spacing=k.spacing)
                 sizes, matched, n_true = component_matches(
                     labels, k.truth if k.truth is not None else np.zeros(labels.shape, bool))
                 per_volume.append((sizes * k.voxel_volume_mm3, matched, n_true))

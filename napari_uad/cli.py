@@ -70,6 +70,9 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
                         "calibrated threshold)")
     p.add_argument("--min-volume-mm3", type=float, default=None, metavar="V",
                    help="drop findings smaller than V mm^3 (default: the card's value, else 0)")
+    p.add_argument("--min-thickness-mm", type=float, default=None, metavar="D",
+                   help="drop findings thinner than D mm (the diameter of the largest ball a finding holds: a "
+                        "sheet along a sulcus or a ventricle rim is thin; default: the card's value, else 0)")
     p.add_argument("--edge-margin-mm", type=float, default=None, metavar="M",
                    help="findings keep M mm from the brain mask's surface, where reconstruction errors gather "
                         "(default: the card's value, else 0)")
@@ -122,6 +125,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
         spec = JobSpec(model=model_dir, maps=maps, device=device, torch_threads=plan.torch_threads if plan else 1,
                        detection_map=args.detection_map, threshold=args.threshold,
                        min_volume_mm3=args.min_volume_mm3, edge_margin_mm=args.edge_margin_mm,
+                       min_thickness_mm=args.min_thickness_mm,
                        connectivity=args.connectivity, force=args.force,
                        options=_pipeline_options(args).to_dict(), command=args.command_line,
                        exports=tuple(args.export))
@@ -258,6 +262,10 @@ def _add_calibrate_parser(sub) -> None:
                    help="--synthetic: a dark channel of the combined map per recognised contrast, -NAME being the "
                         "signed map NAME negated, e.g. 'dark_fluid=-tissue,E,-asymmetry': a scan of that contrast "
                         "scores the larger of the two channels' mean surprise (napari_uad.combined)")
+    p.add_argument("--min-thickness-by-contrast", default=None, metavar="SPEC",
+                   help="--synthetic: a minimum finding thickness (mm) per recognised contrast, e.g. "
+                        "'dark_fluid=4': thinner findings are dropped when its operating point is searched and "
+                        "when its scans are scored")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
@@ -410,7 +418,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     try:
         job = ScoreJob.from_card(scorer, maps, args.detection_map, args.threshold, args.min_volume_mm3,
                                  args.edge_margin_mm, args.connectivity, args.force, log=_log,
-                                 command=args.command_line, exports=tuple(args.export))
+                                 command=args.command_line, exports=tuple(args.export),
+                                 min_thickness_mm=args.min_thickness_mm)
     except ValueError as err:
         raise CliError(str(err)) from err
     created = _writable_out_dir(args.out)
@@ -582,6 +591,26 @@ def _components_by_contrast(spec: str | None, option: str = "--combined-by-contr
     return out
 
 
+def _thickness_by_contrast(spec: str | None) -> dict[str, float] | None:
+    """'CONTRAST=MM;CONTRAST=MM' -> {contrast: mm}; CliError naming the problem."""
+    from .tissue import CONTRASTS
+
+    if not spec:
+        return None
+    out = {}
+    for part in spec.split(";"):
+        contrast, _, value = part.partition("=")
+        try:
+            mm = float(value)
+        except ValueError:
+            mm = float("nan")
+        if contrast.strip() not in CONTRASTS or not 0.0 <= mm < float("inf"):
+            raise CliError(f"--min-thickness-by-contrast: {part!r} is not CONTRAST=MM with MM >= 0 "
+                           f"(contrasts: {', '.join(CONTRASTS)})")
+        out[contrast.strip()] = mm
+    return out
+
+
 def _workers(requested: int) -> int:
     return requested if requested > 0 else min(16, os.cpu_count() or 1)
 
@@ -602,7 +631,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                               ("--true-brain-masks", args.true_brain_masks),
                               ("--tables-by-contrast", args.tables_by_contrast),
                               ("--combined-by-contrast", args.combined_by_contrast),
-                              ("--dark-by-contrast", args.dark_by_contrast)):
+                              ("--dark-by-contrast", args.dark_by_contrast),
+                              ("--min-thickness-by-contrast", args.min_thickness_by_contrast)):
             if given and not (args.synthetic is not None and args.label_maps):
                 raise CliError(f"{option} needs --synthetic with --label-maps (synthetic heads of known contrast "
                                "and brain)")
@@ -624,6 +654,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                             tables_by_contrast=args.tables_by_contrast,
                             combined_by_contrast=_components_by_contrast(args.combined_by_contrast),
                             dark_by_contrast=_components_by_contrast(args.dark_by_contrast, "--dark-by-contrast"),
+                            min_thickness_by_contrast=_thickness_by_contrast(args.min_thickness_by_contrast),
                             log=_log)
         else:
             if args.detection_map or args.combined:

@@ -150,7 +150,9 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path, maps: tuple[str, ...] | N
                 pool.inter += int((pred & truth).sum())
                 pool.pred_sum += int(pred.sum())
                 labels, _ = label_components(np.where(allowed, full, -np.inf), thr, gt.voxel_volume_mm3,
-                                             float(report.get("min_volume_mm3", 0.0)), report.get("connectivity", 3))
+                                             float(report.get("min_volume_mm3", 0.0)), report.get("connectivity", 3),
+                                             float(report.get("min_thickness_mm", 0.0))
+                                             if m == report.get("detection_map") else 0.0, gt.spacing)
                 pool.counts.append(object_counts(labels, truth))
                 row[f"{m}_dice"] = dice(pred, truth)
             pool.volume_scores.append(float(report["sample_scores"]["volume"]) if m in maps

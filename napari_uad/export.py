@@ -19,7 +19,7 @@ __all__ = ["FINDINGS_COLUMNS", "findings_rows", "write_findings_csv", "write_jso
 FINDINGS_COLUMNS: tuple[str, ...] = (
     "scan_path", "scan_sha256", "finding_id", "tag", "category", "note", "reviewer", "reviewed_at",
     "model_name", "model_version", "model_sha256", "detection_map", "threshold", "min_volume_mm3",
-    "centroid_i", "centroid_j", "centroid_k", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "min_thickness_mm", "centroid_i", "centroid_j", "centroid_k", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
     "volume_mm3", "voxel_count", "max_score", "mean_score", "signal", "first_slice", "last_slice",
 )
 UNREVIEWED = "unreviewed"
@@ -32,11 +32,13 @@ def utc_now() -> str:
 
 def findings_rows(findings: Iterable[Finding], *, scan_path: str, scan_sha256: str, model_name: str,
                   model_version: str, model_sha256: str, detection_map: str, threshold: float,
-                  min_volume_mm3: float, reviews: Mapping[int, Mapping[str, str]] | None = None) -> list[dict]:
+                  min_volume_mm3: float, reviews: Mapping[int, Mapping[str, str]] | None = None,
+                  min_thickness_mm: float = 0.0) -> list[dict]:
     """CSV rows (dicts keyed by FINDINGS_COLUMNS). ``reviews`` maps finding_id -> tag/category/note/reviewer/
     reviewed_at; findings without a review are 'unreviewed' with empty review fields.
     World coordinates are RAS mm; voxel coordinates index the original scan file; ``signal``: hyperintense or
-    hypointense against the finding's own tissue class (empty without a tissue map)."""
+    hypointense against the finding's own tissue class (empty without a tissue map); ``min_thickness_mm``: findings
+    thinner than this (world mm, ``findings.component_thickness``) were dropped (0: none)."""
     reviews = reviews or {}
     rows = []
     for f in findings:
@@ -56,6 +58,7 @@ def findings_rows(findings: Iterable[Finding], *, scan_path: str, scan_sha256: s
             "detection_map": detection_map,
             "threshold": _num(threshold),
             "min_volume_mm3": _num(min_volume_mm3),
+            "min_thickness_mm": _num(min_thickness_mm),
             "centroid_i": _num(f.centroid_ijk[0]),
             "centroid_j": _num(f.centroid_ijk[1]),
             "centroid_k": _num(f.centroid_ijk[2]),

@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from .io import Volume
 
-__all__ = ["interior", "Finding", "label_components", "describe_components", "find_findings", "card_findings"]
+__all__ = ["interior", "Finding", "label_components", "component_thickness", "describe_components", "find_findings",
+           "card_findings"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,28 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def component_thickness(labels: np.ndarray, spacing) -> np.ndarray:
+    """Per label 1..n of ``labels`` (n = its maximum; components that do not touch one another): twice the largest
+    distance (world mm, voxel ``spacing`` honoured) from one of its voxels to the nearest voxel outside it -- the
+    diameter of the largest ball it holds; a sheet one voxel thick measures 2 voxel sizes across it."""
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return np.zeros(0)
+    box = _bounding_box(labels > 0)
+    sub = labels[box]
+    distance = ndimage.distance_transform_edt(np.pad(sub > 0, 1), sampling=[float(s) for s in spacing])
+    return 2.0 * np.asarray(ndimage.maximum(distance[1:-1, 1:-1, 1:-1], sub, np.arange(1, n + 1)), np.float64)
+
+
 def label_components(score_map: np.ndarray, threshold: float, voxel_volume_mm3: float,
-                     min_volume_mm3: float = 0.0, connectivity: int = 3) -> tuple[np.ndarray, int]:
+                     min_volume_mm3: float = 0.0, connectivity: int = 3, min_thickness_mm: float = 0.0,
+                     spacing=None) -> tuple[np.ndarray, int]:
     """Connected components of ``score_map >= threshold`` (any 3D grid).
 
-    Components smaller than ``min_volume_mm3`` are dropped. Labels (uint16, 0 = background) are numbered
-    1..n by decreasing maximum score, so finding 1 is the most anomalous.
+    Components smaller than ``min_volume_mm3`` are dropped, and with ``min_thickness_mm`` > 0 (needs the voxel
+    ``spacing``, mm) those thinner than it (:func:`component_thickness`: a sheet along a sulcus or a ventricle
+    rim, not a lesion). Labels (uint16, 0 = background) are numbered 1..n by decreasing maximum score, so finding
+    1 is the most anomalous.
     ``connectivity``: 1 (faces, 6-neighbourhood), 2 (edges, 18) or 3 (corners, 26).
     Only the bounding box of the voxels above threshold is labelled, so the cost follows the findings.
     """
@@ -80,6 +97,12 @@ def label_components(score_map: np.ndarray, threshold: float, voxel_volume_mm3: 
     np.maximum.at(peaks, lab, values)
     keep = np.flatnonzero(sizes * voxel_volume_mm3 >= min_volume_mm3)
     keep = keep[keep > 0]
+    if min_thickness_mm > 0 and keep.size:
+        if spacing is None:
+            raise ValueError("a minimum finding thickness needs the voxel spacing")
+        lut = np.zeros(n + 1, dtype=np.int64)
+        lut[keep] = np.arange(1, keep.size + 1)
+        keep = keep[component_thickness(lut[labels], spacing) >= min_thickness_mm]
     if keep.size > np.iinfo(np.uint16).max:
         raise ValueError(f"{keep.size} findings: too many for uint16 labels; raise the threshold")
     order = keep[np.argsort(-peaks[keep], kind="stable")]
@@ -167,28 +190,31 @@ def interior(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
 
 
 def find_findings(score_map: np.ndarray, volume: Volume, threshold: float, min_volume_mm3: float = 0.0,
-                  connectivity: int = 3, allowed: np.ndarray | None = None, signed: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, list[Finding]]:
-    """Threshold, label and describe: (labels in the canonical grid, findings ordered by id).
+                  connectivity: int = 3, allowed: np.ndarray | None = None, signed: np.ndarray | None = None,
+                  min_thickness_mm: float = 0.0) -> tuple[np.ndarray, list[Finding]]:
+    """Threshold, label and describe: (labels in the canonical grid, findings ordered by id); findings smaller
+    than ``min_volume_mm3`` or thinner than ``min_thickness_mm`` (:func:`component_thickness`) are dropped.
 
     ``allowed``: where findings may lie (e.g. the brain mask less an edge margin, :func:`interior`); None = all.
     ``signed``: the signed tissue map, which says whether each finding is hyper- or hypointense (optional).
     """
     if allowed is not None:
         score_map = np.where(allowed, score_map, np.float32(-np.inf)).astype(score_map.dtype, copy=False)
-    labels, _ = label_components(score_map, threshold, volume.voxel_volume_mm3, min_volume_mm3, connectivity)
+    labels, _ = label_components(score_map, threshold, volume.voxel_volume_mm3, min_volume_mm3, connectivity,
+                                 min_thickness_mm, volume.spacing)
     return labels, describe_components(labels, score_map, volume, signed)
 
 
 def card_findings(result, volume: Volume, card) -> tuple[np.ndarray, list[Finding], float | None, float]:
     """Findings of a scored scan at its model card's own settings, as ``napari-uad score`` makes them without
     options: the card's detection map, its operating point for the scan's recognised contrast
-    (``result.contrast``) and its edge margin (world mm) from the brain mask's surface. ``result``: a
-    ``scoring.ScoreResult`` of ``volume`` (canonical grid); ``card``: a ``model_card.ModelCard``. Returns (labels,
-    findings, threshold, minimum volume mm^3)."""
+    (``result.contrast``, with its minimum thickness) and its edge margin (world mm) from the brain mask's surface.
+    ``result``: a ``scoring.ScoreResult`` of ``volume`` (canonical grid); ``card``: a ``model_card.ModelCard``.
+    Returns (labels, findings, threshold, minimum volume mm^3)."""
     threshold, min_volume = card.operating_point(result.contrast)
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
                                      allowed=interior(result.mask, volume.spacing, margin),
-                                     signed=result.maps.get("tissue"))
+                                     signed=result.maps.get("tissue"),
+                                     min_thickness_mm=card.default_min_thickness(result.contrast))
     return labels, findings, threshold, min_volume

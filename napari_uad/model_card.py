@@ -112,6 +112,12 @@ def contrast_points(calibration: dict) -> dict:
     return (calibration.get("operating_point") or {}).get("by_contrast") or {}
 
 
+def min_thickness_by_contrast(calibration: dict) -> dict[str, float]:
+    """Recognised contrast -> the minimum finding thickness (world mm) of its operating point, where it has one."""
+    return {c: float(p["min_thickness_mm"]) for c, p in contrast_points(calibration).items()
+            if p.get("min_thickness_mm")}
+
+
 def contrast_point(calibration: dict, contrast: str | None) -> dict | None:
     """The operating point a card's ``calibration`` holds for scans of ``contrast``, or None where it has none
     (the pooled point applies)."""
@@ -158,6 +164,12 @@ class ModelCard:
         operating point where it has one; 0 if not calibrated."""
         own = self.contrast_point(contrast)
         return float(own["min_volume_mm3"] if own else self.calibration.get("min_volume_mm3", 0.0))
+
+    def default_min_thickness(self, contrast: str | None = None) -> float:
+        """Calibrated minimum finding thickness (world mm; ``findings.component_thickness``) of the detection map,
+        that of the ``contrast``'s own operating point where it has one; 0 (none) if not calibrated."""
+        own = self.contrast_point(contrast)
+        return float(own.get("min_thickness_mm", 0.0) if own else self.calibration.get("min_thickness_mm", 0.0))
 
     def operating_point(self, contrast: str | None = None) -> tuple[float | None, float]:
         """(detection threshold, minimum finding volume mm^3) of the detection map for a scan of ``contrast``

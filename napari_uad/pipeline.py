@@ -41,7 +41,8 @@ def environment() -> dict:
 class ScoreJob:
     """Settings shared by every scan of one ``napari-uad score`` run.
 
-    threshold: detection threshold in raw units of ``detection_map``; min_volume_mm3: smallest finding kept.
+    threshold: detection threshold in raw units of ``detection_map``; min_volume_mm3: smallest finding kept;
+    min_thickness_mm: thinnest finding kept (world mm, ``findings.component_thickness``).
     Each came from the card where ``*_from_card``: the card's point for the scan's recognised contrast then
     replaces it once the scan is scored (``ModelCard.contrast_point``).
     """
@@ -59,15 +60,17 @@ class ScoreJob:
     exports: tuple[str, ...] = ()  # extra formats: "slicer" (S.seg.nrrd + S.mrk.json), "dicom-seg" (S.seg.dcm)
     threshold_from_card: bool = False
     min_volume_from_card: bool = False
+    min_thickness_mm: float = 0.0
+    min_thickness_from_card: bool = False
 
     @classmethod
     def from_card(cls, scorer: Scorer, maps: tuple[str, ...], detection_map: str | None = None,
                   threshold: float | None = None, min_volume_mm3: float | None = None,
                   edge_margin_mm: float | None = None, connectivity: int = 3, force: bool = False,
                   log: Callable[[str], None] | None = None, command: str = "",
-                  exports: tuple[str, ...] = ()) -> "ScoreJob":
+                  exports: tuple[str, ...] = (), min_thickness_mm: float | None = None) -> "ScoreJob":
         """A job whose unset settings come from the model card (detection map, its calibrated threshold, minimum
-        volume, edge margin); ValueError with a one-line reason when one is missing or invalid."""
+        volume and thickness, edge margin); ValueError with a one-line reason when one is missing or invalid."""
         card = scorer.card
         threshold_from_card, min_volume_from_card = threshold is None, min_volume_mm3 is None
         detection_map = detection_map or card.detection_map
@@ -84,6 +87,11 @@ class ScoreJob:
             min_volume_mm3 = float(card.calibration.get("min_volume_mm3", 0.0))
         if not 0.0 <= min_volume_mm3 < float("inf"):
             raise ValueError(f"--min-volume-mm3 must be a finite number >= 0, not {min_volume_mm3}")
+        min_thickness_from_card = min_thickness_mm is None
+        if min_thickness_mm is None:
+            min_thickness_mm = float(card.calibration.get("min_thickness_mm", 0.0))
+        if not 0.0 <= min_thickness_mm < float("inf"):
+            raise ValueError(f"--min-thickness-mm must be a finite number >= 0, not {min_thickness_mm}")
         unknown = sorted(set(exports) - set(EXPORT_FORMATS))
         if unknown:
             raise ValueError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(EXPORT_FORMATS)}")
@@ -94,7 +102,8 @@ class ScoreJob:
         return cls(scorer=scorer, maps=maps, detection_map=detection_map, threshold=threshold,
                    min_volume_mm3=min_volume_mm3, connectivity=connectivity, force=force,
                    edge_margin_mm=edge_margin_mm, log=log, command=command, exports=tuple(exports),
-                   threshold_from_card=threshold_from_card, min_volume_from_card=min_volume_from_card)
+                   threshold_from_card=threshold_from_card, min_volume_from_card=min_volume_from_card,
+                   min_thickness_mm=min_thickness_mm, min_thickness_from_card=min_thickness_from_card)
 
     def operating_point(self, contrast: str | None) -> tuple[float, float]:
         """(threshold, minimum volume mm^3) for a scan of the recognised ``contrast``: the settings given, and
@@ -105,13 +114,23 @@ class ScoreJob:
         return (self.threshold if threshold is None else threshold,
                 card.default_min_volume(contrast) if own else self.min_volume_mm3)
 
+    def min_thickness(self, contrast: str | None) -> float:
+        """Thinnest finding kept (world mm) for a scan of the recognised ``contrast``: the value given, else the
+        card's for that contrast (its pooled one where it has none; 0 for another map than the card's)."""
+        card = self.scorer.card
+        if not self.min_thickness_from_card:
+            return self.min_thickness_mm
+        return card.default_min_thickness(contrast) if self.detection_map == card.detection_map else 0.0
+
     def sources(self, contrast: str | None) -> dict[str, str]:
-        """Where the threshold and the minimum volume of a scan of ``contrast`` came from (recorded in S.json)."""
+        """Where the threshold, the minimum volume and the minimum thickness of a scan of ``contrast`` came from
+        (recorded in S.json)."""
         card = self.scorer.card
         own = card.contrast_point(contrast) is not None and self.detection_map == card.detection_map
         source = "card, this scan's contrast" if own else "card, pooled"
         return {"threshold": source if self.threshold_from_card else "given",
-                "min_volume_mm3": source if self.min_volume_from_card else "given"}
+                "min_volume_mm3": source if self.min_volume_from_card else "given",
+                "min_thickness_mm": source if self.min_thickness_from_card else "given"}
 
     def run(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None, modality: str | None = None,
             progress: Callable[[Progress], None] | None = None) -> list[Path]:
@@ -136,10 +155,11 @@ class ScoreJob:
                 (self.log or (lambda m: None))(f"napari-uad: warning: {path}: {warning}")
         t1 = time.perf_counter()
         threshold, min_volume = self.operating_point(result.contrast)
+        min_thickness = self.min_thickness(result.contrast)
         labels, findings = find_findings(result.maps[self.detection_map], volume, threshold, min_volume,
                                          self.connectivity,
                                          interior(result.mask, volume.spacing, self.edge_margin_mm),
-                                         signed=result.maps.get("tissue"))
+                                         signed=result.maps.get("tissue"), min_thickness_mm=min_thickness)
         t_findings = time.perf_counter() - t1
         t2 = time.perf_counter()
         model = f"{card.name} {card.version}"
@@ -153,7 +173,8 @@ class ScoreJob:
         scan_sha = volume.sha256()
         rows = findings_rows(findings, scan_path=str(Path(path).resolve()), scan_sha256=scan_sha,
                              model_name=card.name, model_version=card.version, model_sha256=card.weights_sha256,
-                             detection_map=self.detection_map, threshold=threshold, min_volume_mm3=min_volume)
+                             detection_map=self.detection_map, threshold=threshold, min_volume_mm3=min_volume,
+                             min_thickness_mm=min_thickness)
         written.append(write_findings_csv(out_dir / f"{stem}.findings.csv", rows))
         if "slicer" in self.exports:
             from .interop.slicer import write_markups, write_segmentation
@@ -182,6 +203,7 @@ class ScoreJob:
             "threshold": threshold,
             "card_thresholds": {m: card.default_threshold(m, result.contrast) for m in self.maps},
             "min_volume_mm3": min_volume,
+            "min_thickness_mm": min_thickness,
             "contrast": result.contrast,
             "operating_point": self.sources(result.contrast),
             "edge_margin_mm": self.edge_margin_mm,

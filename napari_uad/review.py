@@ -56,10 +56,14 @@ class ReviewKey:
     threshold: float
     min_volume_mm3: float
     connectivity: int
+    min_thickness_mm: float = 0.0
 
     @property
     def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if not fields["min_thickness_mm"]:
+            del fields["min_thickness_mm"]  # reviews saved before the setting existed keep their digest
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -35,6 +35,7 @@ class FindingsView:
     threshold: float
     min_volume_mm3: float
     connectivity: int
+    min_thickness_mm: float = 0.0
 
 
 @dataclass
@@ -113,6 +114,12 @@ class ScoredScan:
         """The card's minimum finding volume (mm^3) for this scan's recognised contrast (as ``napari-uad score``)."""
         return self.card.default_min_volume(self.result.contrast)
 
+    @property
+    def default_min_thickness(self) -> float:
+        """The card's minimum finding thickness (world mm) for this scan's recognised contrast (as ``napari-uad
+        score``)."""
+        return self.card.default_min_thickness(self.result.contrast)
+
     # -- findings -------------------------------------------------------------------------------------------
     @property
     def allowed(self) -> np.ndarray:
@@ -122,26 +129,31 @@ class ScoredScan:
             self._allowed = interior(self.result.mask, self.volume.spacing, margin)
         return self._allowed
 
-    def findings(self, name: str, threshold: float, min_volume_mm3: float, connectivity: int = 3) -> FindingsView:
+    def findings(self, name: str, threshold: float, min_volume_mm3: float, connectivity: int = 3,
+                 min_thickness_mm: float = 0.0) -> FindingsView:
+        """Findings of map ``name`` at these settings (threshold in raw map units, volume mm^3, thickness mm)."""
         labels, findings = find_findings(self.result.maps[name], self.volume, threshold, min_volume_mm3,
-                                         connectivity, self.allowed, signed=self.result.maps.get("tissue"))
+                                         connectivity, self.allowed, signed=self.result.maps.get("tissue"),
+                                         min_thickness_mm=min_thickness_mm)
         world = np.array([f.centroid_xyz_mm for f in findings]).reshape(-1, 3)
         inv = np.linalg.inv(self.volume.affine)
         canonical = world @ inv[:3, :3].T + inv[:3, 3]
-        return FindingsView(labels, findings, canonical, name, threshold, min_volume_mm3, connectivity)
+        return FindingsView(labels, findings, canonical, name, threshold, min_volume_mm3, connectivity,
+                            min_thickness_mm)
 
     def review_key(self, view: FindingsView) -> ReviewKey:
         return ReviewKey(scan_sha256=self.scan_sha256, model_name=self.card.name, model_version=self.card.version,
                          model_sha256=self.card.weights_sha256, detection_map=view.detection_map,
                          threshold=round(float(view.threshold), 9), min_volume_mm3=float(view.min_volume_mm3),
-                         connectivity=int(view.connectivity))
+                         connectivity=int(view.connectivity), min_thickness_mm=float(view.min_thickness_mm))
 
     def _rows(self, view: FindingsView, review: ReviewSession | None) -> list[dict]:
         return findings_rows(view.findings, scan_path="" if self.volume.path is None else str(self.volume.path),
                              scan_sha256=self.scan_sha256, model_name=self.card.name,
                              model_version=self.card.version, model_sha256=self.card.weights_sha256,
                              detection_map=view.detection_map, threshold=view.threshold,
-                             min_volume_mm3=view.min_volume_mm3, reviews=None if review is None else review.reviews)
+                             min_volume_mm3=view.min_volume_mm3, reviews=None if review is None else review.reviews,
+                             min_thickness_mm=view.min_thickness_mm)
 
     def _refuse_scan_path(self, path: Path) -> None:
         if self.volume.path is not None and path.resolve() == Path(self.volume.path).resolve():

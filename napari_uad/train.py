@@ -469,6 +469,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     true_brain_masks: bool = False, tables_by_contrast: bool = False,
                     combined_by_contrast: dict[str, tuple[str, ...]] | None = None,
                     dark_by_contrast: dict[str, tuple[str, ...]] | None = None,
+                    min_thickness_by_contrast: dict[str, float] | None = None,
                     log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
@@ -492,14 +493,18 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     map's components for scans of it (chosen on other validation data); a recalibration on normal scans keeps the
     card's. ``dark_by_contrast`` (synthetic only): recognised contrast -> the combined map's dark channel for scans
     of it (``napari_uad.combined``; ``-NAME`` = a signed map negated); a recalibration on normal scans keeps the
-    card's and tables it on those scans."""
+    card's and tables it on those scans. ``min_thickness_by_contrast`` (synthetic only): recognised contrast -> the
+    minimum finding thickness (mm) its operating point counts findings with (chosen on other validation data); a
+    recalibration keeps the card's (per contrast where it searches points per contrast, i.e. with toy anomalies;
+    the pooled value always)."""
     from .calibration import calibrate
     from .combined import COMBINED, combined_components, contrast_tables
     from .model_card import load_model
+    from .model_card import min_thickness_by_contrast as thickness_by_contrast
     from .scoring import MAP_NAMES, Scorer
     from .synth_labels import CLINICAL_FAMILIES
 
-    if synthetic_volumes <= 0 and (detection_map or combined or dark_by_contrast):
+    if synthetic_volumes <= 0 and (detection_map or combined or dark_by_contrast or min_thickness_by_contrast):
         raise ValueError("a detection map or combined components can be given only with synthetic validation volumes "
                          "(normal scans keep the card's)")
     if "combined" in combined:
@@ -553,6 +558,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                      tables_by_contrast=tables_by_contrast,
                                      components_by_contrast=combined_by_contrast,
                                      dark_by_contrast=dark_by_contrast,
+                                     min_thickness_by_contrast=min_thickness_by_contrast,
                                      combined_components=tuple(combined),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      **({"maps": maps} if maps else {}))
@@ -573,6 +579,8 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      detection_map=previous.get("detection_map"),
                                      min_volume_mm3=float(previous.get("min_volume_mm3", 0.0)),
+                                     min_thickness_mm=float(previous.get("min_thickness_mm", 0.0)),
+                                     min_thickness_by_contrast=thickness_by_contrast(previous),
                                      **({"maps": maps} if maps else {}))
         if toy_anomalies > 0:
             card.calibration["validation_set"] = (

@@ -245,11 +245,27 @@ def test_edge_margin_is_applied_recorded_and_checked(tmp_path, tiny_model_dir, s
 
 def test_threshold_and_min_volume_must_be_finite(tmp_path, tiny_model_dir, scan, capsys):
     for option, value in (("--threshold", "nan"), ("--threshold", "inf"), ("--min-volume-mm3", "nan"),
-                          ("--min-volume-mm3", "-1")):
+                          ("--min-volume-mm3", "-1"), ("--min-thickness-mm", "-1"), ("--min-thickness-mm", "inf")):
         assert run_cli("score", scan, "--out", tmp_path / "out", "--model", tiny_model_dir, option, value) == 2
         err = capsys.readouterr().err
         assert f"{option} must be a finite number" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_minimum_thickness_drops_thinner_findings_and_is_recorded(tmp_path, tiny_model_dir, scan):
+    """--min-thickness-mm: the same run with a thickness no finding reaches has no findings, and S.json records
+    the value (0 and where it came from when not given)."""
+    for thickness, out in ((None, tmp_path / "plain"), ("50", tmp_path / "thick")):
+        extra = () if thickness is None else ("--min-thickness-mm", thickness)
+        assert run_cli("score", scan, "--out", out, "--model", tiny_model_dir, "--threshold", "0.8", *extra,
+                       "--quiet") == 0
+    plain, thick = (json.loads((tmp_path / d / "patient01.json").read_text()) for d in ("plain", "thick"))
+    assert plain["n_findings"] > 0 and thick["n_findings"] == 0
+    assert (plain["min_thickness_mm"], thick["min_thickness_mm"]) == (0.0, 50.0)
+    assert (plain["operating_point"]["min_thickness_mm"], thick["operating_point"]["min_thickness_mm"]) == (
+        "card, pooled", "given")
+    with open(tmp_path / "plain" / "patient01.findings.csv", newline="") as fh:
+        assert {row["min_thickness_mm"] for row in csv.DictReader(fh)} == {"0.0"}
 
 
 def test_when_every_input_fails_no_output_directory_is_left(tmp_path, tiny_model_dir, capsys):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_uad.findings import find_findings, label_components
+from napari_uad.findings import component_thickness, find_findings, label_components
 from napari_uad.io import Volume
 
 
@@ -16,6 +16,30 @@ def test_components_ordered_by_peak_and_small_ones_dropped():
     assert n == 2  # the single voxel (2 mm^3) is dropped
     assert labels[10, 10, 5] == 1 and labels[3, 3, 3] == 2 and labels[15, 15, 1] == 0
     assert labels.dtype == np.uint16
+
+
+def test_thickness_is_the_diameter_of_the_largest_ball_a_finding_holds_and_thin_ones_can_be_dropped():
+    """A slab 3 voxels thick measures 4 mm across at 1 mm voxels (its middle voxel lies 2 mm from the outside) and
+    a 6-voxel cube 6 mm; with 2 mm voxels along the slab's thin axis the slab measures 8 mm. A minimum thickness
+    drops the slab and keeps the cube, whatever its volume; it needs the voxel size."""
+    score = np.zeros((30, 30, 30), np.float32)
+    score[4:7, 5:25, 5:25] = 1.0  # slab: 3 x 20 x 20 voxels (1 200)
+    score[15:21, 15:21, 15:21] = 2.0  # cube: 6 x 6 x 6 voxels (216)
+    labels, n = label_components(score, 0.5, 1.0)
+    assert n == 2 and labels[18, 18, 18] == 1 and labels[5, 10, 10] == 2
+    assert component_thickness(labels, (1.0, 1.0, 1.0)).tolist() == [6.0, 4.0]
+    assert component_thickness(labels, (2.0, 1.0, 1.0)).tolist() == [6.0, 8.0]
+    assert component_thickness(np.zeros((3, 3, 3), np.uint16), (1.0, 1.0, 1.0)).size == 0
+    kept, n = label_components(score, 0.5, 1.0, min_volume_mm3=100.0, min_thickness_mm=5.0, spacing=(1, 1, 1))
+    assert n == 1 and kept[18, 18, 18] == 1 and not kept[5].any()
+    assert label_components(score, 0.5, 1.0, min_thickness_mm=5.0, spacing=(2, 1, 1))[1] == 2
+    with pytest.raises(ValueError, match="spacing"):
+        label_components(score, 0.5, 1.0, min_thickness_mm=5.0)
+    # find_findings takes the voxel size from the volume
+    volume = Volume.from_array(score + 1.0, np.diag([2.0, 1.0, 1.0, 1.0]))
+    assert len(find_findings(score, volume, 0.5, min_thickness_mm=5.0)[1]) == 2
+    volume = Volume.from_array(score + 1.0, np.eye(4))
+    assert len(find_findings(score, volume, 0.5, min_thickness_mm=5.0)[1]) == 1
 
 
 def test_connectivity():
@@ -108,7 +132,9 @@ def test_card_findings_use_the_cards_point_for_the_scans_contrast_and_its_edge_m
     card = ModelCard(name="t", version="0")
     card.calibration = {"detection_map": "combined", "maps": {"combined": {"threshold": 2.0}}, "min_volume_mm3": 0.0,
                         "edge_margin_mm": 3.0,
-                        "operating_point": {"by_contrast": {"bright_fluid": {"threshold": 4.0, "min_volume_mm3": 8.0}}}}
+                        "operating_point": {"by_contrast": {"bright_fluid": {"threshold": 4.0, "min_volume_mm3": 8.0},
+                                                            "dark_fluid": {"threshold": 2.0, "min_volume_mm3": 0.0,
+                                                                           "min_thickness_mm": 4.0}}}}
     brain = np.zeros((30, 30, 30), bool)
     brain[2:28, 2:28, 2:28] = True
     score = np.zeros(brain.shape, np.float32)
@@ -116,7 +142,8 @@ def test_card_findings_use_the_cards_point_for_the_scans_contrast_and_its_edge_m
     score[18:20, 18:20, 18:20] = 5.0  # 8 mm^3, above both
     score[2:5, 14:17, 14:17] = 5.0  # on the brain's surface: inside the 3 mm edge margin
     volume = Volume.from_array(brain.astype(np.float32), np.eye(4))
-    for contrast, threshold, expected in ((None, 2.0, 2), ("dark_fluid", 2.0, 2), ("bright_fluid", 4.0, 1)):
+    # dark fluid: the 2-voxel cube (2 mm thick) is thinner than its point's 4 mm; the 3-voxel one (4 mm) stays
+    for contrast, threshold, expected in ((None, 2.0, 2), ("dark_fluid", 2.0, 1), ("bright_fluid", 4.0, 1)):
         result = SimpleNamespace(maps={"combined": score}, mask=brain, contrast=contrast)
         labels, findings, used, min_volume = card_findings(result, volume, card)
         assert used == threshold and len(findings) == expected and labels.max() == expected

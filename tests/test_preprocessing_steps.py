@@ -364,7 +364,7 @@ def test_score_uses_the_cards_operating_point_for_the_scans_recognised_contrast(
     path = write_like(volume, volume.data, tmp_path / f"{contrast}.nii.gz")
     model, card = load_model(tiny_model_dir)
     card.preprocessing = PreprocessingConfig(template="mni152-2009")
-    own = {"bright_fluid": {"threshold": 7.0, "min_volume_mm3": 50.0}}
+    own = {"bright_fluid": {"threshold": 7.0, "min_volume_mm3": 50.0, "min_thickness_mm": 3.0}}
     card.calibration = {"detection_map": "tissue", "min_volume_mm3": 10.0, "maps": {"tissue": {"threshold": 5.0}},
                         "operating_point": {"threshold": 5.0, "min_volume_mm3": 10.0, "by_contrast": own}}
     scorer = Scorer(model, card, device="cpu", options=PipelineOptions(skull_strip="off"))
@@ -376,11 +376,12 @@ def test_score_uses_the_cards_operating_point_for_the_scans_recognised_contrast(
     card_point, given = reports
     expected = own.get(contrast, {"threshold": 5.0, "min_volume_mm3": 10.0})
     assert card_point["contrast"] == given["contrast"] == contrast
-    assert (card_point["threshold"], card_point["min_volume_mm3"]) == (expected["threshold"],
-                                                                      expected["min_volume_mm3"])
+    assert (card_point["threshold"], card_point["min_volume_mm3"], card_point["min_thickness_mm"]) == (
+        expected["threshold"], expected["min_volume_mm3"], expected.get("min_thickness_mm", 0.0))
     source = "card, this scan's contrast" if contrast in own else "card, pooled"
-    assert card_point["operating_point"] == {"threshold": source, "min_volume_mm3": source}
-    assert given["threshold"] == 4.0 and given["operating_point"] == {"threshold": "given", "min_volume_mm3": source}
+    assert card_point["operating_point"] == {"threshold": source, "min_volume_mm3": source, "min_thickness_mm": source}
+    assert given["threshold"] == 4.0 and given["operating_point"] == {"threshold": "given", "min_volume_mm3": source,
+                                                                      "min_thickness_mm": source}
     assert given["min_volume_mm3"] == expected["min_volume_mm3"]
 
 

@@ -263,6 +263,10 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined", "combined,z"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined-by-contrast", "t2=E"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--dark-by-contrast", "dark_fluid=-E"]) != 0
+    assert cli._thickness_by_contrast("dark_fluid=4;bright_fluid=0") == {"dark_fluid": 4.0, "bright_fluid": 0.0}
+    for spec in ("dark_fluid=thick", "dark_fluid=-1", "t2=4", "dark_fluid"):
+        with pytest.raises(cli.CliError, match="--min-thickness-by-contrast: .* is not CONTRAST=MM"):
+            cli._thickness_by_contrast(spec)
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--detection-map", "z"]) != 0
     assert json.loads((out / "card.json").read_text(encoding="utf-8"))["calibration"] == forced  # untouched
     # a site's normal scans with toy anomalies put into copies of them: the card's detection map and components
@@ -587,6 +591,45 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
     rates = validation_rates(cal, "nll", *card.operating_point(bright), bright)
     assert rates["contrast"] == bright and rates["fp_objects_per_normal_scan"] <= 1.0
     assert "contrast" not in validation_rates(cal, "nll", points[bright]["threshold"], 400.0)
+    # a minimum thickness given for bright fluid is what its point counts findings with, and the card gives it to
+    # scans of that contrast only
+    thick = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll",), min_thickness_by_contrast={bright: 3.0})
+    thick_points = thick["operating_point"]["by_contrast"]
+    assert thick_points[bright]["min_thickness_mm"] == 3.0 and "min_thickness_mm" not in thick_points[dark]
+    thick_card = ModelCard(name="m", version="1", calibration=thick)
+    assert (thick_card.default_min_thickness(bright), thick_card.default_min_thickness(dark),
+            thick_card.default_min_thickness()) == (3.0, 0.0, 0.0)
+
+
+def test_the_operating_point_counts_findings_with_the_minimum_thickness_given():
+    """Normal volumes whose detection map has two bright sheets two voxels thick (300-450 voxels, as CSF along a
+    sulcus can be) and sick ones with a 5^3 cube lesion (125 voxels): no minimum volume separates them, so without a
+    minimum thickness the search cannot find the lesions within the false-finding bound; with 3 mm (the sheet
+    measures 2 mm, the cube 6 mm) every lesion is found and normal volumes stay quiet, and the card records it."""
+    from napari_uad.calibration import calibrate
+
+    shape = (24, 24, 24)
+    lesion = np.zeros(shape, bool)
+    lesion[12:17, 12:17, 12:17] = True
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        nll = 0.1 * rng.normal(size=shape)
+        if volume.data[1, 1, 1] > 0:
+            nll[lesion] += 6.0
+        else:
+            nll[5:7, 4:19, 4:19] += 6.0
+            nll[9:19, 20:22, 4:19] += 6.0
+        return {"nll": nll.astype(np.float32)}
+
+    healthy = [_coded_volume(shape, s, False) for s in range(6)]
+    anomalous = [(_coded_volume(shape, 100 + s, True), lesion.astype(np.uint8)) for s in range(6)]
+    plain = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll",), detection_map="nll")
+    thick = calibrate(_MapScorer(make), healthy, anomalous, maps=("nll",), detection_map="nll", min_thickness_mm=3.0)
+    assert not (plain["operating_point"]["fp_target_met"] and plain["operating_point"]["validation"]["object_recall"] == 1)
+    assert thick["operating_point"]["fp_target_met"] and thick["operating_point"]["validation"]["object_recall"] == 1.0
+    assert thick["operating_point"]["validation"]["fp_objects_per_normal_scan"] == 0.0
+    assert thick["min_thickness_mm"] == 3.0 and "min_thickness_mm" not in plain
 
 
 def test_a_contrasts_operating_point_is_searched_on_its_own_scale():

@@ -385,7 +385,7 @@ def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(q
     validation line of that point (as `napari-uad score` finds), not the pooled ones."""
     from napari_uad.scoring import Scorer
 
-    own = {"threshold": 1.5, "min_volume_mm3": 30.0,
+    own = {"threshold": 1.5, "min_volume_mm3": 30.0, "min_thickness_mm": 2.5,
            "table": [{"threshold": 1.5, "min_volume_mm3": 30.0, "fp_objects_per_normal_scan": 0.5,
                       "object_recall": 0.4}]}
     _add_edited_model(widget, tmp_path / "per-contrast",
@@ -404,6 +404,12 @@ def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(q
     widget.map_selector.setCurrentText("residual")
     widget.update_findings()
     assert widget.threshold == 1.5 and widget.findings_panel.min_volume_spinbox.value() == 30.0
+    assert widget.findings_panel.min_thickness_spinbox.value() == 2.5 and widget.view.min_thickness_mm == 2.5
+    assert widget.scan.review_key(widget.view).min_thickness_mm == 2.5
+    thin = {f.finding_id for f in widget.view.findings}
+    widget.findings_panel.min_thickness_spinbox.setValue(0.0)
+    widget.update_findings()
+    assert widget.view.min_thickness_mm == 0.0 and len(widget.view.findings) >= len(thin)
     assert widget.scoring_panel.progress_label.text().endswith("; read as T2/PD-weighted (bright fluid)")
     text = widget.threshold_label.text()
     assert "synthetic validation scans, T2/PD-weighted (bright fluid) like this scan (≥ 1.5, ≥ 30 mm³): 0.5 false findings" in text

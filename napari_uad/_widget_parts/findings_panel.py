@@ -59,6 +59,14 @@ class FindingsPanel(QWidget):
         self.min_volume_spinbox.setDecimals(1)
         self.min_volume_spinbox.valueChanged.connect(self._schedule)
         thr.addRow("Min. volume", self.min_volume_spinbox)
+        self.min_thickness_spinbox = QDoubleSpinBox(objectName="min_thickness_spinbox")
+        self.min_thickness_spinbox.setRange(0, 100)
+        self.min_thickness_spinbox.setSuffix(" mm")
+        self.min_thickness_spinbox.setDecimals(1)
+        self.min_thickness_spinbox.setToolTip("drop findings thinner than this: the diameter of the largest ball a "
+                                              "finding holds (a sheet along a sulcus or a ventricle rim is thin)")
+        self.min_thickness_spinbox.valueChanged.connect(self._schedule)
+        thr.addRow("Min. thickness", self.min_thickness_spinbox)
         self.connectivity_selector = QComboBox(objectName="connectivity_selector")
         self.connectivity_selector.addItems(["26 (corners)", "18 (edges)", "6 (faces)"])
         self.connectivity_selector.currentIndexChanged.connect(self._schedule)
@@ -85,7 +93,8 @@ class FindingsPanel(QWidget):
         self._debounce.timeout.connect(self.settings_changed)
 
     def controls(self) -> tuple[QWidget, ...]:
-        return (self.threshold_slider, self.min_volume_spinbox, self.connectivity_selector, self.findings_table,
+        return (self.threshold_slider, self.min_volume_spinbox, self.min_thickness_spinbox, self.connectivity_selector,
+                self.findings_table,
                 self.prev_button, self.next_button)
 
     # -- settings ---------------------------------------------------------------------------------------------
@@ -96,10 +105,12 @@ class FindingsPanel(QWidget):
         self.threshold_slider.setValue(scan.position_of(map_name, self._exact_threshold))
         self.threshold_slider.blockSignals(False)
 
-    def set_min_volume(self, value: float) -> None:
-        self.min_volume_spinbox.blockSignals(True)
-        self.min_volume_spinbox.setValue(value)
-        self.min_volume_spinbox.blockSignals(False)
+    def set_min_volume(self, value: float, thickness_mm: float = 0.0) -> None:
+        """The minimum finding volume (mm^3) and thickness (mm), without recomputing the findings."""
+        for box, v in ((self.min_volume_spinbox, value), (self.min_thickness_spinbox, thickness_mm)):
+            box.blockSignals(True)
+            box.setValue(v)
+            box.blockSignals(False)
 
     def threshold(self, scan: ScoredScan, map_name: str) -> float:
         """Raw detection threshold: exactly the card's default (same findings as `napari-uad score`) until the

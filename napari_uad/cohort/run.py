@@ -106,9 +106,10 @@ def run_cohort(items: list[CohortItem], out: Path, spec: JobSpec, scheduler: str
         "model": {"name": card.name, "version": card.version, "sha256": card.weights_sha256, "path": spec.model},
         "settings": {"maps": list(spec.maps), "device": spec.device, "torch_threads": spec.torch_threads,
                      "detection_map": job.detection_map, "threshold": job.threshold,
-                     "min_volume_mm3": job.min_volume_mm3, "edge_margin_mm": job.edge_margin_mm,
-                     "by_contrast": {c: dict(zip(("threshold", "min_volume_mm3"), job.operating_point(c)))
-                                     for c in card.contrast_points},
+                     "min_volume_mm3": job.min_volume_mm3, "min_thickness_mm": job.min_thickness(None),
+                     "edge_margin_mm": job.edge_margin_mm,
+                     "by_contrast": {c: {**dict(zip(("threshold", "min_volume_mm3"), job.operating_point(c))),
+                                         "min_thickness_mm": job.min_thickness(c)} for c in card.contrast_points},
                      "preprocessing": spec.options,
                      "scheduler": scheduler or "LocalCluster", "workers": workers},
         "totals": {"scans": len(rows), "scored": scored,

@@ -44,6 +44,7 @@ class JobSpec:
     detection_map: str | None = None
     threshold: float | None = None
     min_volume_mm3: float | None = None
+    min_thickness_mm: float | None = None
     edge_margin_mm: float | None = None
     connectivity: int = 3
     force: bool = False
@@ -62,7 +63,7 @@ class JobSpec:
         scorer = Scorer(model, card, device=device, options=PipelineOptions(**self.options))
         return ScoreJob.from_card(scorer, self.maps, self.detection_map, self.threshold, self.min_volume_mm3,
                                   self.edge_margin_mm, self.connectivity, self.force, command=self.command,
-                                  exports=self.exports)
+                                  exports=self.exports, min_thickness_mm=self.min_thickness_mm)
 
 
 def _worker_device(spec: JobSpec, worker_name) -> str:

@@ -107,7 +107,8 @@ class Worklist:
         return ReviewKey(scan_sha256=r["scan"]["sha256"], model_name=r["model"]["name"],
                          model_version=r["model"]["version"], model_sha256=r["model"]["sha256"],
                          detection_map=r["detection_map"], threshold=round(float(r["threshold"]), 9),
-                         min_volume_mm3=float(r["min_volume_mm3"]), connectivity=int(r["connectivity"]))
+                         min_volume_mm3=float(r["min_volume_mm3"]), connectivity=int(r["connectivity"]),
+                         min_thickness_mm=float(r.get("min_thickness_mm", 0.0)))
 
     def open(self, entry: WorklistEntry | None = None, card: ModelCard | None = None) -> ScoredScan:
         """The scan with its precomputed maps, brain mask and slice scores (canonical grid; nothing rescored).
@@ -135,6 +136,7 @@ class Worklist:
                                     det: {**card.calibration.get("maps", {}).get(det, {}),
                                           "threshold": float(r["threshold"])}}
         card.calibration.update(detection_map=det, min_volume_mm3=float(r["min_volume_mm3"]),
+                                min_thickness_mm=float(r.get("min_thickness_mm", 0.0)),
                                 edge_margin_mm=float(r["edge_margin_mm"]))
         # the point the scan was scored at (its contrast's, where the card has one) is the card's only one here
         card.calibration["operating_point"] = {**(card.calibration.get("operating_point") or {}), "by_contrast": {}}
