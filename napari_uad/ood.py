@@ -6,7 +6,7 @@ volume scores, the largest fraction of brain voxels above the detection threshol
 were contrast-enhanced (absent in older cards: ours were not). Two checks need no reference: the scan's tissue fit
 must have its classes in an order some MR contrast has, and no region darker than its tissue may be thicker than
 1.5 x the thickest of the healthy validation heads' (a cavity or a large cyst, which a detection map that scores
-hyperintensity does not mark; every bundled card's does). Each check returns
+hyperintensity alone does not mark, and one with a dark channel may mark only in part). Each check returns
 human-readable warnings; a CT scan given to an MR model (or the reverse) is refused unless forced.
 """
 

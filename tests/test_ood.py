@@ -224,8 +224,9 @@ def test_bundled_sample_is_quiet_and_a_lesion_scan_speaks(tmp_path, capsys):
 @pytest.mark.parametrize("contrast", ["flair", "t1"])
 def test_a_brain_with_a_large_cavity_gets_a_warning(tmp_path, capsys, contrast):
     """End to end with the bundled model and default maps: a FLAIR- or T1-like brain whose central 30 % is dark
-    (``synth.dark_ball``: a cavity) gets no finding on it -- the detection map scores hyperintensity -- so the
-    guard must speak: the region darker than its tissue is thicker than healthy validation heads' (docs/RESULTS.md,
+    (``synth.dark_ball``: a cavity) gets no finding on it -- the bundled model's dark channel scores regions darker
+    than their tissue, but not one this large -- so the guard must speak, and say that only the dark channel could
+    mark it: the region darker than its tissue is thicker than healthy validation heads' (docs/RESULTS.md,
     "Out-of-distribution guard: a thick dark region"). The generator's brain has background voxels enclosed in
     its mask (filled holes); were they in the tissue fit, the T1 cavity would pass unnoticed."""
     import nibabel as nib
@@ -240,5 +241,6 @@ def test_a_brain_with_a_large_cavity_gets_a_warning(tmp_path, capsys, contrast):
     assert cli_main(["score", str(tmp_path / "cavity.nii.gz"), "--out", str(out), "--quiet"]) == 0
     ood = json.loads((out / "cavity.json").read_text())["out_of_distribution"]
     assert ood["hypointense_thickness_mm"] > HYPOINTENSE_THICKNESS_MM
-    assert any("darker than its tissue" in w for w in ood["warnings"]) and UNRELIABLE in ood["warnings"]
+    assert any("darker than its tissue" in w and "dark channel" in w for w in ood["warnings"])
+    assert UNRELIABLE in ood["warnings"]
     assert "darker than its tissue" in capsys.readouterr().err
