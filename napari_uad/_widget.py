@@ -233,7 +233,8 @@ class AnomalyReviewWidget(QWidget):
         thr = self.threshold
         min_volume = self.findings_panel.min_volume_spinbox.value()
         self.findings_panel.show_threshold(thr, self.scan.quantile_of(name, thr),
-                                           self.scan.validation_rates(name, thr, min_volume))
+                                           self.scan.validation_rates(name, thr, min_volume),
+                                           self.findings_panel.min_thickness_spinbox.value())
         self.view = self.scan.findings(name, thr, min_volume, self.connectivity,
                                        self.findings_panel.min_thickness_spinbox.value())
         labels_name = self.map_display.layer_name("findings")

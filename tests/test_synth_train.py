@@ -325,6 +325,12 @@ def test_validation_rates_bound_a_setting_from_the_permissive_side():
                                    (3.0, 50.0, 0.4, 0.2), (4.0, 50.0, 0.0, 0.1)]]
     cal = {"detection_map": "combined", "operating_point": {"table": table}}
     assert validation_rates(cal, "combined", 3.0, 50.0)["fp_objects_per_normal_scan"] == 0.4  # the card's own row
+    assert validation_rates(cal, "combined", 3.0, 50.0)["table_min_thickness_mm"] == 0.0  # counted without one
+    # a point searched with a minimum thickness counted its table with it; one added afterwards says so
+    thick = {**cal, "operating_point": {"table": table, "min_thickness_mm": 3.0}}
+    assert validation_rates(thick, "combined", 3.0, 50.0)["table_min_thickness_mm"] == 3.0
+    thick["operating_point"]["table_min_thickness_mm"] = 0.0
+    assert validation_rates(thick, "combined", 3.0, 50.0)["table_min_thickness_mm"] == 0.0
     assert validation_rates(cal, "combined", 3.7, 60.0)["threshold"] == 3.0  # between rows: the lower threshold
     assert validation_rates(cal, "combined", 3.7, 25.0)["min_volume_mm3"] == 0.0  # and the smaller volume
     assert validation_rates(cal, "combined", 3.0 * (1 - 1e-9), 50.0)["threshold"] == 3.0  # float round trip

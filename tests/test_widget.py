@@ -412,7 +412,8 @@ def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(q
     assert widget.view.min_thickness_mm == 0.0 and len(widget.view.findings) >= len(thin)
     assert widget.scoring_panel.progress_label.text().endswith("; read as T2/PD-weighted (bright fluid)")
     text = widget.threshold_label.text()
-    assert "synthetic validation scans, T2/PD-weighted (bright fluid) like this scan (≥ 1.5, ≥ 30 mm³): 0.5 false findings" in text
+    assert ("synthetic validation scans, T2/PD-weighted (bright fluid) like this scan (≥ 1.5, ≥ 30 mm³, thickness ≥ 2.5 "
+            "mm): 0.5 false findings") in text
 
 
 def test_cohort_worklist_review_next_scan_resume_and_export(qtbot, make_napari_viewer, tiny_model_dir, tmp_path):

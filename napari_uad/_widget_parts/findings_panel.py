@@ -135,15 +135,19 @@ class FindingsPanel(QWidget):
         self._debounce.stop()
 
     # -- table ----------------------------------------------------------------------------------------------
-    def show_threshold(self, threshold: float, quantile: float | None, rates: dict | None = None) -> None:
+    def show_threshold(self, threshold: float, quantile: float | None, rates: dict | None = None,
+                       min_thickness_mm: float = 0.0) -> None:
         """The raw threshold, its healthy-voxel false-positive rate and, where the card has them, what a setting
-        this permissive gave on the validation volumes (``ScoredScan.validation_rates``)."""
+        this permissive gave on the validation volumes (``ScoredScan.validation_rates``), with the minimum
+        thickness those were counted with where it or the current one (``min_thickness_mm``) is set."""
         text = f"{threshold:.4g}" + ("" if quantile is None else f"  (healthy-voxel FPR {1 - quantile:.2%})")
         tip = ""
         if rates is not None and rates.get("fp_objects_per_normal_scan") is not None:
             contrast = CONTRASTS.get(rates.get("contrast"), rates.get("contrast"))
             source = rates["source"] + (f", {contrast} like this scan" if contrast else "")
-            text += (f"\non {source} (≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³): "
+            counted = rates.get("table_min_thickness_mm", 0.0)
+            thick = f", thickness ≥ {counted:g} mm" if counted or min_thickness_mm else ""
+            text += (f"\non {source} (≥ {rates['threshold']:.3g}, ≥ {rates['min_volume_mm3']:g} mm³{thick}): "
                      f"{rates['fp_objects_per_normal_scan']:.1f} false findings per normal scan")
             if rates.get("object_recall") is not None:
                 text += f", {rates['object_recall']:.0%} of lesions found"
