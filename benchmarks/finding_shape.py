@@ -32,18 +32,6 @@ from _validation import heads_in_turn, validation_args  # noqa: E402
 THICKNESS_MINIMA_MM = (0.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 
 
-def component_thickness(labels: np.ndarray, spacing) -> np.ndarray:
-    """Per label 1..n of ``labels`` (components that do not touch): twice the largest distance (mm) from one of its
-    voxels to the nearest voxel outside it -- the diameter of the largest ball it holds (a one-voxel sheet: 2 x its
-    voxel size across the sheet)."""
-    n = int(labels.max())
-    if n == 0:
-        return np.zeros(0)
-    padded = np.pad(labels > 0, 1)
-    distance = ndimage.distance_transform_edt(padded, sampling=[float(s) for s in spacing])[1:-1, 1:-1, 1:-1]
-    return 2.0 * np.asarray(ndimage.maximum(distance, labels, np.arange(1, n + 1)), dtype=np.float64)
-
-
 def analyse(path: Path) -> None:
     """Print the rule table of a JSON written by this script, every offset (normal heads of each family apart)."""
     saved = json.loads(path.read_text())
@@ -70,7 +58,7 @@ def main() -> None:
     if setup is None:
         return
     scorer, card, files = setup
-    from napari_uad.findings import describe_components, interior, label_components
+    from napari_uad.findings import component_thickness, describe_components, interior, label_components
     from napari_uad.io import Volume
     from napari_uad.metrics import component_matches, finding_overlaps
     from napari_uad.synth_lesions import LESION_KINDS
