@@ -188,7 +188,7 @@ class AnomalyReviewWidget(QWidget):
         self.image_layer, self.scan = layer, scan
         self.scoring_panel.show_warnings(scan.warnings)
         self.map_display.show_scan(scan, layer)
-        self.findings_panel.set_min_volume(scan.default_min_volume, scan.default_min_thickness)
+        self.findings_panel.set_minimum_size(scan.default_min_volume, scan.default_min_thickness)
         self.findings_panel.reset(scan, self.map_display.current)
         self.map_display.show_maps()
         self.findings_panel.profile.set_scores(scan.result.slice_scores)
@@ -232,11 +232,10 @@ class AnomalyReviewWidget(QWidget):
         name = self.map_display.current
         thr = self.threshold
         min_volume = self.findings_panel.min_volume_spinbox.value()
+        min_thickness = self.findings_panel.min_thickness_spinbox.value()
         self.findings_panel.show_threshold(thr, self.scan.quantile_of(name, thr),
-                                           self.scan.validation_rates(name, thr, min_volume),
-                                           self.findings_panel.min_thickness_spinbox.value())
-        self.view = self.scan.findings(name, thr, min_volume, self.connectivity,
-                                       self.findings_panel.min_thickness_spinbox.value())
+                                           self.scan.validation_rates(name, thr, min_volume), min_thickness)
+        self.view = self.scan.findings(name, thr, min_volume, self.connectivity, min_thickness)
         labels_name = self.map_display.layer_name("findings")
         labels = to_display(self.view.labels)
         if labels_name in self.viewer.layers:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import __version__
@@ -562,21 +563,29 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _contrast_spec(spec: str, option: str, form: str, valid: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+    """(contrast, value) of each part of 'CONTRAST=VALUE;CONTRAST=VALUE'; CliError '``option``: PART is not
+    ``form``' for a part whose contrast is not a recognised one or whose value is not ``valid``."""
+    from .tissue import CONTRASTS
+
+    for part in spec.split(";"):
+        contrast, _, value = part.partition("=")
+        if contrast.strip() not in CONTRASTS or not valid(value):
+            raise CliError(f"{option}: {part!r} is not {form} (contrasts: {', '.join(CONTRASTS)})")
+        yield contrast.strip(), value
+
+
 def _components_by_contrast(spec: str | None, option: str = "--combined-by-contrast"
                             ) -> dict[str, tuple[str, ...]] | None:
     """'CONTRAST=MAP,MAP;CONTRAST=MAP' -> {contrast: maps}; CliError naming the problem. ``-NAME`` (a signed map
     negated) only for ``--dark-by-contrast``."""
     from .combined import NEGATED, SIGNED_MAPS, base_map
     from .scoring import parse_maps
-    from .tissue import CONTRASTS
 
     if not spec:
         return None
     out = {}
-    for part in spec.split(";"):
-        contrast, _, names = part.partition("=")
-        if contrast.strip() not in CONTRASTS or not names.strip():
-            raise CliError(f"{option}: {part!r} is not CONTRAST=MAPS (contrasts: {', '.join(CONTRASTS)})")
+    for contrast, names in _contrast_spec(spec, option, "CONTRAST=MAPS", lambda v: bool(v.strip())):
         listed = [n.strip() for n in names.split(",") if n.strip()]
         negated = [n for n in listed if n.startswith(NEGATED)]
         if negated and option != "--dark-by-contrast":
@@ -587,28 +596,22 @@ def _components_by_contrast(spec: str | None, option: str = "--combined-by-contr
                            f"({', '.join(SIGNED_MAPS)})")
         if len(negated) < len(listed):
             parse_maps([n for n in listed if n not in negated])  # ValueError naming an unknown map
-        out[contrast.strip()] = tuple(dict.fromkeys(listed)) if negated else parse_maps(listed)
+        out[contrast] = tuple(dict.fromkeys(listed)) if negated else parse_maps(listed)
     return out
 
 
 def _thickness_by_contrast(spec: str | None) -> dict[str, float] | None:
     """'CONTRAST=MM;CONTRAST=MM' -> {contrast: mm}; CliError naming the problem."""
-    from .tissue import CONTRASTS
+    def millimetres(value: str) -> bool:
+        try:
+            return 0.0 <= float(value) < float("inf")
+        except ValueError:
+            return False
 
     if not spec:
         return None
-    out = {}
-    for part in spec.split(";"):
-        contrast, _, value = part.partition("=")
-        try:
-            mm = float(value)
-        except ValueError:
-            mm = float("nan")
-        if contrast.strip() not in CONTRASTS or not 0.0 <= mm < float("inf"):
-            raise CliError(f"--min-thickness-by-contrast: {part!r} is not CONTRAST=MM with MM >= 0 "
-                           f"(contrasts: {', '.join(CONTRASTS)})")
-        out[contrast.strip()] = mm
-    return out
+    return {contrast: float(value) for contrast, value in
+            _contrast_spec(spec, "--min-thickness-by-contrast", "CONTRAST=MM with MM >= 0", millimetres)}
 
 
 def _workers(requested: int) -> int:

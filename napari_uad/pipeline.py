@@ -89,7 +89,7 @@ class ScoreJob:
             raise ValueError(f"--min-volume-mm3 must be a finite number >= 0, not {min_volume_mm3}")
         min_thickness_from_card = min_thickness_mm is None
         if min_thickness_mm is None:
-            min_thickness_mm = float(card.calibration.get("min_thickness_mm", 0.0))
+            min_thickness_mm = card.default_min_thickness()
         if not 0.0 <= min_thickness_mm < float("inf"):
             raise ValueError(f"--min-thickness-mm must be a finite number >= 0, not {min_thickness_mm}")
         unknown = sorted(set(exports) - set(EXPORT_FORMATS))

@@ -105,9 +105,9 @@ class FindingsPanel(QWidget):
         self.threshold_slider.setValue(scan.position_of(map_name, self._exact_threshold))
         self.threshold_slider.blockSignals(False)
 
-    def set_min_volume(self, value: float, thickness_mm: float = 0.0) -> None:
+    def set_minimum_size(self, volume_mm3: float, thickness_mm: float) -> None:
         """The minimum finding volume (mm^3) and thickness (mm), without recomputing the findings."""
-        for box, v in ((self.min_volume_spinbox, value), (self.min_thickness_spinbox, thickness_mm)):
+        for box, v in ((self.min_volume_spinbox, volume_mm3), (self.min_thickness_spinbox, thickness_mm)):
             box.blockSignals(True)
             box.setValue(v)
             box.blockSignals(False)
