@@ -12,7 +12,8 @@ for its recognised contrast plus each of --offsets, the card's detection map is 
 the edge margin (no minimum volume) and every component is measured: volume (mm^3), thickness (mm: twice the
 largest distance from one of its voxels to the nearest voxel outside it, i.e. the diameter of the largest ball it
 holds, voxel size honoured), signal (hyper-/hypointense against its tissue class), whether it overlaps a lesion
-and whether it matches one by object recall's rule. From these rows any (threshold, minimum volume, minimum
+and whether it matches one by object recall's rule; each lesion head's pixel AP of the detection map over its brain
+voxels (sklearn), whose mean per family the analysis prints. From these rows any (threshold, minimum volume, minimum
 thickness) rule's false findings per normal head and lesions found can be counted without scoring again; the
 script prints that table for every offset and the thickness minima 0-8 mm (``--analyse``: again, from the JSON
 written, without scoring). Changes no card.
@@ -38,6 +39,10 @@ def analyse(path: Path) -> None:
     offsets = sorted({r["offset"] for r in saved["components"]})
     for family in sorted({h["family"] for h in saved["heads"]}) + ["all"]:
         heads = [h for h in saved["heads"] if family in ("all", h["family"])]
+        aps = [h["pixel_ap"] for h in heads if h.get("pixel_ap") is not None]
+        if aps:
+            print(json.dumps({"model": saved["model"], "family": family, "lesion_heads": len(aps),
+                              "mean_pixel_ap": round(float(np.mean(aps)), 4)}))
         for offset in offsets:
             for line in rule_table(heads, saved["components"], offset):
                 print(json.dumps({"model": saved["model"], "family": family, **line}))
@@ -62,6 +67,7 @@ def main() -> None:
     from napari_uad.io import Volume
     from napari_uad.metrics import component_matches, finding_overlaps
     from napari_uad.synth_lesions import LESION_KINDS
+    from sklearn.metrics import average_precision_score
 
     families = tuple(args.families.split(","))
     offsets = [float(v) for v in args.offsets.split(",")]
@@ -75,15 +81,19 @@ def main() -> None:
         data = np.where(head.brain, head.data, 0).astype(head.data.dtype)
         volume = Volume.from_array(data, head.affine, modality="MR")
         result = scorer.score(volume, mask=head.brain)
-        threshold, min_volume = card.operating_point(result.contrast)
+        threshold, min_volume = card.operating_point(result.settings)
         allowed = interior(result.mask, volume.spacing, margin)
         score = np.where(allowed, result.maps[card.detection_map], np.float32(-np.inf)).astype(np.float32)
         truth = head.lesion > 0 if lesion else np.zeros(score.shape, bool)
         n_lesions = int(ndimage.label(truth, structure=ndimage.generate_binary_structure(3, 3))[1])
         seed = args.seed + (50_000 if lesion else 0) + i
+        inside = result.mask > 0
+        pixel_ap = (float(average_precision_score(truth[inside], result.maps[card.detection_map][inside]))
+                    if lesion and truth[inside].any() else None)
         summary_heads.append({"seed": seed, "lesion": kind_of(i) if lesion else "", "n_lesions": n_lesions,
                               "family": head.params["contrast_family"], "contrast": result.contrast,
-                              "card_threshold": threshold, "card_min_volume_mm3": min_volume})
+                              "card_threshold": threshold, "card_min_volume_mm3": min_volume,
+                              "pixel_ap": pixel_ap})
         for offset in offsets:
             labels, _ = label_components(score, threshold + offset, volume.voxel_volume_mm3)
             findings = describe_components(labels, score, volume, result.maps.get("tissue"))

@@ -61,7 +61,7 @@ def main() -> None:
         maps = {m: result.maps[m][brain].astype(np.float32) for m in SINGLES}
         values = {c: maps[c[0]] if len(c) == 1 else combine(maps, card.calibration, c) for c in candidates}
         if card_combined:
-            values[(COMBINED,)] = combine(maps, card.calibration, card_combined, result.contrast)
+            values[(COMBINED,)] = combine(maps, card.calibration, card_combined, result.settings)
         truth = head.lesion[brain] > 0
         heads.append({"family": family, "contrast": result.contrast, "truth": truth, "values": values})
         print(json.dumps({"seed": args.seed + i, "label_map": path.name, "family": family,

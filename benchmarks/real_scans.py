@@ -1,9 +1,14 @@
 """Benchmark on real scans: every scan under ../shared/data/real_* scored with a model's defaults.
 
 Usage: python benchmarks/real_scans.py [--model NAME|PATH] [--out DIR] [--shared DIR] [--maps LIST]
-       [--robex-reference]
+       [--robex-reference] [--declare-sequences]
 
-Per scan it reports: findings (the card's operating point for the scan's recognised contrast), findings inside /
+With --declare-sequences each scan is declared the sequence its file is (``SEQUENCE_OF_FILE``, from
+../shared/data/README.md: fla = FLAIR, t1 / t1c = T1, t2 = T2), as a radiologist who opened it would declare it
+(``napari-uad score --sequence``); the card's settings for that sequence then apply where it has some.
+
+Per scan it reports: findings (the card's operating point for the scan's settings key: its declared sequence's
+where the card has one, else its recognised contrast's), findings inside /
 outside a reference brain mask, findings overlapping the tumour mask, pixel AP / AUROC of the --report-maps and of
 the raw intensity (baseline) against the tumour mask, the pipeline's brain-mask Dice against the reference, and
 preprocessing seconds. Writes DIR/real_scans.csv, DIR/real_scans.md (the table) and one PNG per scan (scan,
@@ -32,6 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TUMOUR_FILE = "tumour_fusion_mav.nii.gz"
 T1_HEADS = ("t1_head_with_skull",)  # ROBEX is a T1 method
+SEQUENCE_OF_FILE = {"fla": "flair", "flair": "flair", "t1": "t1", "t1c": "t1", "t2": "t2"}
+"""The sequence each file is, by the first word of its name (../shared/data/README.md)."""
 
 
 def scans(shared: Path) -> list[Path]:
@@ -153,6 +160,8 @@ def main() -> int:
                         help="maps whose pixel AP/AUROC against the tumour mask go in the table (the card's "
                              "detection map is always added)")
     parser.add_argument("--robex-reference", action="store_true")
+    parser.add_argument("--declare-sequences", action="store_true",
+                        help="declare each scan's sequence from its file name (SEQUENCE_OF_FILE)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     if not (args.shared / "data").is_dir():
@@ -175,6 +184,9 @@ def main() -> int:
     for path in scans(args.shared):
         t0 = time.perf_counter()
         volume = read_volume(path)
+        if args.declare_sequences:
+            volume.metadata.update(sequence=SEQUENCE_OF_FILE[path.name.split(".")[0].split("_")[0]],
+                                   sequence_source="benchmark table")
         warnings = check_input(volume, card, force=True)
         result = scorer.score(volume, maps)
         det = result.maps[det_name]
@@ -191,7 +203,8 @@ def main() -> int:
                "spacing_mm": "x".join(f"{s:.2g}" for s in volume.spacing),
                "skull_strip": next(s["settings"]["method"] for s in result.preprocessing
                                    if s["step"] == "brain_extraction"),
-               "contrast": result.contrast, "threshold": round(threshold, 4), "min_volume_mm3": min_volume,
+               "contrast": result.contrast, "sequence": result.sequence or "", "settings": result.settings,
+               "threshold": round(threshold, 4), "min_volume_mm3": min_volume,
                "findings": len(findings), "inside_brain": sum(inside), "outside_brain": len(inside) - sum(inside),
                "reference_mask": ref_name,
                "brain_mask_dice": round(2 * float((ref & result.mask).sum()) / float(ref.sum() + result.mask.sum()), 4),

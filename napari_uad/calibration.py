@@ -145,7 +145,8 @@ def validation_rates(calibration: Mapping, detection_map: str, threshold: float,
     ``detection_map``) and with it the largest tabulated minimum volume <= ``min_volume_mm3`` -- with its
     false-positive findings per normal volume and object recall, plus ``source`` (``validation_source``) and the
     card's ``validation_set``; for a scan of a ``contrast`` with its own operating point, the table of that
-    contrast's validation volumes (``contrast`` is then in the answer). ``table_min_thickness_mm``: the minimum
+    contrast's validation volumes (``contrast`` is then in the answer: the point's ``table_contrast`` where it records
+    one, i.e. a point taken over from another contrast's table, e.g. a declared sequence's). ``table_min_thickness_mm``: the minimum
     finding thickness the table's findings were counted with (the point's own, unless it records
     ``table_min_thickness_mm``: a thickness added after the search). None when the card has no table for this
     detection map, or the setting is more permissive than every tabulated one."""
@@ -162,7 +163,8 @@ def validation_rates(calibration: Mapping, detection_map: str, threshold: float,
     row = max(rows, key=lambda r: (r["threshold"], r["min_volume_mm3"]))
     thickness = point.get("table_min_thickness_mm", point.get("min_thickness_mm", 0.0))
     return {**row, "source": validation_source(calibration), "validation_set": calibration.get("validation_set"),
-            "table_min_thickness_mm": float(thickness), **({"contrast": contrast} if own else {})}
+            "table_min_thickness_mm": float(thickness),
+            **({"contrast": point.get("table_contrast", contrast)} if own else {})}
 
 
 def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tuple[Volume, np.ndarray]] = (),

@@ -77,6 +77,10 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-margin-mm", type=float, default=None, metavar="M",
                    help="findings keep M mm from the brain mask's surface, where reconstruction errors gather "
                         "(default: the card's value, else 0)")
+    p.add_argument("--sequence", default=None, metavar="SEQ",
+                   help="the MR sequence of every input: T1 (T1w, T1c, MPRAGE), FLAIR, T2 or PD; the card's settings "
+                        "for it apply where it has some (default: auto = what each scan's DICOM header or BIDS name "
+                        "declares, else what its tissue contrast reads as)")
     p.add_argument("--connectivity", type=int, choices=(1, 2, 3), default=3,
                    help="voxel connectivity of findings: 1 faces, 2 edges, 3 corners (default: 3)")
     p.add_argument("--force", action="store_true",
@@ -97,7 +101,7 @@ def _add_cohort_parser(sub) -> None:
                     "and DIR/cohort.json. Rerunning the same command skips scans whose outputs are complete.")
     p.add_argument("inputs", metavar="INPUTS",
                    help="a directory (searched recursively for scans and DICOM series), a glob pattern (quote "
-                        "it), or a CSV manifest with a 'path' column (optional id, subject, session)")
+                        "it), or a CSV manifest with a 'path' column (optional id, subject, session, sequence)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="an existing Dask scheduler (tcp://host:8786); default: a LocalCluster on this machine")
@@ -115,6 +119,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
     from .scoring import default_maps, parse_maps
 
     from .cohort import JobSpec, discover, run_cohort
+    from .sequence import parse_sequence
     from .cohort.cluster import plan_local_cluster
 
     try:
@@ -126,7 +131,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
         spec = JobSpec(model=model_dir, maps=maps, device=device, torch_threads=plan.torch_threads if plan else 1,
                        detection_map=args.detection_map, threshold=args.threshold,
                        min_volume_mm3=args.min_volume_mm3, edge_margin_mm=args.edge_margin_mm,
-                       min_thickness_mm=args.min_thickness_mm,
+                       min_thickness_mm=args.min_thickness_mm, sequence=parse_sequence(args.sequence),
                        connectivity=args.connectivity, force=args.force,
                        options=_pipeline_options(args).to_dict(), command=args.command_line,
                        exports=tuple(args.export))
@@ -420,7 +425,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         job = ScoreJob.from_card(scorer, maps, args.detection_map, args.threshold, args.min_volume_mm3,
                                  args.edge_margin_mm, args.connectivity, args.force, log=_log,
                                  command=args.command_line, exports=tuple(args.export),
-                                 min_thickness_mm=args.min_thickness_mm)
+                                 min_thickness_mm=args.min_thickness_mm, sequence=args.sequence)
     except ValueError as err:
         raise CliError(str(err)) from err
     created = _writable_out_dir(args.out)

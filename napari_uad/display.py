@@ -104,11 +104,13 @@ def map_limits(brain_values: np.ndarray, calibration: dict | None = None) -> tup
 
 def volume_metadata(volume: Volume) -> dict:
     """Layer metadata carrying the volume's full geometry (for exact export back into the source grid) and the
-    facts the out-of-distribution guard reads (contrast agent)."""
+    facts the scoring reads (contrast agent, declared sequence and where it was read)."""
     return {_KEY: {"path": None if volume.path is None else str(volume.path), "modality": volume.modality,
                    "affine": volume.affine.tolist(), "original_affine": volume.original_affine.tolist(),
                    "original_shape": list(volume.original_shape), "ornt": volume.ornt.tolist(),
-                   "contrast_agent": volume.metadata.get("contrast_agent")}}
+                   "contrast_agent": volume.metadata.get("contrast_agent"),
+                   "sequence": volume.metadata.get("sequence"),
+                   "sequence_source": volume.metadata.get("sequence_source")}}
 
 
 def image_layer_kwargs(volume: Volume, name: str | None = None, ct_window: str = "brain") -> dict:
@@ -131,7 +133,7 @@ def volume_from_layer(data: np.ndarray, metadata: dict | None = None, scale=None
                       original_affine=np.asarray(meta["original_affine"]),
                       original_shape=tuple(meta["original_shape"]), ornt=np.asarray(meta["ornt"]),
                       path=None if meta["path"] is None else Path(meta["path"]), modality=meta["modality"],
-                      metadata={"contrast_agent": meta["contrast_agent"]} if meta.get("contrast_agent") else {})
+                      metadata={k: meta[k] for k in ("contrast_agent", "sequence", "sequence_source") if meta.get(k)})
     affine = np.eye(4)
     scale = np.ones(3) if scale is None else np.asarray(scale, dtype=float)
     translate = np.zeros(3) if translate is None else np.asarray(translate, dtype=float)

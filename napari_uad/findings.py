@@ -207,14 +207,15 @@ def find_findings(score_map: np.ndarray, volume: Volume, threshold: float, min_v
 
 def card_findings(result, volume: Volume, card) -> tuple[np.ndarray, list[Finding], float | None, float]:
     """Findings of a scored scan at its model card's own settings, as ``napari-uad score`` makes them without
-    options: the card's detection map, its operating point for the scan's recognised contrast
-    (``result.contrast``, with its minimum thickness) and its edge margin (world mm) from the brain mask's surface.
+    options: the card's detection map, its operating point for the scan's settings key (declared sequence or
+    recognised contrast: ``result.settings``, with its minimum thickness) and its edge margin (world mm) from the
+    brain mask's surface.
     ``result``: a ``scoring.ScoreResult`` of ``volume`` (canonical grid); ``card``: a ``model_card.ModelCard``.
     Returns (labels, findings, threshold, minimum volume mm^3)."""
-    threshold, min_volume = card.operating_point(result.contrast)
+    threshold, min_volume = card.operating_point(result.settings)
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     labels, findings = find_findings(result.maps[card.detection_map], volume, threshold, min_volume,
                                      allowed=interior(result.mask, volume.spacing, margin),
                                      signed=result.maps.get("tissue"),
-                                     min_thickness_mm=card.default_min_thickness(result.contrast))
+                                     min_thickness_mm=card.default_min_thickness(result.settings))
     return labels, findings, threshold, min_volume

@@ -35,6 +35,8 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
+from .sequence import sequence_from_bids, sequence_from_dicom_tags
+
 __all__ = [
     "Volume",
     "VolumeError",
@@ -77,8 +79,10 @@ class Volume:
         path: source file or DICOM directory (None for in-memory volumes).
         modality: "MR" or "CT".
         metadata: facts about the scan beyond its voxels: ``contrast_agent`` (str) when the DICOM series
-            (Contrast/Bolus Agent, 0018,0010) or its BIDS name/sidecar declares one; ``true_brain`` (bool mask,
-            canonical grid) for synthetic heads.
+            (Contrast/Bolus Agent, 0018,0010) or its BIDS name/sidecar declares one; ``sequence`` (a key of
+            ``sequence.SEQUENCES``) and ``sequence_source`` (where it was read: "DICOM header", "BIDS name", or
+            what a caller sets, e.g. "--sequence") when the scan declares its MR sequence; ``true_brain`` (bool
+            mask, canonical grid) for synthetic heads.
     """
 
     data: np.ndarray
@@ -237,7 +241,8 @@ def read_volume(path: str | os.PathLike, modality: str | None = None, allow_cons
     if modality is not None and modality not in ("MR", "CT"):
         raise VolumeError(path, f"unknown modality {modality!r} (use MR or CT)")
     if path.is_dir():
-        data, affine, tag_modality, agent = _read_dicom_series(path)
+        data, affine, tag_modality, agent, tags = _read_dicom_series(path)
+        sequence, source = sequence_from_dicom_tags(tags), "DICOM header"
     else:
         suffix = _suffix(path)
         if suffix in NIFTI_SUFFIXES:
@@ -250,11 +255,14 @@ def read_volume(path: str | os.PathLike, modality: str | None = None, allow_cons
                 "or a DICOM directory"
             )
         tag_modality, agent = None, _bids_contrast_agent(path)
+        sequence, source = sequence_from_bids(path, file_stem(path)), "BIDS name"
     volume = Volume.from_array(
         data, affine, path=path, modality=modality or tag_modality, allow_constant=allow_constant
     )
     if agent:
         volume.metadata["contrast_agent"] = agent
+    if sequence:
+        volume.metadata.update(sequence=sequence, sequence_source=source)
     return volume
 
 
@@ -379,8 +387,9 @@ def _check_slice_positions(reader, img, path: Path) -> None:
                                 "duplicated); export the complete series")
 
 
-def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None, str | None]:
-    """(data, affine, modality tag, contrast agent tag (0018,0010) or None) of the directory's largest series."""
+def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None, str | None, dict[str, str]]:
+    """(data, affine, modality tag, contrast agent tag (0018,0010) or None, the first slice's tags that say the
+    sequence: ``_SEQUENCE_TAGS``) of the directory's largest series."""
     import SimpleITK as sitk
 
     try:
@@ -407,8 +416,13 @@ def _read_dicom_series(path: Path) -> tuple[np.ndarray, np.ndarray, str | None, 
         tag = reader.GetMetaData(0, "0008|0060").strip().upper()
         modality = tag if tag in ("MR", "CT") else None
     agent = _contrast_agent(reader.GetMetaData(0, "0018|0010")) if reader.HasMetaDataKey(0, "0018|0010") else None
+    tags = {t: reader.GetMetaData(0, t) for t in _SEQUENCE_TAGS if reader.HasMetaDataKey(0, t)}
     data, affine = _sitk_to_array_affine(img, path)
-    return data, affine, modality, agent
+    return data, affine, modality, agent, tags
+
+
+# Series Description, Protocol Name, Sequence Name, Scanning Sequence, Inversion Time
+_SEQUENCE_TAGS = ("0008|103e", "0018|1030", "0018|0024", "0018|0020", "0018|0082")
 
 
 @contextmanager

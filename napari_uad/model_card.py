@@ -124,6 +124,27 @@ def contrast_point(calibration: dict, contrast: str | None) -> dict | None:
     return contrast_points(calibration).get(contrast) if contrast else None
 
 
+def _has_settings(calibration: dict, key: str) -> bool:
+    """Whether a card's calibration holds settings of its own for scans keyed ``key`` (an operating point, or
+    the combined map's components, dark channel or healthy tables)."""
+    combined = calibration.get("combined") or {}
+    return key in contrast_points(calibration) or any(
+        key in (combined.get(part) or {})
+        for part in ("components_by_contrast", "dark_components_by_contrast", "tables_by_contrast"))
+
+
+def settings_key(calibration: dict, contrast: str | None, sequence: str | None) -> str | None:
+    """The key of the card's per-scan settings (operating point, combined-map components, dark channel, tables)
+    for a scan: its declared ``sequence`` (``sequence.SEQUENCES``) where the card has settings for it and the
+    scan's fluid agrees with it (``sequence.sequence_mismatch``), else the ``contrast`` its tissue fit recognises
+    (``tissue.scan_contrast``; None where not computed), whose settings, or the pooled ones, apply."""
+    from .sequence import sequence_mismatch
+
+    if sequence is None or sequence_mismatch(sequence, contrast) or not _has_settings(calibration, sequence):
+        return contrast
+    return sequence
+
+
 @dataclass
 class ModelCard:
     """Everything known about one model; serialised as ``card.json``."""

@@ -92,7 +92,7 @@ def check_result(brain: np.ndarray, voxel_volume_mm3: float, detection: np.ndarr
     hypointense_mm: the thickness (world mm) of the thickest region darker than its tissue
     (``ScoreResult.hypointense_mm``; None when the tissue map was not computed), against
     ``HYPOINTENSE_THICKNESS_MM``; its warning says whether the detection map can mark such a region (the combined
-    map with a dark channel for the scan's recognised ``contrast``, ``combined.dark_components``) or not.
+    map with a dark channel for the scan's settings key ``contrast``, ``combined.dark_components``) or not.
     """
     ref = ood_reference(card)
     warnings: list[str] = []
@@ -156,7 +156,12 @@ def _dark_coverage(card: ModelCard, detection_map: str, contrast: str | None) ->
 def check_score(result: "ScoreResult", voxel_volume_mm3: float, card: ModelCard, detection_map: str
                 ) -> tuple[list[str], dict]:
     """:func:`check_result` on a scorer's result (its brain mask, detection map, volume score, template fit,
-    tissue fit and thickest hypointense region)."""
-    return check_result(result.mask, voxel_volume_mm3, result.maps[detection_map], result.volume_score, card,
-                        detection_map, result.template_brain_dice, result.tissue_means, result.hypointense_mm,
-                        result.contrast)
+    tissue fit and thickest hypointense region), and first a declared sequence that the scan's fluid contradicts
+    (``sequence.sequence_mismatch``)."""
+    from .sequence import sequence_mismatch
+
+    warnings, facts = check_result(result.mask, voxel_volume_mm3, result.maps[detection_map], result.volume_score,
+                                   card, detection_map, result.template_brain_dice, result.tissue_means,
+                                   result.hypointense_mm, result.settings)
+    why = sequence_mismatch(result.sequence, result.contrast)
+    return ([why] if why else []) + warnings, facts

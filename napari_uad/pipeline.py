@@ -21,6 +21,7 @@ from .io import read_volume, write_like
 from .mask import load_mask
 from .ood import UNRELIABLE, check_input, check_score
 from .scoring import MAP_NAMES, Progress, Scorer, parse_maps
+from .sequence import SEQUENCES, parse_sequence
 
 __all__ = ["EXPORT_FORMATS", "ScoreJob", "environment"]
 
@@ -43,8 +44,11 @@ class ScoreJob:
 
     threshold: detection threshold in raw units of ``detection_map``; min_volume_mm3: smallest finding kept;
     min_thickness_mm: thinnest finding kept (world mm, ``findings.component_thickness``).
-    Each came from the card where ``*_from_card``: the card's point for the scan's recognised contrast then
+    Each came from the card where ``*_from_card``: the card's point for the scan's settings key (its declared
+    sequence where the card has settings for it, else its recognised contrast: ``ScoreResult.settings``) then
     replaces it once the scan is scored (``ModelCard.contrast_point``).
+    sequence: the MR sequence every scan of the run is declared to be (``sequence.SEQUENCES``; ``--sequence``),
+    replacing what a scan's DICOM header or BIDS name declares; None: each scan's own declaration, if any.
     """
 
     scorer: Scorer
@@ -62,13 +66,15 @@ class ScoreJob:
     min_volume_from_card: bool = False
     min_thickness_mm: float = 0.0
     min_thickness_from_card: bool = False
+    sequence: str | None = None
 
     @classmethod
     def from_card(cls, scorer: Scorer, maps: tuple[str, ...], detection_map: str | None = None,
                   threshold: float | None = None, min_volume_mm3: float | None = None,
                   edge_margin_mm: float | None = None, connectivity: int = 3, force: bool = False,
                   log: Callable[[str], None] | None = None, command: str = "",
-                  exports: tuple[str, ...] = (), min_thickness_mm: float | None = None) -> "ScoreJob":
+                  exports: tuple[str, ...] = (), min_thickness_mm: float | None = None,
+                  sequence: str | None = None) -> "ScoreJob":
         """A job whose unset settings come from the model card (detection map, its calibrated threshold, minimum
         volume and thickness, edge margin); ValueError with a one-line reason when one is missing or invalid."""
         card = scorer.card
@@ -103,11 +109,13 @@ class ScoreJob:
                    min_volume_mm3=min_volume_mm3, connectivity=connectivity, force=force,
                    edge_margin_mm=edge_margin_mm, log=log, command=command, exports=tuple(exports),
                    threshold_from_card=threshold_from_card, min_volume_from_card=min_volume_from_card,
-                   min_thickness_mm=min_thickness_mm, min_thickness_from_card=min_thickness_from_card)
+                   min_thickness_mm=min_thickness_mm, min_thickness_from_card=min_thickness_from_card,
+                   sequence=parse_sequence(sequence))
 
     def operating_point(self, contrast: str | None) -> tuple[float, float]:
-        """(threshold, minimum volume mm^3) for a scan of the recognised ``contrast``: the settings given, and
-        for those taken from the card the card's point for that contrast (its pooled point where it has none)."""
+        """(threshold, minimum volume mm^3) for a scan whose settings key (``ScoreResult.settings``: recognised
+        contrast or declared sequence) is ``contrast``: the settings given, and for those taken from the card the
+        card's point for that key (its pooled point where it has none)."""
         card = self.scorer.card
         threshold = card.default_threshold(self.detection_map, contrast) if self.threshold_from_card else None
         own = self.detection_map == card.detection_map and self.min_volume_from_card
@@ -115,33 +123,38 @@ class ScoreJob:
                 card.default_min_volume(contrast) if own else self.min_volume_mm3)
 
     def min_thickness(self, contrast: str | None) -> float:
-        """Thinnest finding kept (world mm) for a scan of the recognised ``contrast``: the value given, else the
-        card's for that contrast (its pooled one where it has none; 0 for another map than the card's)."""
+        """Thinnest finding kept (world mm) for a scan whose settings key is ``contrast``: the value given, else
+        the card's for that key (its pooled one where it has none; 0 for another map than the card's)."""
         card = self.scorer.card
         if not self.min_thickness_from_card:
             return self.min_thickness_mm
         return card.default_min_thickness(contrast) if self.detection_map == card.detection_map else 0.0
 
     def sources(self, contrast: str | None) -> dict[str, str]:
-        """Where the threshold, the minimum volume and the minimum thickness of a scan of ``contrast`` came from
-        (recorded in S.json)."""
+        """Where the threshold, the minimum volume and the minimum thickness of a scan whose settings key is
+        ``contrast`` (recognised contrast or declared sequence) came from (recorded in S.json)."""
         card = self.scorer.card
         own = card.contrast_point(contrast) is not None and self.detection_map == card.detection_map
-        source = "card, this scan's contrast" if own else "card, pooled"
+        key = "sequence" if contrast in SEQUENCES else "contrast"
+        source = f"card, this scan's {key}" if own else "card, pooled"
         return {"threshold": source if self.threshold_from_card else "given",
                 "min_volume_mm3": source if self.min_volume_from_card else "given",
                 "min_thickness_mm": source if self.min_thickness_from_card else "given"}
 
     def run(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None, modality: str | None = None,
-            progress: Callable[[Progress], None] | None = None) -> list[Path]:
+            progress: Callable[[Progress], None] | None = None, sequence: str | None = None) -> list[Path]:
         """Score ``path`` and write S.<map>.nii.gz, S.labels.nii.gz, S.brainmask.nii.gz, S.findings.csv and
-        S.json into ``out_dir``.
+        S.json into ``out_dir``. ``sequence``: this scan's declared MR sequence (a cohort manifest's column; a key
+        of ``sequence.SEQUENCES``), before the job's ``sequence`` and what the file itself declares.
 
         Returns the written files. Volumes are written in the input's original grid and affine. A scan of
         another modality than the model's raises ``ModalityMismatch`` unless ``force``.
         """
         t0 = time.perf_counter()
         volume = read_volume(path, modality=modality)
+        if sequence or self.sequence:
+            volume.metadata.update(sequence=sequence or self.sequence,
+                                   sequence_source="cohort manifest" if sequence else "--sequence")
         mask = load_mask(mask_path, volume) if mask_path is not None else None
         t_read = time.perf_counter() - t0
         card = self.scorer.card
@@ -154,8 +167,8 @@ class ScoreJob:
             for warning in ood_warnings:
                 (self.log or (lambda m: None))(f"napari-uad: warning: {path}: {warning}")
         t1 = time.perf_counter()
-        threshold, min_volume = self.operating_point(result.contrast)
-        min_thickness = self.min_thickness(result.contrast)
+        threshold, min_volume = self.operating_point(result.settings)
+        min_thickness = self.min_thickness(result.settings)
         labels, findings = find_findings(result.maps[self.detection_map], volume, threshold, min_volume,
                                          self.connectivity,
                                          interior(result.mask, volume.spacing, self.edge_margin_mm),
@@ -201,11 +214,14 @@ class ScoreJob:
             "maps": list(self.maps),
             "detection_map": self.detection_map,
             "threshold": threshold,
-            "card_thresholds": {m: card.default_threshold(m, result.contrast) for m in self.maps},
+            "card_thresholds": {m: card.default_threshold(m, result.settings) for m in self.maps},
             "min_volume_mm3": min_volume,
             "min_thickness_mm": min_thickness,
             "contrast": result.contrast,
-            "operating_point": self.sources(result.contrast),
+            "sequence": result.sequence,
+            "sequence_source": volume.metadata.get("sequence_source") if result.sequence else None,
+            "settings": result.settings,
+            "operating_point": self.sources(result.settings),
             "edge_margin_mm": self.edge_margin_mm,
             "connectivity": self.connectivity,
             "n_findings": len(findings),
@@ -228,13 +244,15 @@ class ScoreJob:
         return written
 
     def run_into(self, path: Path, out_dir: Path, stem: str, mask_path: Path | None = None,
-                 modality: str | None = None, progress: Callable[[Progress], None] | None = None) -> list[Path]:
+                 modality: str | None = None, progress: Callable[[Progress], None] | None = None,
+                 sequence: str | None = None) -> list[Path]:
         """:meth:`run` into a private staging directory inside ``out_dir``, then move the finished files into
         ``out_dir``: a crash or an error leaves no partial output, only complete ones (the JSON last)."""
         protected = {Path(p).resolve() for p in (path, mask_path) if p is not None and Path(p).exists()}
         staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=out_dir))
         try:
-            written = self.run(path, staging, stem, mask_path=mask_path, modality=modality, progress=progress)
+            written = self.run(path, staging, stem, mask_path=mask_path, modality=modality, progress=progress,
+                               sequence=sequence)
             targets = [out_dir / f.name for f in written]
             clash = [t for t in targets if t.resolve() in protected]
             if clash:

@@ -37,7 +37,7 @@ from .devices import free_memory_bytes, is_out_of_memory, resolve_device
 from .io import Volume
 from .mask import background_holes, dice as mask_dice
 from .model import CeVAE, gaussian_nll, kl_per_slice
-from .model_card import ModelCard
+from .model_card import ModelCard, settings_key
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
 from .combined import COMBINED, all_components, combine, combined_components, dark_components
@@ -127,6 +127,11 @@ class ScoreResult:
     tissue_means: the tissue fit's CSF, GM and WM means (standardised intensity units) that ``contrast`` was
         read from, which the out-of-distribution guard checks for an order no MR contrast has
         (``tissue.implausible_tissue_order``); None where the tissue map was not computed.
+    sequence: the MR sequence the scan declares (``volume.metadata["sequence"]``: DICOM header, BIDS name or the
+        user; a key of ``sequence.SEQUENCES``), None where it declares none.
+    settings: the key of the card's per-scan settings used (``model_card.settings_key``): the declared sequence
+        where the card has settings for it, else ``contrast``; operating points, combined-map components and
+        tables are looked up with it.
     hypointense_mm: how thick (largest inscribed radius, world mm) the thickest region darker than its tissue is
         (``tissue.hypointense_thickness_mm``), which the guard checks for a large dark anomaly that the detection
         map does not score; None where the tissue map was not computed.
@@ -148,6 +153,8 @@ class ScoreResult:
     contrast: str | None = None
     tissue_means: tuple[float, float, float] | None = None
     hypointense_mm: float | None = None
+    sequence: str | None = None
+    settings: str | None = None
 
 
 def _native_slice_profile(prepared: PreparedVolume, slice_kl: np.ndarray, slice_rec: np.ndarray
@@ -310,11 +317,13 @@ class Scorer:
             else:
                 out["asymmetry"] = asymmetry_map(prepared.standardised, brain, mirror, volume.spacing,
                                                  self.card.scoring.asymmetry_sigma_mm)
+        sequence = volume.metadata.get("sequence")
+        settings = settings_key(self.card.calibration, contrast, sequence)
         if COMBINED in maps:
             if components:
                 cal = self.card.calibration
-                out[COMBINED] = combine(out, cal, combined_components(cal, contrast), contrast,
-                                        dark=dark_components(cal, contrast))
+                out[COMBINED] = combine(out, cal, combined_components(cal, settings), settings,
+                                        dark=dark_components(cal, settings))
             else:
                 notes.append("combined map not computed (all zero): the model card's calibration has none")
                 out[COMBINED] = np.zeros(brain.shape, np.float32)
@@ -338,7 +347,8 @@ class Scorer:
                            volume_score=volume_score, device=self.device.type, batch_size=batch_size,
                            seconds=seconds, warnings=notes, preprocessing=prepared.steps,
                            template_brain_dice=template_dice, postprocessing=done_post, contrast=contrast,
-                           tissue_means=tissue_means, hypointense_mm=hypointense_mm)
+                           tissue_means=tissue_means, hypointense_mm=hypointense_mm, sequence=sequence,
+                           settings=settings)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _postprocess(self, out: dict[str, np.ndarray], brain: np.ndarray, spacing) -> dict:

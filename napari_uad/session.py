@@ -81,14 +81,14 @@ class ScoredScan:
     def validation_rates(self, name: str, threshold: float, min_volume_mm3: float) -> dict | None:
         """The card's validation false findings per normal scan and object recall for this setting (see
         :func:`napari_uad.calibration.validation_rates`), or None."""
-        return validation_rates(self.card.calibration, name, threshold, min_volume_mm3, self.result.contrast)
+        return validation_rates(self.card.calibration, name, threshold, min_volume_mm3, self.result.settings)
 
     # -- threshold slider <-> raw threshold -----------------------------------------------------------------
     def threshold_range(self, name: str) -> tuple[float, float]:
         """Raw-score range the slider spans: 0 to the map's maximum in this scan (or the card threshold)."""
         values = self.result.maps[name]
         hi = float(values.max())
-        card_thr = self.card.default_threshold(name, self.result.contrast)
+        card_thr = self.card.default_threshold(name, self.result.settings)
         if card_thr is not None:
             hi = max(hi, 1.05 * card_thr)
         return 0.0, hi if hi > 0 else 1.0
@@ -102,23 +102,23 @@ class ScoredScan:
         return int(round(np.clip((threshold - lo) / (hi - lo), 0, 1) * SLIDER_STEPS))
 
     def default_threshold(self, name: str) -> float:
-        """The card's calibrated threshold (its point for this scan's recognised contrast where it has one, as
+        """The card's calibrated threshold (its point for this scan's settings key where it has one, as
         ``napari-uad score``), else the 99.9th percentile of the map in the foreground."""
-        thr = self.card.default_threshold(name, self.result.contrast)
+        thr = self.card.default_threshold(name, self.result.settings)
         if thr is None:
             thr = float(np.quantile(self.result.maps[name][self.result.mask], 0.999))
         return thr
 
     @property
     def default_min_volume(self) -> float:
-        """The card's minimum finding volume (mm^3) for this scan's recognised contrast (as ``napari-uad score``)."""
-        return self.card.default_min_volume(self.result.contrast)
+        """The card's minimum finding volume (mm^3) for this scan's settings key (as ``napari-uad score``)."""
+        return self.card.default_min_volume(self.result.settings)
 
     @property
     def default_min_thickness(self) -> float:
-        """The card's minimum finding thickness (world mm) for this scan's recognised contrast (as ``napari-uad
+        """The card's minimum finding thickness (world mm) for this scan's settings key (as ``napari-uad
         score``)."""
-        return self.card.default_min_thickness(self.result.contrast)
+        return self.card.default_min_thickness(self.result.settings)
 
     # -- findings -------------------------------------------------------------------------------------------
     @property

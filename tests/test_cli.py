@@ -268,6 +268,16 @@ def test_a_minimum_thickness_drops_thinner_findings_and_is_recorded(tmp_path, ti
         assert {row["min_thickness_mm"] for row in csv.DictReader(fh)} == {"0.0"}
 
 
+def test_an_unknown_sequence_is_one_line_and_leaves_nothing(tmp_path, tiny_model_dir, scan, capsys):
+    for command in ("score", "cohort"):
+        assert run_cli(command, scan, "--out", tmp_path / "out", "--model", tiny_model_dir, "--sequence", "DWI",
+                       "--quiet") == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == ["napari-uad: error: unknown sequence 'DWI'; use auto, T1 (T1w, T1c, "
+                                            "MPRAGE), FLAIR, T2 or PD"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_when_every_input_fails_no_output_directory_is_left(tmp_path, tiny_model_dir, capsys):
     (tmp_path / "bad.nii.gz").write_bytes(b"junk")
     assert run_cli("score", tmp_path / "bad.nii.gz", tmp_path / "missing.nii.gz", "--out", tmp_path / "out",

@@ -77,10 +77,15 @@ def test_discover_directory_glob_manifest_and_dicom_series(tmp_path):
     assert {i.id: i.path for i in items}["series1"] == series
     assert len(discover(str(root / "*" / "t1.nii.gz"))) == 2
     manifest = tmp_path / "m.csv"
-    manifest.write_text("path,id,subject,session\nd/a/t1.nii.gz,s1,sub-01,ses-1\nd/b/t1.nii.gz,s2,sub-02,\n")
+    manifest.write_text("path,id,subject,session,sequence\nd/a/t1.nii.gz,s1,sub-01,ses-1,T1w\n"
+                        "d/b/t1.nii.gz,s2,sub-02,,\n")
     items = discover(manifest)
     assert [(i.id, i.columns["subject"], i.columns["session"]) for i in items] == [("s1", "sub-01", "ses-1"),
                                                                                     ("s2", "sub-02", "")]
+    assert [i.sequence for i in items] == ["t1", None]  # declared per scan; empty: the scan's own declaration
+    (tmp_path / "seq.csv").write_text("path,sequence\nd/a/t1.nii.gz,DWI\n")
+    with pytest.raises(ValueError, match=r"seq.csv: line 2: unknown sequence 'DWI'"):
+        discover(tmp_path / "seq.csv")
     assert items[0].path == tmp_path / "d" / "a" / "t1.nii.gz"
     (tmp_path / "bad.csv").write_text("file\nx.nii.gz\n")
     with pytest.raises(ValueError, match="needs a 'path' column"):
@@ -185,6 +190,12 @@ def test_manifest_columns_are_carried_and_a_rerun_rescores_nothing(tmp_path, tra
     # another threshold is another result: rescored
     assert cli.main([*args, "--threshold", "0.5"]) == 0
     assert json.loads((out / "cohort.json").read_text())["totals"]["scored"] == 2
+    # so is another declared sequence; each scan's report says what it was declared and by whom
+    assert cli.main([*args, "--threshold", "0.5", "--sequence", "FLAIR"]) == 0
+    summary = json.loads((out / "cohort.json").read_text())
+    assert summary["totals"]["scored"] == 2 and summary["settings"]["sequence"] == "flair"
+    report = json.loads((out / "scans" / "P1.json").read_text())
+    assert (report["sequence"], report["sequence_source"]) == ("flair", "--sequence")
 
 
 def test_killed_cohort_resumes_without_rescoring_finished_scans(tmp_path, trained_model, cohort_dir):

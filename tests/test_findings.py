@@ -144,7 +144,7 @@ def test_card_findings_use_the_cards_point_for_the_scans_contrast_and_its_edge_m
     volume = Volume.from_array(brain.astype(np.float32), np.eye(4))
     # dark fluid: the 2-voxel cube (2 mm thick) is thinner than its point's 4 mm; the 3-voxel one (4 mm) stays
     for contrast, threshold, expected in ((None, 2.0, 2), ("dark_fluid", 2.0, 1), ("bright_fluid", 4.0, 1)):
-        result = SimpleNamespace(maps={"combined": score}, mask=brain, contrast=contrast)
+        result = SimpleNamespace(maps={"combined": score}, mask=brain, contrast=contrast, settings=contrast)
         labels, findings, used, min_volume = card_findings(result, volume, card)
         assert used == threshold and len(findings) == expected and labels.max() == expected
         assert not labels[2:5].any()

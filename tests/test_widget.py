@@ -395,7 +395,7 @@ def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(q
 
     def as_t2(self, *args, **kwargs):  # the tiny model has no template space: say the tissue fit found T2
         result = yield from iter_score(self, *args, **kwargs)
-        result.contrast = "bright_fluid"
+        result.contrast = result.settings = "bright_fluid"
         return result
 
     monkeypatch.setattr(Scorer, "iter_score", as_t2)
@@ -414,6 +414,33 @@ def test_a_scan_of_a_contrast_with_its_own_operating_point_opens_at_that_point(q
     text = widget.threshold_label.text()
     assert ("synthetic validation scans, T2/PD-weighted (bright fluid) like this scan (≥ 1.5, ≥ 30 mm³, thickness ≥ 2.5 "
             "mm): 0.5 false findings") in text
+
+
+def test_a_declared_sequence_opens_at_the_cards_point_for_it(qtbot, widget, scan_path, tmp_path):
+    """Choosing the scan's sequence (FLAIR) where the card has settings for it: the slider, minimum volume and
+    validation line are that sequence's point (its table counted on dark-fluid validation scans, as the card
+    says), and the status line says the sequence was declared and its settings used; auto declares nothing."""
+    own = {"threshold": 1.25, "min_volume_mm3": 40.0, "table_contrast": "dark_fluid",
+           "table": [{"threshold": 1.25, "min_volume_mm3": 40.0, "fp_objects_per_normal_scan": 0.25,
+                      "object_recall": 0.3}]}
+    _add_edited_model(widget, tmp_path / "per-sequence",
+                      lambda card: card.calibration.update(operating_point={"by_contrast": {"flair": own}},
+                                                           validation_set="8 synthetic heads"))
+    open_scan(widget.viewer, scan_path)
+    assert widget.scoring_panel.sequence_selector.currentText() == "auto"
+    widget.scoring_panel.sequence_selector.setCurrentText("FLAIR")
+    assert score(qtbot, widget) is True
+    widget.map_selector.setCurrentText("residual")
+    widget.update_findings()
+    assert widget.threshold == 1.25 and widget.findings_panel.min_volume_spinbox.value() == 40.0
+    assert widget.scan.result.settings == "flair"
+    assert widget.scoring_panel.progress_label.text().endswith("; declared FLAIR (chosen in the widget): FLAIR "
+                                                               "settings")
+    assert "T1/FLAIR-like (dark fluid) like this scan (≥ 1.25, ≥ 40 mm³): 0.2 false findings" in \
+        widget.threshold_label.text()
+    widget.scoring_panel.sequence_selector.setCurrentText("auto")
+    assert score(qtbot, widget) is True
+    assert widget.scan.result.sequence is None and widget.threshold != 1.25
 
 
 def test_cohort_worklist_review_next_scan_resume_and_export(qtbot, make_napari_viewer, tiny_model_dir, tmp_path):

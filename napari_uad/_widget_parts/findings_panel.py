@@ -18,8 +18,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..sequence import settings_label
 from ..session import SLIDER_STEPS, FindingsView, ScoredScan
-from ..tissue import CONTRASTS
 from . import row_table
 from .profile import SliceProfile
 
@@ -143,7 +143,7 @@ class FindingsPanel(QWidget):
         text = f"{threshold:.4g}" + ("" if quantile is None else f"  (healthy-voxel FPR {1 - quantile:.2%})")
         tip = ""
         if rates is not None and rates.get("fp_objects_per_normal_scan") is not None:
-            contrast = CONTRASTS.get(rates.get("contrast"), rates.get("contrast"))
+            contrast = settings_label(rates.get("contrast"))
             source = rates["source"] + (f", {contrast} like this scan" if contrast else "")
             counted = rates.get("table_min_thickness_mm", 0.0)
             thick = f", thickness ≥ {counted:g} mm" if counted or min_thickness_mm else ""

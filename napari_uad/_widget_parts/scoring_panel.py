@@ -25,6 +25,7 @@ from ..model_card import ModelError, list_models, load_model
 from ..ood import UNRELIABLE, check_input, check_score
 from ..preprocessing import SKULL_STRIP_MODES, PipelineOptions
 from ..scoring import GRADIENT_MAPS, MAP_NAMES, Scorer, default_maps
+from ..sequence import AUTO, SEQUENCES, parse_sequence
 from ..session import ScoredScan
 from ..tissue import CONTRASTS
 
@@ -65,6 +66,12 @@ class ScoringPanel(QWidget):
         self.skull_strip_selector.setToolTip("Brain extraction: auto = only scans that still have skull and scalp; "
                                              "on = always; off = the scan's foreground is the brain")
         form.addRow("Skull strip", self.skull_strip_selector)
+        self.sequence_selector = QComboBox(objectName="sequence_selector")
+        self.sequence_selector.addItems([AUTO, *SEQUENCES.values()])
+        self.sequence_selector.setToolTip("MR sequence: the model's settings for it apply where its card has some; "
+                                          "auto = what the file declares (DICOM header, BIDS name), else what the "
+                                          "scan's contrast reads as")
+        form.addRow("Sequence", self.sequence_selector)
         self.window_selector = QComboBox(objectName="window_selector")
         self.window_selector.addItems(["MR (percentiles)"] + [f"CT {name}" for name in CT_WINDOWS])
         self.window_selector.setToolTip("Display window of the image; CT presets as level/width in HU")
@@ -153,6 +160,9 @@ class ScoringPanel(QWidget):
         layer = self.viewer.layers[name]
         try:
             volume = volume_from_layer(layer.data, layer.metadata, layer.scale, layer.translate)
+            chosen = parse_sequence(self.sequence_selector.currentText())
+            if chosen:
+                volume.metadata.update(sequence=chosen, sequence_source="chosen in the widget")
             model, card = load_model(ref)
             scorer = Scorer(model, card, device=self.device_selector.currentText(),
                             options=PipelineOptions(skull_strip=self.skull_strip_selector.currentText()))
@@ -220,9 +230,14 @@ class ScoringPanel(QWidget):
         if self._cancelled:
             self._show_cancelled()
             return
-        contrast = CONTRASTS.get(scan.result.contrast)  # what the scan's own tissue fit says it is
-        self.progress_label.setText(f"scored in {scan.result.seconds['total']:.1f} s on {scan.result.device}"
-                                    + (f"; read as {contrast}" if contrast else ""))
+        result = scan.result
+        contrast = CONTRASTS.get(result.contrast)  # what the scan's own tissue fit says it is
+        declared = SEQUENCES.get(result.sequence)
+        self.progress_label.setText(
+            f"scored in {result.seconds['total']:.1f} s on {result.device}"
+            + (f"; read as {contrast}" if contrast else "")
+            + (f"; declared {declared} ({scan.volume.metadata.get('sequence_source', 'file')})" if declared else "")
+            + (f": {declared} settings" if declared and result.settings == result.sequence else ""))
         self.scored.emit(self._layer, scan)
 
     def _on_error(self, worker, err: Exception) -> None:

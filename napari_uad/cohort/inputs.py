@@ -14,6 +14,7 @@ from glob import glob
 from pathlib import Path
 
 from ..io import ITK_SUFFIXES, NIFTI_SUFFIXES, file_stem
+from ..sequence import parse_sequence
 
 __all__ = ["CohortItem", "CARRIED_COLUMNS", "discover", "is_dicom_file"]
 
@@ -23,11 +24,13 @@ _SCAN_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 
 @dataclass(frozen=True)
 class CohortItem:
-    """One scan of a cohort: ``id`` (output stem), ``path`` (file or DICOM series directory), carried columns."""
+    """One scan of a cohort: ``id`` (output stem), ``path`` (file or DICOM series directory), carried columns,
+    and the MR sequence a manifest declares for it (``sequence.SEQUENCES`` key; None: none declared)."""
 
     id: str
     path: Path
     columns: dict[str, str] = field(default_factory=dict)
+    sequence: str | None = None
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -80,15 +83,19 @@ def _read_manifest(path: Path) -> list[CohortItem]:
         scan = Path(row["path"].strip())
         scan = scan if scan.is_absolute() else path.parent / scan
         scan_id = (row.get("id") or "").strip() or file_stem(scan)
+        try:
+            sequence = parse_sequence(row.get("sequence"))
+        except ValueError as err:
+            raise ValueError(f"{path}: line {n}: {err}") from None
         items.append(CohortItem(scan_id, scan, {c: (row.get(c) or "").strip() for c in CARRIED_COLUMNS
-                                                if c in row}))
+                                                if c in row}, sequence))
     return items
 
 
 def discover(spec: str | os.PathLike) -> list[CohortItem]:
     """The scans of a directory (recursive), a glob pattern, or a CSV manifest (``path`` column; optional
-    ``id``, ``subject``, ``session``; relative paths are relative to the manifest). ValueError when there are no
-    scans or two share an id."""
+    ``id``, ``subject``, ``session``, ``sequence``: T1, FLAIR, T2, PD or empty; relative paths are relative to the
+    manifest). ValueError when there are no scans, two share an id, or a sequence is unknown."""
     p = Path(spec)
     if p.is_file() and p.suffix.lower() == ".csv":
         items = _read_manifest(p)

@@ -107,7 +107,7 @@ def run_cohort(items: list[CohortItem], out: Path, spec: JobSpec, scheduler: str
         "settings": {"maps": list(spec.maps), "device": spec.device, "torch_threads": spec.torch_threads,
                      "detection_map": job.detection_map, "threshold": job.threshold,
                      "min_volume_mm3": job.min_volume_mm3, "min_thickness_mm": job.min_thickness(None),
-                     "edge_margin_mm": job.edge_margin_mm,
+                     "edge_margin_mm": job.edge_margin_mm, "sequence": job.sequence,
                      "by_contrast": {c: {**dict(zip(("threshold", "min_volume_mm3"), job.operating_point(c))),
                                          "min_thickness_mm": job.min_thickness(c)} for c in card.contrast_points},
                      "preprocessing": spec.options,

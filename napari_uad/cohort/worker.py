@@ -51,6 +51,7 @@ class JobSpec:
     options: dict = field(default_factory=dict)  # PipelineOptions fields
     command: str = ""  # the cohort command line, recorded in each S.json
     exports: tuple[str, ...] = ()  # extra findings formats (ScoreJob.exports)
+    sequence: str | None = None  # every scan's declared MR sequence (ScoreJob.sequence); None: each scan's own
 
     def build(self, device: str):
         """The ScoreJob (model loaded, weights verified)."""
@@ -63,7 +64,8 @@ class JobSpec:
         scorer = Scorer(model, card, device=device, options=PipelineOptions(**self.options))
         return ScoreJob.from_card(scorer, self.maps, self.detection_map, self.threshold, self.min_volume_mm3,
                                   self.edge_margin_mm, self.connectivity, self.force, command=self.command,
-                                  exports=self.exports, min_thickness_mm=self.min_thickness_mm)
+                                  exports=self.exports, min_thickness_mm=self.min_thickness_mm,
+                                  sequence=self.sequence)
 
 
 def _worker_device(spec: JobSpec, worker_name) -> str:
@@ -100,7 +102,10 @@ def outputs_complete(out: Path, item: CohortItem, model_sha256: str, spec: JobSp
         report = json.loads(report_path.read_text(encoding="utf-8"))
         same = (report["model"]["sha256"] == model_sha256 and report["maps"] == list(spec.maps)
                 and (job is None or (report["detection_map"] == job.detection_map
-                                     and report["threshold"] == job.operating_point(report.get("contrast"))[0])))
+                                     and report.get("sequence") == (item.sequence or job.sequence
+                                                                    or report.get("sequence"))
+                                     and report["threshold"] == job.operating_point(
+                                         report.get("settings", report.get("contrast")))[0])))
         return same and all((out / f"{item.id}.{m}.nii.gz").is_file() for m in spec.maps) and \
             report["scan"]["sha256"] == file_sha256(item.path)
     except (OSError, ValueError, KeyError, TypeError):
@@ -150,7 +155,7 @@ def score_item(item: CohortItem, out: str, healthy_scores: list[float]) -> dict:
         else:
             for stale in out_dir.glob(f".{item.id}.*.partial"):  # left by a killed run
                 shutil.rmtree(stale, ignore_errors=True)
-            job.run_into(item.path, out_dir, item.id)
+            job.run_into(item.path, out_dir, item.id, sequence=item.sequence)
             row = row_from_outputs(out_dir, item, healthy_scores)
     except (VolumeError, ModelError, ValueError, OSError) as err:
         message = str(err) if str(err).startswith(str(item.path)) else f"{item.path}: {err}"
