@@ -3,7 +3,7 @@ hold on real anatomy?
 
 Usage: python benchmarks/tissue_priors.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 24]
        [--out runs/tissue_priors.json] [--sigmas 0,4] [--floors 0.001,0.05] [--class-peak no,yes]
-       [--partial-volume no] [--sign-from-prior no] [--fluid-floors 0] [--deform-mm 0]
+       [--partial-volume no] [--sign-from-prior no] [--fluid-floors 0] [--deform-mm 0] [--pv-boundary-mm 0]
 
 Synthetic heads made from the held-out *validation* label maps (the last --val-maps maps: real subjects'
 anatomy, so the template fits them only as well as an affine alignment fits a patient; seeds 400000+; never the
@@ -62,6 +62,9 @@ def main() -> None:
         parser.add_argument("--deform-mm", type=_floats, default=(0.0,),
                             help="priors deformed onto the scan, each demons update smoothed by this many mm "
                                  "(TissueSettings.deform_mm); 0 = off")
+        parser.add_argument("--pv-boundary-mm", type=_floats, default=(0.0,),
+                            help="two-tissue mixtures only within this many mm of both tissues "
+                                 "(TissueSettings.pv_boundary_mm); 0 = off")
 
     args, setup = validation_args(__doc__.splitlines()[0], 24, "tissue_priors.json", options)
     if setup is None:
@@ -77,7 +80,7 @@ def main() -> None:
     from napari_uad.tissue import TissueSettings, smooth_priors, tissue_outlier_map
 
     variants = list(itertools.product(args.sigmas, args.floors, args.class_peak, args.partial_volume,
-                                      args.sign_from_prior, args.fluid_floors, args.deform_mm))
+                                      args.sign_from_prior, args.fluid_floors, args.deform_mm, args.pv_boundary_mm))
     normal_maps: list[list[np.ndarray]] = [[] for _ in variants]  # per variant: the normal heads' cropped maps
     normal_family: list[str] = []
     lesion_maps: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in variants]
@@ -103,9 +106,10 @@ def main() -> None:
         else:
             normal_family.append(family)
         smoothed = {s: smooth_priors(priors, volume.spacing, s) for s in args.sigmas}
-        for v, (sigma, floor, peak, pv, sign, fluid, deform) in enumerate(variants):
+        for v, (sigma, floor, peak, pv, sign, fluid, deform, boundary) in enumerate(variants):
             settings = TissueSettings(prior_sigma_mm=0.0, prior_floor=floor, class_peak=peak, partial_volume=pv,
-                                      sign_from_prior=sign, fluid_floor=fluid, deform_mm=deform)
+                                      sign_from_prior=sign, fluid_floor=fluid, deform_mm=deform,
+                                      pv_boundary_mm=boundary)
             m = tissue_outlier_map(prepared.standardised, brain, smoothed[sigma], volume.spacing, settings)[box]
             if normal:
                 normal_maps[v].append(m.astype(np.float16))
@@ -116,8 +120,8 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     truth_all, w_all, fam_all = np.concatenate(truth), np.concatenate(weights), np.concatenate(family_of)
     rows = []
-    for (v, (sigma, floor, peak, pv, sign, fluid, deform)), tail in itertools.product(enumerate(variants),
-                                                                                      ("bright", "both")):
+    for (v, (sigma, floor, peak, pv, sign, fluid, deform, boundary)), tail in itertools.product(
+            enumerate(variants), ("bright", "both")):
         look = (lambda m: m) if tail == "bright" else np.abs
         scores = look(np.concatenate(pooled[v]).astype(np.float64))
         threshold = float(np.quantile(look(np.concatenate([m[m != 0] for m in normal_maps[v]]).astype(np.float64)),
@@ -132,7 +136,7 @@ def main() -> None:
             found += any(overlaps.values())
             fp_lesion.append(sum(1 for t in overlaps.values() if t == 0))
         row = {"prior_sigma_mm": sigma, "prior_floor": floor, "class_peak": peak, "partial_volume": pv,
-               "sign_from_prior": sign, "fluid_floor": fluid, "deform_mm": deform,
+               "sign_from_prior": sign, "fluid_floor": fluid, "deform_mm": deform, "pv_boundary_mm": boundary,
                "tail": tail,
                "ap": round(float(average_precision_score(truth_all, scores, sample_weight=w_all)), 4),
                "auroc": round(float(roc_auc_score(truth_all, scores, sample_weight=w_all)), 4),

@@ -63,8 +63,8 @@ class ScoringConfig:
     grad_brain_only: zero the gradient outside the brain mask before smoothing, so the strong gradients at
         the brain's edge do not bleed into it.
     tissue_prior_sigma_mm, tissue_prior_floor, tissue_class_peak, tissue_partial_volume,
-        tissue_sign_from_prior, tissue_fluid_floor, tissue_deform_mm: the tissue map's ``TissueSettings`` (a card without them
-        keeps the map's first definition).
+        tissue_sign_from_prior, tissue_fluid_floor, tissue_deform_mm, tissue_pv_boundary_mm: the tissue map's
+        ``TissueSettings`` (a card without them keeps the map's first definition).
     detection_median_mm: width (world mm) of a 3D median filter applied to the card's detection map before it
         is shown and thresholded (``napari_uad.postprocess``); 0 = none. Its calibration is of the filtered map.
     asymmetry_sigma_mm: Gaussian sigma (world mm) the asymmetry map smooths the scan by before comparing the
@@ -85,6 +85,7 @@ class ScoringConfig:
     tissue_sign_from_prior: bool = TissueSettings.sign_from_prior
     tissue_fluid_floor: float = TissueSettings.fluid_floor
     tissue_deform_mm: float = TissueSettings.deform_mm
+    tissue_pv_boundary_mm: float = TissueSettings.pv_boundary_mm
     detection_median_mm: float = 0.0
     asymmetry_sigma_mm: float = ASYMMETRY_SIGMA_MM
 
@@ -103,7 +104,7 @@ class ScoringConfig:
         """The tissue map's settings."""
         return TissueSettings(self.tissue_prior_sigma_mm, self.tissue_prior_floor, self.tissue_class_peak,
                               self.tissue_partial_volume, self.tissue_sign_from_prior, self.tissue_fluid_floor,
-                              self.tissue_deform_mm)
+                              self.tissue_deform_mm, self.tissue_pv_boundary_mm)
 
 
 def contrast_points(calibration: dict) -> dict:

@@ -48,7 +48,7 @@ from .mask import bounding_box, smoothed_inside
 
 __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smooth_priors", "scan_contrast",
            "deformed_priors", "implausible_tissue_order", "hypointense_thickness_mm", "TissueSettings", "TISSUES",
-           "CONTRASTS"]
+           "CONTRASTS", "boundary_pairs", "PV_OUTSIDE_WEIGHT"]
 
 TISSUES = ("csf", "gm", "wm")
 CONTRASTS = {"dark_fluid": "T1/FLAIR-like (dark fluid)", "bright_fluid": "T2/PD-weighted (bright fluid)"}
@@ -78,6 +78,11 @@ class TissueSettings:
     deform_mm: after the first fit, the priors are deformed onto the scan's own tissue (``deformed_priors``: a
         demons registration, each update smoothed by this many mm) and the mixture is refitted, so the priors
         follow a subject's sulci and ventricles beyond what the affine alignment reaches. 0 = off.
+    pv_boundary_mm: with ``partial_volume``, a two-tissue mixture explains a voxel only where both tissues are
+        near (``boundary_pairs``: a voxel the fit calls pure of each class within this many mm, at least one voxel
+        step): a boundary is thin, and a thick region of in-between intensity -- oedema between grey matter and
+        fluid on T2, a lesion between fluid and grey matter on T1 -- is not partial volume. Elsewhere the
+        mixture's weight is multiplied by ``PV_OUTSIDE_WEIGHT``. 0 = off (mixtures explain any voxel).
     """
 
     prior_sigma_mm: float = 0.0
@@ -87,6 +92,7 @@ class TissueSettings:
     sign_from_prior: bool = False
     fluid_floor: float = 0.0
     deform_mm: float = 0.0
+    pv_boundary_mm: float = 0.0
 
 
 def smooth_priors(priors: np.ndarray, spacing: tuple[float, float, float], sigma_mm: float) -> np.ndarray:
@@ -181,18 +187,45 @@ def _pair_log_density(x: np.ndarray, mu_a: float, sd_a: float, mu_b: float, sd_b
 
 
 def _component_terms(x: np.ndarray, p: np.ndarray, mu: np.ndarray, sigma: np.ndarray, partial_volume: bool,
-                     peak: bool = False) -> np.ndarray:
+                     peak: bool = False, pair_allowed: np.ndarray | None = None) -> np.ndarray:
     """Log weight plus log density of ``x`` per mixture component ([K, N]): the 3 pure classes, then with
     ``partial_volume`` the 3 class pairs. peak: each density measured against its own peak (for a pure class
-    exp(-z^2 / 2)) instead of normalised."""
+    exp(-z^2 / 2)) instead of normalised. pair_allowed: [3, N] bool per pair of ``_PAIRS``; where False the
+    pair's weight is multiplied by ``PV_OUTSIDE_WEIGHT`` (``boundary_pairs``)."""
     weight = 2.0 * np.log(p) if partial_volume else np.log(p)
     terms = [weight[c] - 0.5 * ((x - mu[c]) / sigma[c]) ** 2 - (0.0 if peak else np.log(sigma[c]) + _LOG_SQRT_2PI)
              for c in range(3)]
     if partial_volume:
         terms += [np.log(2.0) + np.log(p[a]) + np.log(p[b]) + _pair_log_density(x, mu[a], sigma[a], mu[b], sigma[b],
                                                                                  peak)
-                  for a, b in _PAIRS]
+                  + (0.0 if pair_allowed is None else np.where(pair_allowed[k], 0.0, np.log(PV_OUTSIDE_WEIGHT)))
+                  for k, (a, b) in enumerate(_PAIRS)]
     return np.stack(terms)
+
+
+PV_OUTSIDE_WEIGHT = 1e-3  # a two-tissue mixture away from a boundary of its two tissues: this much less likely
+
+
+def boundary_pairs(x: np.ndarray, p: np.ndarray, mu: np.ndarray, sigma: np.ndarray, inside: np.ndarray,
+                   spacing, radius_mm: float) -> np.ndarray:
+    """Where each class pair of ``_PAIRS`` may explain a voxel as partial volume ([3, N] bool over the voxels of
+    ``inside``, the same order as ``x``): both classes have a voxel within ``radius_mm`` world mm (at least the
+    largest voxel size, so neighbours always count) that the partial-volume mixture's posterior calls pure of
+    that class (> 0.5). ``x``, ``p``, ``mu``, ``sigma``: as ``fit_tissue_mixture`` uses and returns them;
+    ``inside``: bool mask of ``x``'s voxels in its grid; ``spacing``: that grid's voxel size in mm."""
+    terms = _component_terms(x, p, mu, sigma, True)
+    posterior = np.exp(terms - logsumexp(terms, axis=0, keepdims=True))
+    radius = max(float(radius_mm), float(np.max(spacing)))
+    near = []
+    for c in range(3):
+        pure = np.zeros(inside.shape, bool)
+        pure[inside] = posterior[c] > 0.5
+        if not pure.any():
+            near.append(np.zeros(x.shape, bool))
+            continue
+        distance = ndimage.distance_transform_edt(~pure, sampling=np.asarray(spacing, np.float64))
+        near.append(distance[inside] <= radius + 1e-6)
+    return np.stack([near[a] & near[b] for a, b in _PAIRS])
 
 
 def fit_tissue_mixture(x: np.ndarray, priors: np.ndarray, iterations: int = 8, partial_volume: bool = False
@@ -297,10 +330,12 @@ def tissue_outliers(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
         p[0] = np.maximum(p[0], settings.fluid_floor)
         p /= p.sum(axis=0, keepdims=True)
         mu, sigma = fit_tissue_mixture(x, p, partial_volume=pv)
-    terms = _component_terms(x, p, mu, sigma, pv)  # log domain: no underflow
+    allowed = (boundary_pairs(x, p, mu, sigma, brain[box], spacing, settings.pv_boundary_mm)
+               if pv and settings.pv_boundary_mm > 0 else None)
+    terms = _component_terms(x, p, mu, sigma, pv, pair_allowed=allowed)  # log domain: no underflow
     log_mixture = logsumexp(terms, axis=0)
     if settings.class_peak:  # each component against its own peak: the weights sum to 1, so nll >= 0
-        nll = -logsumexp(_component_terms(x, p, mu, sigma, pv, peak=True), axis=0)
+        nll = -logsumexp(_component_terms(x, p, mu, sigma, pv, peak=True, pair_allowed=allowed), axis=0)
     else:
         log_best = np.max(-np.log(np.sqrt(2 * np.pi) * sigma))  # the densities' largest possible value
         nll = log_best - log_mixture

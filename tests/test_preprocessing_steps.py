@@ -237,8 +237,8 @@ def test_tissue_map_flags_a_bright_lesion_in_an_aligned_brain(brain, tiny_model_
 
 def test_card_tissue_settings_reach_the_tissue_map(brain, tiny_model_dir, tmp_path):
     """The card's scoring block sets the tissue map (prior smoothing in mm over the scan's spacing, floor, class
-    peak, deformation of the priors); they survive saving the card, and a card without them keeps the first
-    definition."""
+    peak, deformation of the priors, mixtures only at boundaries); they survive saving the card, and a card
+    without them keeps the first definition."""
     import dataclasses
 
     from napari_uad.mask import background_holes
@@ -251,10 +251,11 @@ def test_card_tissue_settings_reach_the_tissue_map(brain, tiny_model_dir, tmp_pa
     card.preprocessing = PreprocessingConfig(template="mni152-2009")
     assert ScoringConfig().tissue() == TissueSettings()  # an old card: the map's first definition
     card.scoring = dataclasses.replace(card.scoring, tissue_prior_sigma_mm=5.0, tissue_prior_floor=0.05,
-                                       tissue_class_peak=True, tissue_partial_volume=True, tissue_deform_mm=3.0)
+                                       tissue_class_peak=True, tissue_partial_volume=True, tissue_deform_mm=3.0,
+                                       tissue_pv_boundary_mm=2.0)
     save_model(model, card, tmp_path / "m")
     model, card = load_model(tmp_path / "m")
-    assert card.scoring.tissue() == TissueSettings(5.0, 0.05, True, True, deform_mm=3.0)
+    assert card.scoring.tissue() == TissueSettings(5.0, 0.05, True, True, deform_mm=3.0, pv_boundary_mm=2.0)
     options = PipelineOptions(skull_strip="off")
     volume = Volume.from_array(data, affine)
     got = Scorer(model, card, device="cpu", options=options).score(volume, ("tissue",)).maps["tissue"]
@@ -263,7 +264,7 @@ def test_card_tissue_settings_reach_the_tissue_map(brain, tiny_model_dir, tmp_pa
     tissue_brain = prepared.brain & ~background_holes(volume.data, prepared.brain)
     assert tissue_brain.sum() < prepared.brain.sum()
     expected = tissue_outlier_map(prepared.standardised, tissue_brain, prepared.tissue_priors(), (2.0, 2.0, 2.0),
-                                  TissueSettings(5.0, 0.05, True, True, deform_mm=3.0))
+                                  TissueSettings(5.0, 0.05, True, True, deform_mm=3.0, pv_boundary_mm=2.0))
     np.testing.assert_allclose(got, expected, atol=1e-5)
     first = tissue_outlier_map(prepared.standardised, tissue_brain, prepared.tissue_priors())
     assert np.abs(got - first).max() > 0.1

@@ -212,6 +212,44 @@ def test_partial_volume_keeps_the_pure_classes_narrow_and_a_lesion_stands_out():
     assert np.abs(pv[:, :, 1]).max() < 4 < 0.25 * pv[3, 3, 2]
 
 
+def test_partial_volume_only_at_a_boundary_of_its_two_tissues_equals_the_hand_computation():
+    """pv_boundary_mm: a voxel of the CSF/GM boundary slab (pure CSF and pure GM voxels 1 mm away) is explained by
+    the mixture as before; the centre of a thick block of in-between intensity deep in white matter (no voxel
+    called pure CSF or GM within 1 mm, white matter 3 mm away) is scored with every pair's weight x 1e-3 -- by
+    hand -- and stands far above where mixtures explain everything."""
+    from napari_uad.tissue import PV_OUTSIDE_WEIGHT
+
+    rng = np.random.default_rng(7)
+    shape = (10, 10, 13)  # (smaller, the block's 125 voxels would widen white matter's fitted spread)
+    means, sds = np.array([10.0, 60.0, 80.0]), np.array([2.0, 3.0, 2.5])
+    slab = [0, 0, None, 1, 1, 1] + [2] * 7  # CSF, CSF/GM boundary, GM, WM along k
+    priors, data = np.full((3, *shape), 0.0), np.zeros(shape)
+    for k, c in enumerate(slab):
+        mix = np.array([0.5, 0.5, 0.0]) if c is None else np.eye(3)[c]
+        priors[:, :, :, k] = (mix * 0.8 + 0.2 / 3)[:, None, None]
+        data[:, :, k] = np.tensordot(mix, means[:, None, None] + sds[:, None, None] * rng.standard_normal((3, 10, 10)),
+                                     axes=1)
+    data[1:6, 1:6, 8:13] = 35.0 + rng.standard_normal((5, 5, 5))  # half way between CSF and GM, in WM
+    brain = np.ones(shape, bool)
+    plain = tissue_outlier_map(data, brain, priors, settings=TissueSettings(partial_volume=True))
+    gated = tissue_outlier_map(data, brain, priors, settings=TissueSettings(partial_volume=True, pv_boundary_mm=1.0))
+    mu, sd = fit_tissue_mixture(data[brain], priors[:, brain], partial_volume=True)
+    p = np.maximum(priors, 1e-3)
+    p /= p.sum(axis=0)
+
+    def by_hand(v, gated_pairs):  # pairs in the order CSF/GM, CSF/WM, GM/WM
+        dens = _pv_terms_by_hand(data[v], p[(slice(None), *v)], mu, sd)
+        dens[3:] *= np.where(gated_pairs, PV_OUTSIDE_WEIGHT, 1.0)
+        nll = np.log(np.max(1 / (np.sqrt(2 * np.pi) * sd))) - np.log(dens.sum())
+        return np.sign(data[v] - (dens[:3] * mu).sum() / dens[:3].sum()) * max(nll, 0.0)
+
+    # the boundary: CSF and GM 1 mm away explain it as their mixture; white matter is 4 mm away
+    assert gated[3, 3, 2] == pytest.approx(by_hand((3, 3, 2), [False, True, True]), rel=1e-4)
+    assert gated[3, 3, 2] == pytest.approx(plain[3, 3, 2], abs=0.2)
+    assert gated[3, 3, 10] == pytest.approx(by_hand((3, 3, 10), [True, True, True]), rel=1e-4)
+    assert abs(gated[3, 3, 10]) > abs(plain[3, 3, 10]) + 5
+
+
 def test_sign_from_prior_reads_a_t2_like_white_matter_lesion_as_hyperintense():
     """T2-like contrast (CSF 100, GM 60, WM 40): a WM lesion at 80 lies between WM and CSF. The posterior sign
     explains it as improbable CSF (expected ~100) and calls it hypointense; against the priors' expectation
