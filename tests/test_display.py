@@ -1,4 +1,4 @@
-"""Qt-free display rules: the colour range of a score map."""
+"""Qt-free display rules: the colour range of a score map; what a layer carries back into its volume."""
 
 from __future__ import annotations
 
@@ -27,3 +27,22 @@ def test_map_limits_without_calibration_and_on_an_empty_brain():
     assert map_limits(values) == (450.0, pytest.approx(np.quantile(values, 0.999)))
     assert map_limits(np.full(10, -3.0)) == (0.0, 1.0)  # all below the background: the range stays valid
     assert map_limits(np.array([])) == (0.0, 1.0)
+
+
+def test_a_layer_carries_the_scans_declarations_back_into_its_volume(tmp_path):
+    """A scan opened through the plugin's reader keeps what its file declared (sequence and where it was read,
+    contrast agent) when the widget rebuilds the volume from the layer, so scoring it in napari uses the same
+    settings as `napari-uad score`."""
+    from napari_uad.display import image_layer_kwargs, to_display, volume_from_layer
+    from napari_uad.io import read_volume, write_image_file
+
+    data = np.random.default_rng(0).random((8, 9, 10)).astype(np.float32)
+    volume = read_volume(write_image_file(tmp_path / "sub-01_ce-gd_FLAIR.nii.gz", data, np.diag([1, 1, 2, 1.0])))
+    assert volume.metadata == {"contrast_agent": "gd", "sequence": "flair", "sequence_source": "BIDS name"}
+    kwargs = image_layer_kwargs(volume)
+    back = volume_from_layer(to_display(volume.data), kwargs["metadata"], kwargs["scale"], kwargs["translate"])
+    assert back.metadata == volume.metadata
+    np.testing.assert_array_equal(back.data, volume.data)
+    plain = read_volume(write_image_file(tmp_path / "scan.nii.gz", data, np.eye(4)))
+    kwargs = image_layer_kwargs(plain)
+    assert volume_from_layer(to_display(plain.data), kwargs["metadata"]).metadata == {}
