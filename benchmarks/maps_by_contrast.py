@@ -1,7 +1,7 @@
 """Validation experiment: which maps, and which combinations of them, rank lesions first in each recognised contrast?
 
 Usage: python benchmarks/maps_by_contrast.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 4]
-       [--seed 300000] [--candidates LIST] [--out runs/maps_by_contrast.json]
+       [--seed 300000] [--candidates LIST] [--median-mm LIST] [--out runs/maps_by_contrast.json]
 
 ``--n`` synthetic heads per clinical contrast (T1, T2, FLAIR, PD taken in turn as calibration takes them), each with
 one disease-like lesion (tumour, MS, infarct, haemorrhage; ``synth_lesions``), made from the held-out *validation*
@@ -10,9 +10,12 @@ skull-stripped scan. Groups: the contrast the scan's own tissue fit recognises (
 bright fluid, which is what a card's per-contrast settings can use) and the generator's contrast family. For each
 group, pixel AP / AUROC (sklearn; brain voxels of the group's heads pooled) of every single map the card scores
 without gradients, and of the mean healthy-quantile surprise (``combined.combine`` with the card's tables) of every
-pair and triple of the maps that have a healthy table. Prints one JSON line per group and candidate; writes all
-rows to --out (``--candidates``: only these, e.g. ``asymmetry,tissue+asymmetry``, besides the card's combined map). A
-measurement to choose from on validation data; nothing here changes a card.
+pair and triple of the maps that have a healthy table. The card's combined map is the scorer's own (its components,
+tables and dark channel for the scan's settings key, the card's post-processing); ``--median-mm``: also that map
+3D-median-filtered at each width (world mm, ``postprocess.median_filter_map``). Prints one JSON line per group and
+candidate; writes all rows to --out (``--candidates``: only these, e.g. ``asymmetry,tissue+asymmetry``, besides
+the card's combined map; ``--candidates none``: only the card's). A measurement to choose from on validation
+data; nothing here changes a card.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ def _options(parser) -> None:
     parser.add_argument("--seed", type=int, default=300_000, help="seed of the first head")
     parser.add_argument("--candidates", default=None, metavar="LIST",
                         help="comma-separated maps or +-joined combinations (default: every single map, pair and "
-                             "triple)")
+                             "triple; none: only the card's combined map)")
+    parser.add_argument("--median-mm", default="", metavar="LIST",
+                        help="widths (mm) of a 3D median filter applied to the card's combined map, each an extra "
+                             "candidate")
 
 
 def main() -> None:
@@ -44,11 +50,14 @@ def main() -> None:
 
     from napari_uad.combined import COMBINED, combine, combined_components
     from napari_uad.io import Volume
+    from napari_uad.postprocess import median_filter_map
 
     tables = card.calibration.get("maps", {})
     components = tuple(m for m in COMPONENTS if m in tables)
     candidates = ([(m,) for m in SINGLES] + [c for size in (2, 3) for c in combinations(components, size)]
-                  if args.candidates is None else [tuple(c.split("+")) for c in args.candidates.split(",")])
+                  if args.candidates is None else [] if args.candidates == "none"
+                  else [tuple(c.split("+")) for c in args.candidates.split(",")])
+    medians = [float(v) for v in args.median_mm.split(",") if v.strip()]
     unknown = {m for c in candidates for m in c if m not in SINGLES or (len(c) > 1 and m not in components)}
     if unknown:
         raise SystemExit(f"--candidates: {', '.join(sorted(unknown))}: not among {', '.join(SINGLES)} (combinations "
@@ -56,12 +65,16 @@ def main() -> None:
     card_combined = combined_components(card.calibration)
     heads: list[dict] = []
     for i, path, head in heads_in_turn(files, 4 * args.n, args.seed, lesion=lambda i: "any"):
-        result = scorer.score(Volume.from_array(head.data, head.affine, modality="MR"), SINGLES, mask=head.brain)
+        volume = Volume.from_array(head.data, head.affine, modality="MR")
+        result = scorer.score(volume, SINGLES + ((COMBINED,) if card_combined else ()), mask=head.brain)
         brain, family = head.brain, head.params["contrast_family"]
         maps = {m: result.maps[m][brain].astype(np.float32) for m in SINGLES}
         values = {c: maps[c[0]] if len(c) == 1 else combine(maps, card.calibration, c) for c in candidates}
         if card_combined:
-            values[(COMBINED,)] = combine(maps, card.calibration, card_combined, result.settings)
+            values[(COMBINED,)] = result.maps[COMBINED][brain]
+            for width in medians:
+                values[(COMBINED, f"median {width:g} mm")] = median_filter_map(
+                    result.maps[COMBINED], result.mask, volume.spacing, width)[brain]
         truth = head.lesion[brain] > 0
         heads.append({"family": family, "contrast": result.contrast, "truth": truth, "values": values})
         print(json.dumps({"seed": args.seed + i, "label_map": path.name, "family": family,
@@ -78,8 +91,8 @@ def main() -> None:
         for candidate in members[0]["values"]:
             scores = np.concatenate([h["values"][candidate] for h in members]).astype(np.float64)
             name = " + ".join(candidate)
-            if candidate == (COMBINED,):
-                name = f"combined ({' + '.join(card_combined)}, the card's)"
+            if candidate[0] == COMBINED:
+                name = f"combined (the card's{'' if len(candidate) == 1 else ', ' + candidate[1]})"
             row = {"group": group, "heads": len(members), "candidate": name,
                    "ap": round(float(average_precision_score(truth, scores)), 4),
                    "auroc": round(float(roc_auc_score(truth, scores)), 4)}
