@@ -138,7 +138,9 @@ def settings_key(calibration: dict, contrast: str | None, sequence: str | None) 
     """The key of the card's per-scan settings (operating point, combined-map components, dark channel, tables)
     for a scan: its declared ``sequence`` (``sequence.SEQUENCES``) where the card has settings for it and the
     scan's fluid agrees with it (``sequence.sequence_mismatch``), else the ``contrast`` its tissue fit recognises
-    (``tissue.scan_contrast``; None where not computed), whose settings, or the pooled ones, apply."""
+    (``tissue.scan_contrast``; None where not computed), whose settings, or the pooled ones, apply. Each setting
+    the card lacks for the key returned falls back to the pooled one (not to the recognised contrast's): a card
+    with settings for a sequence gives it every setting it needs (point, components, dark channel)."""
     from .sequence import sequence_mismatch
 
     if sequence is None or sequence_mismatch(sequence, contrast) or not _has_settings(calibration, sequence):

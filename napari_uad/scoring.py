@@ -127,14 +127,14 @@ class ScoreResult:
     tissue_means: the tissue fit's CSF, GM and WM means (standardised intensity units) that ``contrast`` was
         read from, which the out-of-distribution guard checks for an order no MR contrast has
         (``tissue.implausible_tissue_order``); None where the tissue map was not computed.
+    hypointense_mm: how thick (largest inscribed radius, world mm) the thickest region darker than its tissue is
+        (``tissue.hypointense_thickness_mm``), which the guard checks for a large dark anomaly that the detection
+        map does not score; None where the tissue map was not computed.
     sequence: the MR sequence the scan declares (``volume.metadata["sequence"]``: DICOM header, BIDS name or the
         user; a key of ``sequence.SEQUENCES``), None where it declares none.
     settings: the key of the card's per-scan settings used (``model_card.settings_key``): the declared sequence
         where the card has settings for it, else ``contrast``; operating points, combined-map components and
         tables are looked up with it.
-    hypointense_mm: how thick (largest inscribed radius, world mm) the thickest region darker than its tissue is
-        (``tissue.hypointense_thickness_mm``), which the guard checks for a large dark anomaly that the detection
-        map does not score; None where the tissue map was not computed.
     """
 
     maps: dict[str, np.ndarray]

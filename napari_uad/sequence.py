@@ -53,8 +53,7 @@ def sequence_from_text(text: str) -> str | None:
     words = re.sub(r"[^A-Z0-9*]+", " ", text.upper()).split()
     joined = " ".join(words)
     has = lambda *names: any(n in words for n in names)  # noqa: E731
-    t1 = has("T1", "T1W", "T1C", "T1CE", "T1GD", "MPRAGE", "MP2RAGE", "SPGR", "BRAVO", "TFE", "T1FLAIR") or \
-        bool(re.search(r"\bT1(W|C|CE|GD|\+C)?\b", joined))
+    t1 = has("T1", "T1W", "T1C", "T1CE", "T1GD", "MPRAGE", "MP2RAGE", "SPGR", "BRAVO", "TFE", "T1FLAIR")
     if re.search(r"FLAIR|DARK ?FLUID", joined) and not t1:
         return "flair"
     if has("SWI", "DWI", "ADC", "TRACE", "T2*", "T2STAR", "GRE", "EPI", "DTI", "PERFUSION", "ASL"):
