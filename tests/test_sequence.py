@@ -137,3 +137,15 @@ def test_score_uses_the_declared_sequences_settings(flair_scan, tiny_model_dir, 
     assert warned(reports["T2"]) and not any(warned(reports[d]) for d in ("FLAIR", "T1", None))
     with pytest.raises(ValueError, match="unknown sequence"):
         ScoreJob.from_card(scorer, ("tissue",), sequence="DWI")
+
+
+def test_a_real_scanners_series_header():
+    """A Siemens series header shipped with pydicom: its Series Description names no sequence, its Protocol Name
+    (t1_vibe_fs_tra_bh_dyn) says T1."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("examples_overlay.dcm"), stop_before_pixels=True)
+    tags = {"0008|103e": str(ds.SeriesDescription), "0018|1030": str(ds.ProtocolName)}
+    assert sequence_from_text(tags["0008|103e"]) is None
+    assert sequence_from_dicom_tags(tags) == "t1"
