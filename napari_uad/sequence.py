@@ -103,10 +103,9 @@ def sequence_from_bids(path: Path, stem: str) -> str | None:
         return None
     if not isinstance(meta, dict):
         return None
-    for key in ("SeriesDescription", "ProtocolName"):
-        if isinstance(meta.get(key), str) and sequence_from_text(meta[key]):
-            return sequence_from_text(meta[key])
-    return None
+    found = (sequence_from_text(meta[key]) for key in ("SeriesDescription", "ProtocolName")
+             if isinstance(meta.get(key), str))
+    return next((s for s in found if s), None)
 
 
 def sequence_mismatch(sequence: str | None, contrast: str | None) -> str | None:
