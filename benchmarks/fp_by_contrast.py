@@ -12,8 +12,10 @@ false; each is attributed to the tissue its voxels mostly lie in (the head's own
 matter, normal variant, outside the true brain). Heads whose brain mask has Dice < 0.9 with the true brain are
 counted apart, as calibration leaves them out (``calibration.MIN_BRAIN_MASK_DICE``). --skull-stripped presents each
 head as a skull-stripped scan instead (its true brain, background 0: how the real test gliomas come), which
-separates false findings caused by a failed brain extraction from those of the maps themselves. Prints a line per
-head and writes the per-contrast totals to --out (JSON).
+separates false findings caused by a failed brain extraction from those of the maps themselves. Each head's
+out-of-distribution warnings (``ood.check_score``, what `score` prints and S.json holds) are counted too, kept and
+failed heads apart: whether a failed brain extraction reaches the user as a warning, and how often a good one
+raises a false alarm. Prints a line per head and writes the per-contrast totals to --out (JSON).
 """
 
 from __future__ import annotations
@@ -56,11 +58,12 @@ def main() -> None:
     from napari_uad.findings import card_findings
     from napari_uad.io import Volume
     from napari_uad.mask import dice
+    from napari_uad.ood import check_score
     from napari_uad.synth_labels import CLINICAL_FAMILIES
 
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     totals = {f: {"heads": 0, "findings": 0, "by_tissue": Counter(), "failed_brain_masks": 0,
-                  "findings_on_failed": 0} for f in CLINICAL_FAMILIES}
+                  "findings_on_failed": 0, "warned": 0, "failed_warned": 0} for f in CLINICAL_FAMILIES}
     for i, path, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
         seed, family = args.seed + i, head.params["contrast_family"]
         data = np.where(head.brain, head.data, 0).astype(head.data.dtype) if args.skull_stripped else head.data
@@ -70,18 +73,22 @@ def main() -> None:
         labels, findings, threshold, min_volume = card_findings(result, volume, card)
         where = [tissue_of(head.labels[labels == f.finding_id]) for f in findings]
         brain_dice = float(dice(result.mask, head.brain))
+        warnings, _ = check_score(result, volume.voxel_volume_mm3, card, card.detection_map)
         t = totals[family]
         if brain_dice < MIN_BRAIN_MASK_DICE:
             t["failed_brain_masks"] += 1
             t["findings_on_failed"] += len(findings)
+            t["failed_warned"] += bool(warnings)
         else:
             t["heads"] += 1
             t["findings"] += len(findings)
             t["by_tissue"].update(where)
+            t["warned"] += bool(warnings)
         print(json.dumps({"seed": seed, "family": family, "recognised_contrast": result.contrast,
                           "threshold": round(threshold, 4), "min_volume_mm3": min_volume, "label_map": path.name,
                           "brain_mask_dice": round(brain_dice, 3), "findings": len(findings),
-                          "tissues": dict(Counter(where))}), flush=True)
+                          "tissues": dict(Counter(where)),
+                          "warnings": [w.split(":")[0][:80] for w in warnings]}), flush=True)
     pooled = card.operating_point()
     out = {"model": f"{card.name} {card.version}", "threshold": pooled[0], "min_volume_mm3": pooled[1],
            "by_contrast": {c: [p["threshold"], p["min_volume_mm3"]] for c, p in card.contrast_points.items()},
