@@ -15,7 +15,8 @@ head as a skull-stripped scan instead (its true brain, background 0: how the rea
 separates false findings caused by a failed brain extraction from those of the maps themselves. Each head's
 out-of-distribution warnings (``ood.check_score``, what `score` prints and S.json holds) are counted too, kept and
 failed heads apart: whether a failed brain extraction reaches the user as a warning, and how often a good one
-raises a false alarm. Prints a line per head and writes the per-contrast totals to --out (JSON).
+raises a false alarm; and each head's fitted CSF / GM / WM means (standardised units), from which the recognised
+contrast comes (``tissue.scan_contrast``). Prints a line per head and writes the per-contrast totals to --out (JSON).
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ def main() -> None:
                           "threshold": round(threshold, 4), "min_volume_mm3": min_volume, "label_map": path.name,
                           "brain_mask_dice": round(brain_dice, 3), "findings": len(findings),
                           "tissues": dict(Counter(where)),
-                          "warnings": [w.split(":")[0][:80] for w in warnings]}), flush=True)
+                          "warnings": [w.split(":")[0][:80] for w in warnings],
+                          "tissue_means_csf_gm_wm": None if result.tissue_means is None
+                          else [round(float(m), 3) for m in result.tissue_means]}), flush=True)
     pooled = card.operating_point()
     out = {"model": f"{card.name} {card.version}", "threshold": pooled[0], "min_volume_mm3": pooled[1],
            "by_contrast": {c: [p["threshold"], p["min_volume_mm3"]] for c, p in card.contrast_points.items()},
