@@ -4,6 +4,7 @@ how often does a scan's tissue fit put grey matter below both fluid and white ma
 Usage: python benchmarks/tissue_order.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 8]
        [--n-lesion 8] [--sets label,label-lesion,mni,mni-lesion,ball,dark] [--seed 720000]
        [--out runs/tissue_order.json] [--scans FILE ...]
+       python benchmarks/tissue_order.py --analyse runs/tissue_order.json   (the contrast-rule table again)
 
 Sets (each head prepared with the card's preprocessing on its true brain mask, its tissue mixture fitted as the
 tissue map fits it; no model pass):
@@ -20,7 +21,9 @@ tissue map fits it; no model pass):
                numbers in docs/RESULTS.md were measured)
 Prints a line per head (family, fitted CSF / GM / WM means in standardised units, class order, implausible, and
 the share of the brain whose signed tissue map is <= -2 and <= -3: hypointense for its tissue) and per set the
-number of heads the order check fires on, the class orders seen and the range of the hypointense shares.
+number of heads the order check fires on, the class orders seen and the range of the hypointense shares; and, per
+set and family, how many heads each of ``tissue.CONTRAST_RULES`` reads as the family's fluid (T1, FLAIR: dark; T2,
+PD: bright), which ``--analyse`` prints again from a JSON this script wrote.
 --scans: also check these scan files as ``napari-uad score`` does (brain extraction where needed), e.g. the real
 test scans: reported, never used to choose anything.
 """
@@ -28,6 +31,7 @@ test scans: reported, never used to choose anything.
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +40,7 @@ import numpy as np
 from _validation import fitted_tissue, heads_in_turn, validation_args  # noqa: E402
 
 SETS = ("label", "label-lesion", "mni", "mni-lesion", "ball", "dark")
+EXPECTED = {"t1": "dark_fluid", "flair": "dark_fluid", "t2": "bright_fluid", "pd": "bright_fluid"}
 HYPO_LEVELS = (2, 3)  # the share of the brain whose signed tissue map is <= -level (hypointense for its tissue)
 
 
@@ -72,7 +77,28 @@ def _cases(name: str, files, args):
             yield family, data, case.affine, np.asarray(case.data) > 0
 
 
+def rule_table(rows: list[dict]) -> list[dict]:
+    """Per set and family: heads, and heads each contrast rule reads as the family's fluid (``EXPECTED``)."""
+    from napari_uad.tissue import CONTRAST_RULES, scan_contrast
+
+    table: dict = {}
+    for row in rows:
+        if row["family"] not in EXPECTED:
+            continue
+        entry = table.setdefault((row["set"], row["family"]), {"set": row["set"], "family": row["family"], "heads": 0,
+                                                               **{rule: 0 for rule in CONTRAST_RULES}})
+        entry["heads"] += 1
+        for rule in CONTRAST_RULES:
+            entry[rule] += scan_contrast(np.array(row["means_csf_gm_wm"]), rule) == EXPECTED[row["family"]]
+    return list(table.values())
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--analyse":
+        for line in rule_table(json.loads(Path(sys.argv[2]).read_text())["rows"]):
+            print(json.dumps(line))
+        return
+
     def options(parser) -> None:
         parser.add_argument("--n-lesion", type=int, default=8)
         parser.add_argument("--sets", default=",".join(SETS))
@@ -110,6 +136,8 @@ def main() -> None:
         summary[name] = {"heads": heads, "fired": sum(fired.values()), "fired_by_family": dict(fired),
                          "orders": dict(orders), **{k: {"min": min(v), "max": max(v)} for k, v in shares.items()}}
         print(json.dumps({name: summary[name]}), flush=True)
+    for line in rule_table(rows):
+        print(json.dumps({"contrast_rules": line}), flush=True)
     scans = []
     if args.scans:
         from napari_uad.io import read_volume

@@ -63,8 +63,9 @@ class ScoringConfig:
     grad_brain_only: zero the gradient outside the brain mask before smoothing, so the strong gradients at
         the brain's edge do not bleed into it.
     tissue_prior_sigma_mm, tissue_prior_floor, tissue_class_peak, tissue_partial_volume,
-        tissue_sign_from_prior, tissue_fluid_floor, tissue_deform_mm, tissue_pv_boundary_mm: the tissue map's
-        ``TissueSettings`` (a card without them keeps the map's first definition).
+        tissue_sign_from_prior, tissue_fluid_floor, tissue_deform_mm, tissue_pv_boundary_mm,
+        tissue_contrast_rule: the tissue map's ``TissueSettings`` (a card without them keeps the map's first
+        definition; the contrast rule also decides which of a card's per-contrast settings a scan gets).
     detection_median_mm: width (world mm) of a 3D median filter applied to the card's detection map before it
         is shown and thresholded (``napari_uad.postprocess``); 0 = none. Its calibration is of the filtered map.
     asymmetry_sigma_mm: Gaussian sigma (world mm) the asymmetry map smooths the scan by before comparing the
@@ -86,6 +87,7 @@ class ScoringConfig:
     tissue_fluid_floor: float = TissueSettings.fluid_floor
     tissue_deform_mm: float = TissueSettings.deform_mm
     tissue_pv_boundary_mm: float = TissueSettings.pv_boundary_mm
+    tissue_contrast_rule: str = TissueSettings.contrast_rule
     detection_median_mm: float = 0.0
     asymmetry_sigma_mm: float = ASYMMETRY_SIGMA_MM
 
@@ -94,6 +96,7 @@ class ScoringConfig:
             raise ValueError(f"grad_reduction {self.grad_reduction!r}: choose from {', '.join(GRAD_REDUCTIONS)}")
         if not 0.0 <= float(self.detection_median_mm) < 50.0:
             raise ValueError(f"detection_median_mm must be in [0, 50) mm, not {self.detection_median_mm}")
+        self.tissue()  # the tissue settings check themselves (an unknown contrast rule is refused here)
         if not 0.0 < float(self.asymmetry_sigma_mm) <= 20.0:
             raise ValueError(f"asymmetry_sigma_mm must be in (0, 20] mm, not {self.asymmetry_sigma_mm}")
 
@@ -104,7 +107,7 @@ class ScoringConfig:
         """The tissue map's settings."""
         return TissueSettings(self.tissue_prior_sigma_mm, self.tissue_prior_floor, self.tissue_class_peak,
                               self.tissue_partial_volume, self.tissue_sign_from_prior, self.tissue_fluid_floor,
-                              self.tissue_deform_mm, self.tissue_pv_boundary_mm)
+                              self.tissue_deform_mm, self.tissue_pv_boundary_mm, self.tissue_contrast_rule)
 
 
 def contrast_points(calibration: dict) -> dict:

@@ -303,10 +303,12 @@ class Scorer:
                 out["tissue"] = np.zeros(brain.shape, np.float32)
             else:
                 tissue_brain = brain & ~background_holes(volume.data, brain)  # filled holes hold no tissue
+                settings = self.card.scoring.tissue()
                 out["tissue"], means = tissue_outliers(prepared.standardised, tissue_brain, priors, volume.spacing,
-                                                       self.card.scoring.tissue())
+                                                       settings)
                 if means is not None:
-                    contrast, tissue_means = scan_contrast(means), tuple(float(m) for m in means)
+                    contrast = scan_contrast(means, settings.contrast_rule)
+                    tissue_means = tuple(float(m) for m in means)
                     hypointense_mm = hypointense_thickness_mm(out["tissue"], tissue_brain, volume.spacing)
         if "asymmetry" in computed:
             mirror = prepared.midsagittal_mirror()

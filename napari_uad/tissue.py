@@ -52,6 +52,8 @@ __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smoot
 
 TISSUES = ("csf", "gm", "wm")
 CONTRASTS = {"dark_fluid": "T1/FLAIR-like (dark fluid)", "bright_fluid": "T2/PD-weighted (bright fluid)"}
+CONTRAST_RULES = ("fluid_brightest", "fluid_over_white")
+"""How ``scan_contrast`` reads a scan's tissue means (``TissueSettings.contrast_rule``)."""
 """What ``scan_contrast`` tells apart from a scan's own tissue means, with the words a reviewer reads: the
 contrasts a detection threshold may have to differ between (per-contrast operating points, ``calibration``).
 T1 and FLAIR are not told apart: both have dark fluid and differ only in how grey and white matter compare,
@@ -83,6 +85,7 @@ class TissueSettings:
         step): a boundary is thin, and a thick region of in-between intensity -- oedema between grey matter and
         fluid on T2, a lesion between fluid and grey matter on T1 -- is not partial volume. Elsewhere the
         mixture's weight is multiplied by ``PV_OUTSIDE_WEIGHT``. 0 = off (mixtures explain any voxel).
+    contrast_rule: how the fitted means tell the scan's contrast (``scan_contrast``; a key of ``CONTRAST_RULES``).
     """
 
     prior_sigma_mm: float = 0.0
@@ -93,6 +96,11 @@ class TissueSettings:
     fluid_floor: float = 0.0
     deform_mm: float = 0.0
     pv_boundary_mm: float = 0.0
+    contrast_rule: str = "fluid_brightest"
+
+    def __post_init__(self):
+        if self.contrast_rule not in CONTRAST_RULES:
+            raise ValueError(f"contrast_rule {self.contrast_rule!r}: choose from {', '.join(CONTRAST_RULES)}")
 
 
 def smooth_priors(priors: np.ndarray, spacing: tuple[float, float, float], sigma_mm: float) -> np.ndarray:
@@ -254,11 +262,18 @@ def fit_tissue_mixture(x: np.ndarray, priors: np.ndarray, iterations: int = 8, p
     return mu, sigma
 
 
-def scan_contrast(means: np.ndarray) -> str:
-    """The scan's contrast (a key of ``CONTRASTS``) from its fitted CSF, GM, WM means (any intensity scale):
-    fluid brighter than both tissues -> "bright_fluid" (T2- or PD-weighted), else "dark_fluid" (T1, FLAIR)."""
+def scan_contrast(means: np.ndarray, rule: str = "fluid_brightest") -> str:
+    """The scan's contrast (a key of ``CONTRASTS``) from its fitted CSF, GM, WM means (any intensity scale).
+
+    ``rule`` (a key of ``CONTRAST_RULES``): "fluid_brightest" -- fluid brighter than both tissues ->
+    "bright_fluid" (T2- or PD-weighted), else "dark_fluid" (T1, FLAIR); "fluid_over_white" -- fluid brighter than
+    white matter -> "bright_fluid": T1 and FLAIR put fluid below white matter, T2 and PD above it, and grey
+    matter's mean is left out, which an extracted brain mask's edge errors or a PD scan's fluid-grey overlap can
+    push above the fluid's (docs/RESULTS.md, "Does a failed brain extraction reach the user?")."""
     csf, gm, wm = (float(m) for m in means)
-    return "bright_fluid" if csf > max(gm, wm) else "dark_fluid"
+    if rule not in CONTRAST_RULES:
+        raise ValueError(f"contrast rule {rule!r}: choose from {', '.join(CONTRAST_RULES)}")
+    return "bright_fluid" if csf > (max(gm, wm) if rule == "fluid_brightest" else wm) else "dark_fluid"
 
 
 def implausible_tissue_order(means) -> str | None:
@@ -325,7 +340,7 @@ def tissue_outliers(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,
         smoothed = deformed_priors(x, brain[box], smoothed, spacing, mu, sigma, settings.deform_mm)
         p = _at_voxels(smoothed, brain[box], settings.prior_floor)
         mu, sigma = fit_tissue_mixture(x, p, partial_volume=pv)
-    if settings.fluid_floor > 0 and scan_contrast(mu) == "bright_fluid":
+    if settings.fluid_floor > 0 and scan_contrast(mu, settings.contrast_rule) == "bright_fluid":
         p = p.copy()
         p[0] = np.maximum(p[0], settings.fluid_floor)
         p /= p.sum(axis=0, keepdims=True)

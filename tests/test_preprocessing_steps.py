@@ -270,6 +270,34 @@ def test_card_tissue_settings_reach_the_tissue_map(brain, tiny_model_dir, tmp_pa
     assert np.abs(got - first).max() > 0.1
 
 
+def test_card_contrast_rule_decides_the_recognised_contrast(brain, tiny_model_dir, tmp_path, monkeypatch):
+    """``scoring.tissue_contrast_rule`` survives saving the card and is the rule the scorer reads the scan's
+    tissue fit with (so it decides which per-contrast settings a scan gets); an old card reads by the first rule."""
+    import dataclasses
+
+    from napari_uad import scoring
+    from napari_uad.model_card import load_model, save_model
+    from napari_uad.scoring import Scorer
+    from napari_uad.tissue import scan_contrast
+
+    data, mask, affine = brain
+    model, card = load_model(tiny_model_dir)
+    card.preprocessing = PreprocessingConfig(template="mni152-2009")
+    rules_used = []
+    monkeypatch.setattr(scoring, "scan_contrast", lambda means, rule: rules_used.append(rule) or
+                        scan_contrast(means, rule))
+    options = PipelineOptions(skull_strip="off")
+    for rule in ("fluid_over_white", "fluid_brightest"):
+        card.scoring = dataclasses.replace(card.scoring, tissue_contrast_rule=rule)
+        save_model(model, card, tmp_path / rule)
+        model, card = load_model(tmp_path / rule)
+        assert card.scoring.tissue().contrast_rule == rule
+        result = Scorer(model, card, device="cpu", options=options).score(Volume.from_array(data, affine),
+                                                                          ("tissue",))
+        assert rules_used[-1] == rule and result.contrast == scan_contrast(np.array(result.tissue_means), rule)
+    assert rules_used == ["fluid_over_white", "fluid_brightest"]
+
+
 def _grid_variant(data: np.ndarray, affine: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """The same brain stored another way: LPS (i, j reversed), permuted axes, oblique (rotated 20 degrees about
     the superior axis) or anisotropic (every other axial slice: 2 x 2 x 4 mm)."""

@@ -287,6 +287,32 @@ def test_the_scans_contrast_is_read_from_its_own_tissue_fit(means, contrast):
     assert tissue_outliers(data, np.zeros_like(brain), priors)[1] is None  # no brain: no fit, no contrast
 
 
+@pytest.mark.parametrize("means, brightest, over_white", [
+    ((-1.57, -0.50, 1.40), "dark_fluid", "dark_fluid"),     # T1: fluid < grey < white
+    ((-2.00, 1.00, 0.50), "dark_fluid", "dark_fluid"),      # FLAIR: fluid nulled, grey over white
+    ((2.12, 0.21, -1.08), "bright_fluid", "bright_fluid"),  # T2 on its true brain (validation head 690004)
+    ((0.41, 0.47, -0.91), "dark_fluid", "bright_fluid"),    # the same head as scored: the mask's edge errors
+    ((0.30, 0.60, -0.90), "dark_fluid", "bright_fluid"),    # PD with fluid between the tissues (WM < CSF < GM)
+])
+def test_contrast_rules_read_fluid_against_both_tissues_or_white_matter_only(means, brightest, over_white):
+    """``scan_contrast``'s two rules on fitted CSF / GM / WM means: "fluid_brightest" (the default: fluid above
+    both tissues) and "fluid_over_white" (fluid above white matter), which a card chooses
+    (``scoring.tissue_contrast_rule``); an unknown rule is refused, in the settings too."""
+    from napari_uad.model_card import ScoringConfig
+    from napari_uad.tissue import scan_contrast
+
+    assert scan_contrast(np.array(means)) == brightest
+    assert scan_contrast(np.array(means), "fluid_brightest") == brightest
+    assert scan_contrast(np.array(means), "fluid_over_white") == over_white
+    with pytest.raises(ValueError, match="fluid_brightest, fluid_over_white"):
+        scan_contrast(np.array(means), "fluid_darkest")
+    with pytest.raises(ValueError, match="contrast_rule 'x'"):
+        TissueSettings(contrast_rule="x")
+    with pytest.raises(ValueError, match="contrast_rule 'x'"):
+        ScoringConfig(tissue_contrast_rule="x")
+    assert ScoringConfig(tissue_contrast_rule="fluid_over_white").tissue().contrast_rule == "fluid_over_white"
+
+
 def test_fluid_floor_explains_fluid_where_the_template_expects_tissue_on_t2_only():
     """On a fluid-bright (T2-like) brain, fluid where the priors say white matter (a subject's larger ventricle)
     reads as strongly hyperintense tissue; with ``fluid_floor`` it is explained as CSF, while a lesion between
