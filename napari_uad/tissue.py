@@ -48,16 +48,16 @@ from .mask import bounding_box, smoothed_inside
 
 __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smooth_priors", "scan_contrast",
            "deformed_priors", "implausible_tissue_order", "hypointense_thickness_mm", "TissueSettings", "TISSUES",
-           "CONTRASTS", "boundary_pairs", "PV_OUTSIDE_WEIGHT"]
+           "CONTRASTS", "CONTRAST_RULES", "boundary_pairs", "PV_OUTSIDE_WEIGHT"]
 
 TISSUES = ("csf", "gm", "wm")
 CONTRASTS = {"dark_fluid": "T1/FLAIR-like (dark fluid)", "bright_fluid": "T2/PD-weighted (bright fluid)"}
-CONTRAST_RULES = ("fluid_brightest", "fluid_over_white")
-"""How ``scan_contrast`` reads a scan's tissue means (``TissueSettings.contrast_rule``)."""
 """What ``scan_contrast`` tells apart from a scan's own tissue means, with the words a reviewer reads: the
 contrasts a detection threshold may have to differ between (per-contrast operating points, ``calibration``).
 T1 and FLAIR are not told apart: both have dark fluid and differ only in how grey and white matter compare,
 which the fit does not reliably give (``benchmarks/contrast_recognition.py``, docs/RESULTS.md)."""
+CONTRAST_RULES = ("fluid_brightest", "fluid_over_white")
+"""How ``scan_contrast`` reads a scan's tissue means (``TissueSettings.contrast_rule``)."""
 _OUTLIER_Z = 3.0  # voxels beyond 3 sigma of every class are left out of the class statistics
 _PRIOR_FLOOR = 1e-3  # every class stays possible everywhere (the affine alignment is not exact)
 
