@@ -16,7 +16,8 @@ separates false findings caused by a failed brain extraction from those of the m
 out-of-distribution warnings (``ood.check_score``, what `score` prints and S.json holds) are counted too, kept and
 failed heads apart: whether a failed brain extraction reaches the user as a warning, and how often a good one
 raises a false alarm; and each head's fitted CSF / GM / WM means (standardised units), from which the recognised
-contrast comes (``tissue.scan_contrast``). Prints a line per head and writes the per-contrast totals to --out (JSON).
+contrast comes (``tissue.scan_contrast``). A head the preprocessing refuses (brain extraction or alignment fails:
+`score` stops with a one-line error) is counted as refused. Prints a line per head and writes the per-contrast totals to --out (JSON).
 """
 
 from __future__ import annotations
@@ -64,12 +65,17 @@ def main() -> None:
 
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     totals = {f: {"heads": 0, "findings": 0, "by_tissue": Counter(), "failed_brain_masks": 0,
-                  "findings_on_failed": 0, "warned": 0, "failed_warned": 0} for f in CLINICAL_FAMILIES}
+                  "findings_on_failed": 0, "warned": 0, "failed_warned": 0, "refused": 0} for f in CLINICAL_FAMILIES}
     for i, path, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
         seed, family = args.seed + i, head.params["contrast_family"]
         data = np.where(head.brain, head.data, 0).astype(head.data.dtype) if args.skull_stripped else head.data
         volume = Volume.from_array(data, head.affine, modality="MR")
-        result = scorer.score(volume)
+        try:
+            result = scorer.score(volume)
+        except ValueError as err:  # brain extraction or alignment refused the scan: `score` stops with this line
+            totals[family]["refused"] += 1
+            print(json.dumps({"seed": seed, "family": family, "label_map": path.name, "refused": str(err)}), flush=True)
+            continue
         # the card's operating point for the head's recognised contrast, as `napari-uad score` uses
         labels, findings, threshold, min_volume = card_findings(result, volume, card)
         where = [tissue_of(head.labels[labels == f.finding_id]) for f in findings]
