@@ -6,7 +6,8 @@ Usage: python benchmarks/contrast_recognition.py [--model NAME|PATH] [--maps-dir
 --n synthetic heads per clinical contrast (T1, T2, FLAIR, PD) from the held-out *validation* label maps (maps and
 contrasts in turn as calibration takes them, seeds from --seed, normal variants), each prepared with the card's
 preprocessing on its true brain mask and its tissue mixture fitted as the tissue map fits it (no model needed).
-Prints each head's fitted CSF / GM / WM means (in the standardised units) and the recognised contrast, and the
+Prints each head's fitted CSF / GM / WM means (in the standardised units) and the contrast the card's rule
+(``scoring.tissue_contrast_rule``) recognises, and the
 confusion table (true family -> recognised) with the expected answer: t1 and flair -> dark_fluid, t2 and pd ->
 bright_fluid (the two contrasts ``scan_contrast`` tells apart).
 --scans: also recognise these scan files as ``napari-uad score`` does (brain extraction where needed), e.g. the
@@ -21,8 +22,6 @@ from pathlib import Path
 
 from _validation import fitted_tissue, heads_in_turn, validation_args  # noqa: E402
 
-EXPECTED = {"t1": "dark_fluid", "flair": "dark_fluid", "t2": "bright_fluid", "pd": "bright_fluid"}
-
 
 def main() -> None:
     def options(parser) -> None:
@@ -33,17 +32,20 @@ def main() -> None:
     if setup is None:
         return
     _, card, files = setup
+    from napari_uad.sequence import SEQUENCE_FLUID
     from napari_uad.synth_labels import CLINICAL_FAMILIES
     from napari_uad.tissue import CONTRASTS, scan_contrast
+
+    rule = card.scoring.tissue().contrast_rule  # the card's reading, as the scorer's
 
     rows, confusion = [], Counter()
     for i, _, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
         family = head.params["contrast_family"]
         means = fitted_tissue(card, head.data, head.affine, head.brain).means
-        contrast = scan_contrast(means)
+        contrast = scan_contrast(means, rule)
         confusion[(family, contrast)] += 1
         row = {"seed": args.seed + i, "family": family, "means_csf_gm_wm": [round(float(m), 3) for m in means],
-               "recognised": contrast, "right": contrast == EXPECTED[family]}
+               "recognised": contrast, "right": contrast == SEQUENCE_FLUID[family]}
         rows.append(row)
         print(json.dumps(row), flush=True)
     scans = []

@@ -40,7 +40,6 @@ import numpy as np
 from _validation import fitted_tissue, heads_in_turn, validation_args  # noqa: E402
 
 SETS = ("label", "label-lesion", "mni", "mni-lesion", "ball", "dark")
-EXPECTED = {"t1": "dark_fluid", "flair": "dark_fluid", "t2": "bright_fluid", "pd": "bright_fluid"}
 HYPO_LEVELS = (2, 3)  # the share of the brain whose signed tissue map is <= -level (hypointense for its tissue)
 
 
@@ -78,18 +77,20 @@ def _cases(name: str, files, args):
 
 
 def rule_table(rows: list[dict]) -> list[dict]:
-    """Per set and family: heads, and heads each contrast rule reads as the family's fluid (``EXPECTED``)."""
+    """Per set and family: heads, and heads each contrast rule reads as the family's fluid
+    (``sequence.SEQUENCE_FLUID``: the contrast a T1, FLAIR, T2 or PD scan's fluid gives)."""
+    from napari_uad.sequence import SEQUENCE_FLUID
     from napari_uad.tissue import CONTRAST_RULES, scan_contrast
 
     table: dict = {}
     for row in rows:
-        if row["family"] not in EXPECTED:
+        if row["family"] not in SEQUENCE_FLUID:
             continue
         entry = table.setdefault((row["set"], row["family"]), {"set": row["set"], "family": row["family"], "heads": 0,
                                                                **{rule: 0 for rule in CONTRAST_RULES}})
         entry["heads"] += 1
         for rule in CONTRAST_RULES:
-            entry[rule] += scan_contrast(np.array(row["means_csf_gm_wm"]), rule) == EXPECTED[row["family"]]
+            entry[rule] += scan_contrast(np.array(row["means_csf_gm_wm"]), rule) == SEQUENCE_FLUID[row["family"]]
     return list(table.values())
 
 
