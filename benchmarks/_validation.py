@@ -58,14 +58,15 @@ def validation_scorer(args: argparse.Namespace):
 
 
 def heads_in_turn(files: list[Path], count: int, seed: int, families: tuple[str, ...] | None = None,
-                  lesion=lambda i: None, normal_variants: bool = True):
-    """Yield (i, label map path, synthetic head) for i in 0..count-1: map ``files[i % len(files)]``, contrast
-    family taken in turn as calibration takes them (``synth_labels.family_in_turn``; ``families`` default: the
-    clinical ones, () = drawn per head), seed ``seed + i``, lesion kind ``lesion(i)`` (None: healthy)."""
+                  lesion=lambda i: None, normal_variants: bool = True, only: list[int] | None = None):
+    """Yield (i, label map path, synthetic head) for i in 0..count-1 (or for i in ``only``: just those heads,
+    the others not made): map ``files[i % len(files)]``, contrast family taken in turn as calibration takes them
+    (``synth_labels.family_in_turn``; ``families`` default: the clinical ones, () = drawn per head), seed
+    ``seed + i``, lesion kind ``lesion(i)`` (None: healthy)."""
     from napari_uad.synth_labels import CLINICAL_FAMILIES, family_in_turn, label_head
 
     families = CLINICAL_FAMILIES if families is None else families
-    for i in range(count):
+    for i in (range(count) if only is None else only):
         path = files[i % len(files)]
         yield i, path, label_head(path, seed + i, family=family_in_turn(i, len(files), families),
                                   lesion=lesion(i), normal_variants=normal_variants)

@@ -19,7 +19,7 @@ from collections import Counter
 
 import numpy as np
 
-from _validation import validation_args  # noqa: E402
+from _validation import heads_in_turn, validation_args  # noqa: E402
 
 
 def main() -> None:
@@ -34,12 +34,10 @@ def main() -> None:
     from fp_by_contrast import tissue_of
 
     from napari_uad.io import Volume
-    from napari_uad.synth_labels import CLINICAL_FAMILIES, TISSUE_CLASSES, family_in_turn, label_head
+    from napari_uad.synth_labels import TISSUE_CLASSES
 
     rows = []
-    for i in [int(v) for v in args.heads.split(",")]:
-        head = label_head(files[i % len(files)], args.seed + i, normal_variants=True,
-                          family=family_in_turn(i, len(files), CLINICAL_FAMILIES))
+    for i, path, head in heads_in_turn(files, 0, args.seed, only=[int(v) for v in args.heads.split(",")]):
         volume = Volume.from_array(head.data, head.affine, modality="MR")
         scored = scorer.score(volume, ("tissue",))
         true = scorer.score(volume, ("tissue",), mask=head.brain)
@@ -56,7 +54,7 @@ def main() -> None:
                 out[tissue_of(np.array([label]))] += n
             return dict(out.most_common())
 
-        row = {"seed": args.seed + i, "family": head.params["contrast_family"], "label_map": files[i % len(files)].name,
+        row = {"seed": args.seed + i, "family": head.params["contrast_family"], "label_map": path.name,
                "mask_voxels": int(scored.mask.sum()), "true_brain_voxels": int(head.brain.sum()),
                "extra": by_tissue(extra), "missing": by_tissue(missing), "median_raw_intensity": median,
                "as_scored": {"contrast": scored.contrast,
