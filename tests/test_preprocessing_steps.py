@@ -276,7 +276,7 @@ def test_card_contrast_rule_decides_the_recognised_contrast(brain, tiny_model_di
     import dataclasses
 
     from napari_uad import scoring
-    from napari_uad.model_card import load_model, save_model
+    from napari_uad.model_card import ScoringConfig, load_model, save_model
     from napari_uad.scoring import Scorer
     from napari_uad.tissue import scan_contrast
 
@@ -296,6 +296,9 @@ def test_card_contrast_rule_decides_the_recognised_contrast(brain, tiny_model_di
                                                                           ("tissue",))
         assert rules_used[-1] == rule and result.contrast == scan_contrast(np.array(result.tissue_means), rule)
     assert rules_used == ["fluid_over_white", "fluid_brightest"]
+    old_card = card.scoring.to_dict()
+    del old_card["tissue_contrast_rule"]  # a card written before the setting existed
+    assert ScoringConfig(**old_card).tissue().contrast_rule == "fluid_brightest"
 
 
 def _grid_variant(data: np.ndarray, affine: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
