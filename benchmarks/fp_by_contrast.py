@@ -15,10 +15,11 @@ head as a skull-stripped scan instead (its true brain, background 0: how the rea
 separates false findings caused by a failed brain extraction from those of the maps themselves. Each head's
 out-of-distribution warnings (``ood.check_score``, what `score` prints and S.json holds) are counted too, kept and
 failed heads apart: whether a failed brain extraction reaches the user as a warning, and how often a good one
-raises a false alarm (with the Dice of the brain mask against the aligned template's brain and the brain volume
-that the guard's mask checks read); and each head's fitted CSF / GM / WM means (standardised units), from which the recognised
-contrast comes (``tissue.scan_contrast``). A head the preprocessing refuses (brain extraction or alignment fails:
-`score` stops with a one-line error) is counted as refused. Prints a line per head and writes the per-contrast totals to --out (JSON).
+raises a false alarm; and the numbers the guard read (``ood.check_score``'s facts, as S.json holds them): the Dice
+of the brain mask with the aligned template's brain, the brain volume and the fitted CSF / GM / WM means
+(standardised units), from which the recognised contrast comes (``tissue.scan_contrast``). A head the
+preprocessing refuses (brain extraction or alignment fails: `score` stops with a one-line error) is counted as
+refused. Prints a line per head and writes the per-contrast totals to --out (JSON).
 """
 
 from __future__ import annotations
@@ -97,10 +98,8 @@ def main() -> None:
                           "brain_mask_dice": round(brain_dice, 3), "findings": len(findings),
                           "tissues": dict(Counter(where)),
                           "warnings": [w.split(":")[0][:80] for w in warnings],
-                          "template_brain_dice": facts.get("template_brain_dice"),
-                          "brain_volume_ml": facts.get("brain_volume_ml"),
-                          "tissue_means_csf_gm_wm": None if result.tissue_means is None
-                          else [round(float(m), 3) for m in result.tissue_means]}), flush=True)
+                          **{k: facts.get(k) for k in ("template_brain_dice", "brain_volume_ml",
+                                                       "tissue_means_csf_gm_wm")}}), flush=True)
     pooled = card.operating_point()
     out = {"model": f"{card.name} {card.version}", "threshold": pooled[0], "min_volume_mm3": pooled[1],
            "by_contrast": {c: [p["threshold"], p["min_volume_mm3"]] for c, p in card.contrast_points.items()},
