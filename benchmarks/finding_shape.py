@@ -1,15 +1,18 @@
 """Validation experiment: does a finding's shape (its thickness) tell a lesion from a healthy structure?
 
 Usage: python benchmarks/finding_shape.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 8]
-       [--seed 700000] [--families t1,flair] [--offsets=-0.4,-0.2,0,0.2] [--out runs/finding_shape.json]
+       [--seed 700000] [--families t1,flair] [--offsets=-0.4,-0.2,0,0.2] [--declare-sequence]
+       [--out runs/finding_shape.json]
        python benchmarks/finding_shape.py --analyse runs/finding_shape.json   (the rule tables again, every offset)
 
 ``--n`` normal heads and ``--n`` lesion heads per family in --families from the held-out *validation* label maps
 (the last --val-maps maps; never the tumour test cases), lesion kinds tumour, MS, infarct, haemorrhage in turn,
 normal variants, normal heads from --seed and lesion heads from --seed + 50 000, each scored on its true brain as a
-skull-stripped scan (as calibration with --true-brain-masks scores them). For each head, at the card's threshold
-for its recognised contrast plus each of --offsets, the card's detection map is thresholded inside the brain less
-the edge margin (no minimum volume) and every component is measured: volume (mm^3), thickness (mm: twice the
+skull-stripped scan (as calibration with --true-brain-masks scores them; with --declare-sequence each declared the
+sequence of its contrast family, so the card's settings for that sequence apply where it has some). For each head,
+at the card's threshold for its settings (recognised contrast or declared sequence) plus each of --offsets, the
+card's detection map is thresholded inside the brain less the edge margin (no minimum volume) and every component
+is measured: volume (mm^3), thickness (mm: twice the
 largest distance from one of its voxels to the nearest voxel outside it, i.e. the diameter of the largest ball it
 holds, voxel size honoured), signal (hyper-/hypointense against its tissue class), whether it overlaps a lesion
 and whether it matches one by object recall's rule; each lesion head's pixel AP of the detection map over its brain
@@ -58,6 +61,9 @@ def main() -> None:
         parser.add_argument("--families", default="t1,flair")
         parser.add_argument("--offsets", default="-0.4,-0.2,0,0.2",
                             help="thresholds measured: the card's point plus each of these")
+        parser.add_argument("--declare-sequence", action="store_true",
+                            help="declare each head the sequence of its contrast family (as `score --sequence`), so "
+                                 "the card's settings (map and point) for that sequence apply where it has some")
 
     args, setup = validation_args(__doc__.splitlines()[0], 8, "finding_shape.json", options, scorer=True)
     if setup is None:
@@ -80,6 +86,9 @@ def main() -> None:
     for lesion, i, path, head in heads:
         data = np.where(head.brain, head.data, 0).astype(head.data.dtype)
         volume = Volume.from_array(data, head.affine, modality="MR")
+        if args.declare_sequence:
+            volume.metadata.update(sequence=head.params["contrast_family"],
+                                   sequence_source="benchmark: the head's contrast family")
         result = scorer.score(volume, mask=head.brain)
         threshold, min_volume = card.operating_point(result.settings)
         allowed = interior(result.mask, volume.spacing, margin)
@@ -92,6 +101,7 @@ def main() -> None:
                     if lesion and truth[inside].any() else None)
         summary_heads.append({"seed": seed, "lesion": kind_of(i) if lesion else "", "n_lesions": n_lesions,
                               "family": head.params["contrast_family"], "contrast": result.contrast,
+                              "settings": result.settings,
                               "card_threshold": threshold, "card_min_volume_mm3": min_volume,
                               "pixel_ap": pixel_ap})
         for offset in offsets:

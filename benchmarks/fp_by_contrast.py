@@ -1,13 +1,14 @@
 """Validation experiment: which contrasts and tissues carry the false findings on normal heads?
 
 Usage: python benchmarks/fp_by_contrast.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 3]
-       [--seed 600000] [--skull-stripped] [--out runs/fp_by_contrast.json]
+       [--seed 600000] [--skull-stripped] [--declare-sequence] [--out runs/fp_by_contrast.json]
 
 --n healthy heads per clinical contrast (T1, T2, FLAIR, PD) from the held-out *validation* label maps (the last
 --val-maps maps, never the tumour test cases), with normal variants (periventricular rim, choroid plexus), seeds
 from --seed (calibration uses 100000+), each scored like a clinical scan (deepbet brain extraction on the head with
 skull, N4, alignment, the card's default maps) and its findings made exactly as ``napari-uad score`` makes them (the
-card's operating point for the head's recognised contrast, and its edge margin). Every finding on a normal head is
+card's operating point for the head's settings -- its recognised contrast, or with --declare-sequence the sequence of
+its contrast family where the card has settings for it -- and its edge margin). Every finding on a normal head is
 false; each is attributed to the tissue its voxels mostly lie in (the head's own labels: CSF, GM, WM, deep grey
 matter, normal variant, outside the true brain). Heads whose brain mask has Dice < 0.9 with the true brain are
 counted apart, as calibration leaves them out (``calibration.MIN_BRAIN_MASK_DICE``). --skull-stripped presents each
@@ -53,6 +54,9 @@ def main() -> None:
         parser.add_argument("--seed", type=int, default=600_000)
         parser.add_argument("--skull-stripped", action="store_true",
                             help="score each head's true brain on a zero background instead of the head with skull")
+        parser.add_argument("--declare-sequence", action="store_true",
+                            help="declare each head the sequence of its contrast family (as `score --sequence`), so "
+                                 "the card's settings for that sequence apply where it has some")
 
     args, setup = validation_args(__doc__.splitlines()[0], 3, "fp_by_contrast.json", options, scorer=True)
     if setup is None:
@@ -72,6 +76,8 @@ def main() -> None:
         seed, family = args.seed + i, head.params["contrast_family"]
         data = np.where(head.brain, head.data, 0).astype(head.data.dtype) if args.skull_stripped else head.data
         volume = Volume.from_array(data, head.affine, modality="MR")
+        if args.declare_sequence:
+            volume.metadata.update(sequence=family, sequence_source="benchmark: the head's contrast family")
         try:
             result = scorer.score(volume)
         except ValueError as err:  # brain extraction or alignment refused the scan: `score` stops with this line
@@ -94,6 +100,7 @@ def main() -> None:
             t["by_tissue"].update(where)
             t["warned"] += bool(warnings)
         print(json.dumps({"seed": seed, "family": family, "recognised_contrast": result.contrast,
+                          "settings": result.settings,
                           "threshold": round(threshold, 4), "min_volume_mm3": min_volume, "label_map": path.name,
                           "brain_mask_dice": round(brain_dice, 3), "findings": len(findings),
                           "tissues": dict(Counter(where)),
@@ -104,6 +111,7 @@ def main() -> None:
     out = {"model": f"{card.name} {card.version}", "threshold": pooled[0], "min_volume_mm3": pooled[1],
            "by_contrast": {c: [p["threshold"], p["min_volume_mm3"]] for c, p in card.contrast_points.items()},
            "edge_margin_mm": margin, "seeds_from": args.seed, "skull_stripped": args.skull_stripped,
+           "declared_sequence": args.declare_sequence,
            "per_contrast": {f: {**t, "by_tissue": dict(t["by_tissue"]),
                                 "findings_per_normal_head": t["findings"] / t["heads"] if t["heads"] else None}
                             for f, t in totals.items()}}

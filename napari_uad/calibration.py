@@ -64,8 +64,8 @@ OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles trie
 class _Scored(NamedTuple):
     """A validation volume as the object-level rules need it: the maps they read, whole (float16), its anomaly
     mask (None: healthy), where findings may lie (brain less the edge margin) and its brain mask, all in its
-    canonical grid, its voxel size (mm) and recognised contrast (``ScoreResult.contrast``); not its intensities
-    (memory)."""
+    canonical grid, its voxel size (mm), recognised contrast (``ScoreResult.contrast``) and stratum (synthetic
+    heads: their contrast family, i.e. the sequence they stand for); not its intensities (memory)."""
 
     spacing: np.ndarray
     voxel_volume_mm3: float
@@ -74,12 +74,15 @@ class _Scored(NamedTuple):
     allowed: np.ndarray
     brain: np.ndarray
     contrast: str | None = None
+    stratum: str | None = None
 
     @classmethod
     def of(cls, volume: Volume, result, maps: tuple[str, ...], truth: np.ndarray | None,
            edge_margin_mm: float) -> "_Scored":
+        stratum = volume.metadata.get("stratum")
         return cls(volume.spacing, volume.voxel_volume_mm3, {m: result.maps[m].astype(np.float16) for m in maps},
-                   truth, interior(result.mask, volume.spacing, edge_margin_mm), result.mask, result.contrast)
+                   truth, interior(result.mask, volume.spacing, edge_margin_mm), result.mask, result.contrast,
+                   None if stratum is None else str(stratum))
 
 
 def _maps_kept_whole(maps: tuple[str, ...], detection_map: str | None, components: tuple[str, ...]
@@ -175,7 +178,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               true_brain_masks: bool = False, tables_by_contrast: bool = False,
               components_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
               dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None, min_thickness_mm: float = 0.0,
-              min_thickness_by_contrast: Mapping[str, float] | None = None, log=lambda m: None) -> dict:
+              min_thickness_by_contrast: Mapping[str, float] | None = None,
+              points_by_sequence: Mapping[str, float] | None = None, log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``healthy_quota``: healthy volumes to keep per stratum (``Volume.metadata["stratum"]``, e.g. the contrast);
@@ -198,6 +202,11 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     ``findings.component_thickness``; pooled point / recognised contrast -> its point's) are dropped when the
     operating points count findings, and the points record it (chosen on other validation data,
     ``benchmarks/finding_shape.py``; not searched here).
+    ``points_by_sequence``: declared sequence (``sequence.SEQUENCES``) -> the minimum finding thickness (mm; 0:
+    none) of an operating point of its own, searched on the validation volumes of that stratum (synthetic heads:
+    their contrast family) read as the contrast its fluid gives, with that contrast's combined map, whose settings
+    are recorded under the sequence's key too (``_sequence_settings``): a scan declared that sequence
+    (``model_card.settings_key``) gets the same map and this point.
 
     ``combined_components``: use these for the combined map instead of choosing them (needed without anomalies,
     which cannot choose them; with anomalies the trials are still recorded). ``detection_map``: with anomalies,
@@ -207,6 +216,11 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     findings. Without anomalies (a site's normal scans) ``detection_map`` and ``min_volume_mm3`` are the card's,
     and the detection threshold becomes the lowest one (from the 1 % healthy-voxel FPR threshold up) that keeps
     false-positive findings per normal scan <= the bound at that minimum volume."""
+    from .sequence import SEQUENCES
+
+    not_sequences = sorted(set(points_by_sequence or {}) - set(SEQUENCES))
+    if not_sequences:
+        raise ValueError(f"points by sequence: {', '.join(not_sequences)}: not a sequence ({', '.join(SEQUENCES)})")
     with_combined = COMBINED in maps
     maps = tuple(m for m in maps if m != COMBINED)  # derived from the others once their tables exist
     by_contrast = {c: tuple(names) for c, names in (components_by_contrast or {}).items()}
@@ -315,6 +329,9 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         point["edge_margin_mm"] = edge_margin_mm
         point["by_contrast"] = _contrast_points(kept, pools[name], name, out["levels"], max_fp_per_normal_scan,
                                                 min_thickness_by_contrast or {})
+        if points_by_sequence:
+            _sequence_settings(out, point["by_contrast"], kept, pools[name], name, max_fp_per_normal_scan,
+                               points_by_sequence, log)
         entry["threshold_best_dice"], entry["threshold"] = entry["threshold"], point["threshold"]
         out["min_volume_mm3"], out["operating_point"] = point["min_volume_mm3"], point
     elif detection_map in out["maps"]:
@@ -360,26 +377,63 @@ def _by_contrast(contrasts: list) -> dict[str, list[int]]:
 def _contrast_points(kept: list, healthy_samples: list, name: str, levels: list, max_fp: float,
                      min_thickness: Mapping[str, float]) -> dict:
     """Operating point of each recognised contrast with >= ``MIN_VOLUMES_PER_CONTRAST`` healthy and anomalous
-    validation volumes: the pooled point's search on that contrast's volumes only, its candidate thresholds from
-    that contrast's own Dice threshold up through its own healthy table (``healthy_samples[i]``: healthy
-    ``kept[i]``'s sample of the map ``name``) -- a contrast whose map runs on another scale (the combined map of its
-    own components, its own tables) is not held to the pooled volumes' thresholds -- with the numbers of volumes
-    it rests on; ``min_thickness``: contrast -> the minimum finding thickness (mm) of its point."""
+    validation volumes (``_group_point``); ``min_thickness``: contrast -> the minimum finding thickness (mm) of its
+    point."""
     points = {}
     for contrast, members in _by_contrast([k.contrast for k in kept]).items():
-        healthy = [i for i in members if kept[i].truth is None]
-        anomalous = [kept[i] for i in members if kept[i].truth is not None]
-        if min(len(healthy), len(anomalous)) < MIN_VOLUMES_PER_CONTRAST:
-            continue
-        own = {"threshold": _best_dice_of(anomalous, name)[0],
-               "quantiles": quantile_table(np.concatenate([healthy_samples[i] for i in healthy])).tolist()}
-        thickness = float(min_thickness.get(contrast, 0.0))
-        point = _OperatingSearch.of([kept[i] for i in members], name, own, levels,
-                                    min_thickness_mm=thickness).choose(max_fp)
-        if thickness > 0:
-            point["min_thickness_mm"] = thickness
-        points[contrast] = {**point, "n_healthy_volumes": len(healthy), "n_anomalous_volumes": len(anomalous)}
+        point = _group_point(kept, members, healthy_samples, name, levels, max_fp,
+                             float(min_thickness.get(contrast, 0.0)))
+        if point is not None:
+            points[contrast] = point
     return points
+
+
+def _group_point(kept: list, members: list[int], healthy_samples: list, name: str, levels: list, max_fp: float,
+                 thickness: float) -> dict | None:
+    """The pooled point's search on the validation volumes ``kept[i]`` for i in ``members`` only, its candidate
+    thresholds from their own Dice threshold up through their own healthy table (``healthy_samples[i]``: healthy
+    ``kept[i]``'s sample of the map ``name``) -- a group whose map runs on another scale (the combined map of its own
+    components, its own tables) is not held to the pooled volumes' thresholds -- with the numbers of volumes it
+    rests on and its minimum finding ``thickness`` (mm); None where the group has fewer than
+    ``MIN_VOLUMES_PER_CONTRAST`` healthy or anomalous volumes."""
+    healthy = [i for i in members if kept[i].truth is None]
+    anomalous = [kept[i] for i in members if kept[i].truth is not None]
+    if min(len(healthy), len(anomalous)) < MIN_VOLUMES_PER_CONTRAST:
+        return None
+    own = {"threshold": _best_dice_of(anomalous, name)[0],
+           "quantiles": quantile_table(np.concatenate([healthy_samples[i] for i in healthy])).tolist()}
+    point = _OperatingSearch.of([kept[i] for i in members], name, own, levels, min_thickness_mm=thickness
+                                ).choose(max_fp)
+    if thickness > 0:
+        point["min_thickness_mm"] = thickness
+    return {**point, "n_healthy_volumes": len(healthy), "n_anomalous_volumes": len(anomalous)}
+
+
+def _sequence_settings(out: dict, points: dict, kept: list, healthy_samples: list, name: str, max_fp: float,
+                       thickness: Mapping[str, float], log) -> None:
+    """Settings of each declared sequence in ``thickness`` (sequence -> minimum finding thickness, mm), in place:
+    an operating point (``points[sequence]``) searched on the validation volumes of that stratum that the tissue
+    fit reads as the contrast the sequence's fluid gives (``sequence.SEQUENCE_FLUID``; a declaration the fluid
+    contradicts is not believed when scoring, so such volumes are not this sequence's), and that contrast's combined
+    map -- components, dark channel and healthy tables copied under the sequence's key, as ``settings_key`` reads
+    them -- so a scan declared the sequence gets the map its contrast gets, at a point of its own. A sequence
+    with too few such volumes gets no settings (logged)."""
+    from .sequence import SEQUENCE_FLUID, SEQUENCES
+
+    spec = out.get(COMBINED) or {}
+    for sequence, mm in sorted(thickness.items()):
+        fluid = SEQUENCE_FLUID[sequence]
+        members = [i for i, k in enumerate(kept) if k.stratum == sequence and k.contrast == fluid]
+        point = _group_point(kept, members, healthy_samples, name, out["levels"], max_fp, float(mm))
+        if point is None:
+            log(f"calibration: no operating point for declared {SEQUENCES[sequence]} (fewer than "
+                f"{MIN_VOLUMES_PER_CONTRAST} healthy or anomalous validation volumes of it read as {fluid})")
+            continue
+        points[sequence] = {**point, "sequence_of": f"validation volumes of contrast family {sequence} read as "
+                                                    f"{fluid}, with {fluid}'s combined map"}
+        for part in ("components_by_contrast", "dark_components_by_contrast", "tables_by_contrast"):
+            if fluid in (spec.get(part) or {}):
+                spec[part][sequence] = spec[part][fluid]
 
 
 def _best_dice_of(anomalous: list, name: str) -> tuple[float, float]:

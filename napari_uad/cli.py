@@ -272,6 +272,10 @@ def _add_calibrate_parser(sub) -> None:
                    help="--synthetic: a minimum finding thickness (mm) per recognised contrast, e.g. "
                         "'dark_fluid=4': thinner findings are dropped when its operating point is searched and "
                         "when its scans are scored")
+    p.add_argument("--points-by-sequence", default=None, metavar="SPEC",
+                   help="--synthetic: an operating point of its own for scans declared a sequence, with its minimum "
+                        "finding thickness (mm), e.g. 'flair=3;t1=3': searched on the validation heads of that "
+                        "contrast family, scored with the combined map of the contrast its fluid gives")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_workers_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed offset of the synthetic volumes (default 0)")
@@ -568,16 +572,19 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _contrast_spec(spec: str, option: str, form: str, valid: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
-    """(contrast, value) of each part of 'CONTRAST=VALUE;CONTRAST=VALUE'; CliError '``option``: PART is not
-    ``form``' for a part whose contrast is not a recognised one or whose value is not ``valid``."""
+def _contrast_spec(spec: str, option: str, form: str, valid: Callable[[str], bool],
+                   keys: tuple[str, ...] | None = None) -> Iterator[tuple[str, str]]:
+    """(key, value) of each part of 'KEY=VALUE;KEY=VALUE', the keys recognised contrasts (``tissue.CONTRASTS``)
+    unless ``keys`` are given; CliError '``option``: PART is not ``form``' for a part whose key is not one of them or
+    whose value is not ``valid``."""
     from .tissue import CONTRASTS
 
+    keys = tuple(CONTRASTS) if keys is None else keys
     for part in spec.split(";"):
-        contrast, _, value = part.partition("=")
-        if contrast.strip() not in CONTRASTS or not valid(value):
-            raise CliError(f"{option}: {part!r} is not {form} (contrasts: {', '.join(CONTRASTS)})")
-        yield contrast.strip(), value
+        key, _, value = part.partition("=")
+        if key.strip() not in keys or not valid(value):
+            raise CliError(f"{option}: {part!r} is not {form} (choices: {', '.join(keys)})")
+        yield key.strip(), value
 
 
 def _components_by_contrast(spec: str | None, option: str = "--combined-by-contrast"
@@ -605,8 +612,12 @@ def _components_by_contrast(spec: str | None, option: str = "--combined-by-contr
     return out
 
 
-def _thickness_by_contrast(spec: str | None) -> dict[str, float] | None:
-    """'CONTRAST=MM;CONTRAST=MM' -> {contrast: mm}; CliError naming the problem."""
+def _thickness_by_contrast(spec: str | None, option: str = "--min-thickness-by-contrast"
+                           ) -> dict[str, float] | None:
+    """'CONTRAST=MM;CONTRAST=MM' -> {contrast: mm} (for ``--points-by-sequence``: 'SEQUENCE=MM;...', the keys
+    ``sequence.SEQUENCES``); CliError naming the problem."""
+    from .sequence import SEQUENCES
+
     def millimetres(value: str) -> bool:
         try:
             return 0.0 <= float(value) < float("inf")
@@ -615,8 +626,10 @@ def _thickness_by_contrast(spec: str | None) -> dict[str, float] | None:
 
     if not spec:
         return None
-    return {contrast: float(value) for contrast, value in
-            _contrast_spec(spec, "--min-thickness-by-contrast", "CONTRAST=MM with MM >= 0", millimetres)}
+    by_sequence = option == "--points-by-sequence"
+    return {key: float(value) for key, value in
+            _contrast_spec(spec, option, f"{'SEQUENCE' if by_sequence else 'CONTRAST'}=MM with MM >= 0", millimetres,
+                           tuple(SEQUENCES) if by_sequence else None)}
 
 
 def _workers(requested: int) -> int:
@@ -640,7 +653,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                               ("--tables-by-contrast", args.tables_by_contrast),
                               ("--combined-by-contrast", args.combined_by_contrast),
                               ("--dark-by-contrast", args.dark_by_contrast),
-                              ("--min-thickness-by-contrast", args.min_thickness_by_contrast)):
+                              ("--min-thickness-by-contrast", args.min_thickness_by_contrast),
+                              ("--points-by-sequence", args.points_by_sequence)):
             if given and not (args.synthetic is not None and args.label_maps):
                 raise CliError(f"{option} needs --synthetic with --label-maps (synthetic heads of known contrast "
                                "and brain)")
@@ -663,6 +677,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                             combined_by_contrast=_components_by_contrast(args.combined_by_contrast),
                             dark_by_contrast=_components_by_contrast(args.dark_by_contrast, "--dark-by-contrast"),
                             min_thickness_by_contrast=_thickness_by_contrast(args.min_thickness_by_contrast),
+                            points_by_sequence=_thickness_by_contrast(args.points_by_sequence, "--points-by-sequence"),
                             log=_log)
         else:
             if args.detection_map or args.combined:

@@ -470,6 +470,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     combined_by_contrast: dict[str, tuple[str, ...]] | None = None,
                     dark_by_contrast: dict[str, tuple[str, ...]] | None = None,
                     min_thickness_by_contrast: dict[str, float] | None = None,
+                    points_by_sequence: dict[str, float] | None = None,
                     log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
@@ -496,7 +497,10 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     card's and tables it on those scans. ``min_thickness_by_contrast`` (synthetic only): recognised contrast -> the
     minimum finding thickness (mm) its operating point counts findings with (chosen on other validation data); a
     recalibration keeps the card's (per contrast where it searches points per contrast, i.e. with toy anomalies;
-    the pooled value always)."""
+    the pooled value always). ``points_by_sequence`` (synthetic label-map heads only): declared sequence -> the
+    minimum finding thickness (mm) of an operating point of its own (``calibration.calibrate``); a recalibration
+    on normal scans makes none, and drops the card's settings for declared sequences (a declared scan then gets
+    its recognised contrast's)."""
     from .calibration import calibrate
     from .combined import COMBINED, combined_components, contrast_tables
     from .model_card import load_model
@@ -504,7 +508,8 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     from .scoring import MAP_NAMES, Scorer
     from .synth_labels import CLINICAL_FAMILIES
 
-    if synthetic_volumes <= 0 and (detection_map or combined or dark_by_contrast or min_thickness_by_contrast):
+    if synthetic_volumes <= 0 and (detection_map or combined or dark_by_contrast or min_thickness_by_contrast
+                                   or points_by_sequence):
         raise ValueError("a detection map or combined components can be given only with synthetic validation volumes "
                          "(normal scans keep the card's)")
     if "combined" in combined:
@@ -559,6 +564,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                      components_by_contrast=combined_by_contrast,
                                      dark_by_contrast=dark_by_contrast,
                                      min_thickness_by_contrast=min_thickness_by_contrast,
+                                     points_by_sequence=points_by_sequence,
                                      combined_components=tuple(combined),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      **({"maps": maps} if maps else {}))
@@ -571,16 +577,18 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     else:
         held_out = list(held_out)
         anomalous = site_anomaly_cases(scorer, held_out, toy_anomalies) if toy_anomalies > 0 else ()
+        previous_combined = _contrast_settings_only(previous.get(COMBINED) or {})
         card.calibration = calibrate(scorer, held_out, anomalous, log=log,
                                      combined_components=combined_components(previous),
                                      tables_by_contrast=bool(contrast_tables(previous)),
-                                     components_by_contrast=(previous.get(COMBINED) or {}).get("components_by_contrast"),
-                                     dark_by_contrast=(previous.get(COMBINED) or {}).get("dark_components_by_contrast"),
+                                     components_by_contrast=previous_combined.get("components_by_contrast"),
+                                     dark_by_contrast=previous_combined.get("dark_components_by_contrast"),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      detection_map=previous.get("detection_map"),
                                      min_volume_mm3=float(previous.get("min_volume_mm3", 0.0)),
                                      min_thickness_mm=float(previous.get("min_thickness_mm", 0.0)),
-                                     min_thickness_by_contrast=thickness_by_contrast(previous),
+                                     min_thickness_by_contrast=_contrast_settings_only(
+                                         thickness_by_contrast(previous)),
                                      **({"maps": maps} if maps else {}))
         if toy_anomalies > 0:
             card.calibration["validation_set"] = (
@@ -593,7 +601,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
             kept += ["detection_map", "min_volume_mm3"]
             if COMBINED in previous:  # its components; its tables per contrast are this calibration's, as the pooled
                 fresh = {k: v for k, v in (card.calibration.get(COMBINED) or {}).items() if k.startswith("tables")}
-                card.calibration[COMBINED] = {**{k: v for k, v in previous[COMBINED].items()
+                card.calibration[COMBINED] = {**{k: v for k, v in previous_combined.items()
                                                  if not k.startswith("tables")}, **fresh}
         card.calibration["validation_source"] = "site"
     for key in kept:
@@ -604,6 +612,17 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     log(f"calibrated: detection map {card.detection_map}, threshold {card.default_threshold():.4g}, "
         f"minimum volume {card.calibration.get('min_volume_mm3', 0):g} mm3")
     return card
+
+
+def _contrast_settings_only(settings: dict) -> dict:
+    """A card's per-scan settings (``calibration.combined``'s ``*_by_contrast`` entries, or a mapping keyed by
+    contrast) without those keyed by a declared sequence (``sequence.SEQUENCES``): a recalibration on a site's
+    normal scans searches no point per sequence, so the sequences' settings (made on synthetic validation heads)
+    would no longer match their point."""
+    from .sequence import SEQUENCES
+
+    return {k: ({c: v for c, v in value.items() if c not in SEQUENCES} if k.endswith("_by_contrast") else value)
+            for k, value in settings.items() if k not in SEQUENCES}
 
 
 def read_scans(files: Iterable[Path], modality: str, log: Callable[[str], None] = print) -> list[Volume]:

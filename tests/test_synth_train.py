@@ -267,6 +267,12 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     for spec in ("dark_fluid=thick", "dark_fluid=-1", "t2=4", "dark_fluid"):
         with pytest.raises(cli.CliError, match="--min-thickness-by-contrast: .* is not CONTRAST=MM"):
             cli._thickness_by_contrast(spec)
+    assert cli._thickness_by_contrast("flair=3;t1=0", "--points-by-sequence") == {"flair": 3.0, "t1": 0.0}
+    for spec in ("dark_fluid=3", "dwi=3", "flair=-3"):
+        with pytest.raises(cli.CliError, match="--points-by-sequence: .* is not SEQUENCE=MM"):
+            cli._thickness_by_contrast(spec, "--points-by-sequence")
+    assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--points-by-sequence",
+                     "flair=3"]) != 0  # needs synthetic heads of known family
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--detection-map", "z"]) != 0
     assert json.loads((out / "card.json").read_text(encoding="utf-8"))["calibration"] == forced  # untouched
     # a site's normal scans with toy anomalies put into copies of them: the card's detection map and components
@@ -605,6 +611,69 @@ def test_each_contrast_gets_its_own_operating_point_where_its_normal_scans_need_
     thick_card = ModelCard(name="m", version="1", calibration=thick)
     assert (thick_card.default_min_thickness(bright), thick_card.default_min_thickness(dark),
             thick_card.default_min_thickness()) == (3.0, 0.0, 0.0)
+
+
+def test_a_declared_sequence_gets_a_point_of_its_own_searched_on_its_own_heads():
+    """Dark-fluid validation volumes of two sequences (strata): T1 ones whose normal heads are quiet, FLAIR ones
+    whose normal heads have bright "CSF" blocks. Pooled, the dark-fluid point must rise above the blocks; with
+    points by sequence, a scan declared T1 gets a lower point, searched on the T1 volumes alone (every lesion found,
+    fresh T1 normals quiet), one declared FLAIR a point at least as strict as the pooled one, and both the dark-fluid
+    combined map's settings (components, tables), so their map is their contrast's. A FLAIR head read as bright
+    fluid is not the FLAIR point's (a declaration its fluid contradicts is not believed). A site recalibration
+    keeps no settings for declared sequences."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.combined import combine
+    from napari_uad.findings import label_components
+    from napari_uad.model_card import settings_key
+    from napari_uad.train import _contrast_settings_only
+
+    dark, bright = "dark_fluid", "bright_fluid"
+    shape, lesion, _ = _cube_lesion_maps(5.0)
+
+    def make(volume):
+        rng, nll = _cube_nll(volume, lesion, 5.0)
+        if volume.metadata["stratum"] == "flair":  # three bright 5^3 blocks away from the lesion
+            for _ in range(3):
+                corner = rng.integers(0, 23, 3)
+                while np.all((corner > 4) & (corner < 17)):
+                    corner = rng.integers(0, 23, 3)
+                nll[tuple(slice(c, c + 5) for c in corner)] += 3.0
+        return {"nll": nll.astype(np.float32), "residual": rng.normal(size=shape).astype(np.float32)}
+
+    def coded(seed, sick, contrast, stratum):
+        volume = _coded_of_contrast(shape, seed, sick, contrast)
+        volume.metadata["stratum"] = stratum
+        return volume
+
+    plan = [(dark, "t1", 8), (dark, "flair", 8), (bright, "flair", 2)]
+    healthy = [coded(10 * i + s, False, c, f) for i, (c, f, n) in enumerate(plan) for s in range(n)]
+    anomalous = [(coded(100 + 10 * i + s, True, c, f), lesion.astype(np.uint8))
+                 for i, (c, f, n) in enumerate(plan) for s in range(n)]
+    maps = ("nll", "residual", "combined")
+    options = dict(maps=maps, detection_map="combined", combined_components=("nll", "residual"),
+                   tables_by_contrast=True, components_by_contrast={dark: ("nll",)})
+    pooled = calibrate(_MapScorer(make), healthy, anomalous, **options)
+    cal = calibrate(_MapScorer(make), healthy, anomalous, points_by_sequence={"t1": 0.0, "flair": 3.0}, **options)
+    points = cal["operating_point"]["by_contrast"]
+    assert points[dark] == pooled["operating_point"]["by_contrast"][dark]  # scans declaring nothing: as before
+    assert points["t1"]["n_healthy_volumes"] == 8 and points["flair"]["n_anomalous_volumes"] == 8  # not the bright
+    assert points["flair"]["min_thickness_mm"] == 3.0 and "min_thickness_mm" not in points["t1"]
+    assert points["t1"]["threshold"] < points[dark]["threshold"] <= points["flair"]["threshold"]
+    assert points["t1"]["fp_target_met"] and points["t1"]["validation"]["object_recall"] == 1.0
+    spec = cal["combined"]
+    assert spec["components_by_contrast"]["t1"] == spec["components_by_contrast"]["flair"] == ["nll"]
+    assert spec["tables_by_contrast"]["flair"] == spec["tables_by_contrast"][dark]
+    assert (settings_key(cal, dark, "t1"), settings_key(cal, dark, "flair"), settings_key(cal, dark, None),
+            settings_key(cal, bright, "flair")) == ("t1", "flair", dark, bright)
+    card = ModelCard(name="m", version="1", calibration=cal)
+    fresh_t1 = [coded(500 + s, False, dark, "t1") for s in range(6)]
+    threshold, min_volume = card.operating_point("t1")
+    quiet = [label_components(combine(make(v), cal, ("nll",), "t1"), threshold, 1.0, min_volume)[1] for v in fresh_t1]
+    assert np.mean(quiet) <= 1.0
+    site = _contrast_settings_only(spec)
+    assert set(site["components_by_contrast"]) == {dark} and not {"t1", "flair"} & set(site["tables_by_contrast"])
+    with pytest.raises(ValueError, match="not a sequence"):
+        calibrate(_MapScorer(make), healthy, anomalous, points_by_sequence={"dwi": 0.0}, **options)
 
 
 def test_the_operating_point_counts_findings_with_the_minimum_thickness_given():
