@@ -612,12 +612,9 @@ def _components_by_contrast(spec: str | None, option: str = "--combined-by-contr
     return out
 
 
-def _thickness_by_contrast(spec: str | None, option: str = "--min-thickness-by-contrast"
-                           ) -> dict[str, float] | None:
-    """'CONTRAST=MM;CONTRAST=MM' -> {contrast: mm} (for ``--points-by-sequence``: 'SEQUENCE=MM;...', the keys
-    ``sequence.SEQUENCES``); CliError naming the problem."""
-    from .sequence import SEQUENCES
-
+def _millimetres_by_key(spec: str | None, option: str, key_word: str, keys: tuple[str, ...] | None = None
+                       ) -> dict[str, float] | None:
+    """'KEY=MM;KEY=MM' -> {key: mm} (``_contrast_spec``'s keys); CliError naming the problem."""
     def millimetres(value: str) -> bool:
         try:
             return 0.0 <= float(value) < float("inf")
@@ -626,10 +623,20 @@ def _thickness_by_contrast(spec: str | None, option: str = "--min-thickness-by-c
 
     if not spec:
         return None
-    by_sequence = option == "--points-by-sequence"
     return {key: float(value) for key, value in
-            _contrast_spec(spec, option, f"{'SEQUENCE' if by_sequence else 'CONTRAST'}=MM with MM >= 0", millimetres,
-                           tuple(SEQUENCES) if by_sequence else None)}
+            _contrast_spec(spec, option, f"{key_word}=MM with MM >= 0", millimetres, keys)}
+
+
+def _thickness_by_contrast(spec: str | None) -> dict[str, float] | None:
+    """'CONTRAST=MM;CONTRAST=MM' -> {contrast: mm}; CliError naming the problem."""
+    return _millimetres_by_key(spec, "--min-thickness-by-contrast", "CONTRAST")
+
+
+def _thickness_by_sequence(spec: str | None) -> dict[str, float] | None:
+    """'SEQUENCE=MM;SEQUENCE=MM' (``sequence.SEQUENCES``) -> {sequence: mm}; CliError naming the problem."""
+    from .sequence import SEQUENCES
+
+    return _millimetres_by_key(spec, "--points-by-sequence", "SEQUENCE", tuple(SEQUENCES))
 
 
 def _workers(requested: int) -> int:
@@ -677,7 +684,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                             combined_by_contrast=_components_by_contrast(args.combined_by_contrast),
                             dark_by_contrast=_components_by_contrast(args.dark_by_contrast, "--dark-by-contrast"),
                             min_thickness_by_contrast=_thickness_by_contrast(args.min_thickness_by_contrast),
-                            points_by_sequence=_thickness_by_contrast(args.points_by_sequence, "--points-by-sequence"),
+                            points_by_sequence=_thickness_by_sequence(args.points_by_sequence),
                             log=_log)
         else:
             if args.detection_map or args.combined:

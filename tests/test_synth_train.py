@@ -267,10 +267,10 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     for spec in ("dark_fluid=thick", "dark_fluid=-1", "t2=4", "dark_fluid"):
         with pytest.raises(cli.CliError, match="--min-thickness-by-contrast: .* is not CONTRAST=MM"):
             cli._thickness_by_contrast(spec)
-    assert cli._thickness_by_contrast("flair=3;t1=0", "--points-by-sequence") == {"flair": 3.0, "t1": 0.0}
+    assert cli._thickness_by_sequence("flair=3;t1=0") == {"flair": 3.0, "t1": 0.0}
     for spec in ("dark_fluid=3", "dwi=3", "flair=-3"):
         with pytest.raises(cli.CliError, match="--points-by-sequence: .* is not SEQUENCE=MM"):
-            cli._thickness_by_contrast(spec, "--points-by-sequence")
+            cli._thickness_by_sequence(spec)
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--points-by-sequence",
                      "flair=3"]) != 0  # needs synthetic heads of known family
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--detection-map", "z"]) != 0
