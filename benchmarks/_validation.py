@@ -94,3 +94,30 @@ def fitted_tissue(card, data, affine, brain) -> FittedTissue:
     tissue, means = tissue_outliers(prepared.standardised, prepared.brain, prepared.tissue_priors(), volume.spacing,
                                     card.scoring.tissue())
     return FittedTissue(tissue, prepared.brain, volume.spacing, means)
+
+
+def pooled_rows(groups: dict[str, list[dict]], name=str) -> list[dict]:
+    """Pixel AP / AUROC (sklearn) of every candidate in each group, over its heads' brain voxels pooled.
+
+    groups: group name -> heads, each a dict with "truth" (bool per brain voxel) and "values" (candidate -> score
+    per brain voxel, the same candidates in every head); ``name(candidate)`` -> the row's candidate text. Groups
+    with no lesion voxel are left out. Prints one JSON line per row and returns the rows."""
+    import json
+
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rows = []
+    for group, members in groups.items():
+        if not members:
+            continue
+        truth = np.concatenate([h["truth"] for h in members])
+        if not truth.any() or truth.all():
+            continue
+        for candidate in members[0]["values"]:
+            scores = np.concatenate([h["values"][candidate] for h in members]).astype(np.float64)
+            row = {"group": group, "heads": len(members), "candidate": name(candidate),
+                   "ap": round(float(average_precision_score(truth, scores)), 4),
+                   "auroc": round(float(roc_auc_score(truth, scores)), 4)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows

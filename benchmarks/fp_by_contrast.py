@@ -1,9 +1,10 @@
 """Validation experiment: which contrasts and tissues carry the false findings on normal heads?
 
 Usage: python benchmarks/fp_by_contrast.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 3]
-       [--seed 600000] [--skull-stripped] [--declare-sequence] [--out runs/fp_by_contrast.json]
+       [--seed 600000] [--skull-stripped] [--declare-sequence] [--families clinical|LIST]
+       [--out runs/fp_by_contrast.json]
 
---n healthy heads per clinical contrast (T1, T2, FLAIR, PD) from the held-out *validation* label maps (the last
+--n healthy heads per clinical contrast (T1, T2, FLAIR, PD; --families: these instead) from the held-out *validation* label maps (the last
 --val-maps maps, never the tumour test cases), with normal variants (periventricular rim, choroid plexus), seeds
 from --seed (calibration uses 100000+), each scored like a clinical scan (deepbet brain extraction on the head with
 skull, N4, alignment, the card's default maps) and its findings made exactly as ``napari-uad score`` makes them (the
@@ -57,6 +58,9 @@ def main() -> None:
         parser.add_argument("--declare-sequence", action="store_true",
                             help="declare each head the sequence of its contrast family (as `score --sequence`), so "
                                  "the card's settings for that sequence apply where it has some")
+        parser.add_argument("--families", default="clinical",
+                            help="contrast families of the heads, taken in turn (default: clinical = t1,t2,flair,pd; "
+                                 "e.g. t2,pd for a change that only bright-fluid scans see)")
 
     args, setup = validation_args(__doc__.splitlines()[0], 3, "fp_by_contrast.json", options, scorer=True)
     if setup is None:
@@ -67,12 +71,15 @@ def main() -> None:
     from napari_uad.io import Volume
     from napari_uad.mask import dice
     from napari_uad.ood import check_score
-    from napari_uad.synth_labels import CLINICAL_FAMILIES
+    from napari_uad.synth_labels import parse_families
 
+    families = parse_families(args.families)
+    if not families:
+        raise SystemExit("--families: name them (clinical or a list such as t2,pd); per-family totals need them")
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
     totals = {f: {"heads": 0, "findings": 0, "by_tissue": Counter(), "failed_brain_masks": 0,
-                  "findings_on_failed": 0, "warned": 0, "failed_warned": 0, "refused": 0} for f in CLINICAL_FAMILIES}
-    for i, path, head in heads_in_turn(files, args.n * len(CLINICAL_FAMILIES), args.seed):
+                  "findings_on_failed": 0, "warned": 0, "failed_warned": 0, "refused": 0} for f in families}
+    for i, path, head in heads_in_turn(files, args.n * len(families), args.seed, families):
         seed, family = args.seed + i, head.params["contrast_family"]
         data = np.where(head.brain, head.data, 0).astype(head.data.dtype) if args.skull_stripped else head.data
         volume = Volume.from_array(data, head.affine, modality="MR")
@@ -111,7 +118,7 @@ def main() -> None:
     out = {"model": f"{card.name} {card.version}", "threshold": pooled[0], "min_volume_mm3": pooled[1],
            "by_contrast": {c: [p["threshold"], p["min_volume_mm3"]] for c, p in card.contrast_points.items()},
            "edge_margin_mm": margin, "seeds_from": args.seed, "skull_stripped": args.skull_stripped,
-           "declared_sequence": args.declare_sequence,
+           "declared_sequence": args.declare_sequence, "families": list(families),
            "per_contrast": {f: {**t, "by_tissue": dict(t["by_tissue"]),
                                 "findings_per_normal_head": t["findings"] / t["heads"] if t["heads"] else None}
                             for f, t in totals.items()}}

@@ -25,7 +25,7 @@ from itertools import combinations
 
 import numpy as np
 
-from _validation import heads_in_turn, validation_args  # noqa: E402
+from _validation import heads_in_turn, pooled_rows, validation_args  # noqa: E402
 
 SINGLES = ("residual", "signed_residual", "E", "z", "nll", "tissue", "asymmetry")
 COMPONENTS = ("tissue", "E", "nll", "z", "asymmetry", "signed_residual")  # candidates for the combinations
@@ -46,8 +46,6 @@ def main() -> None:
     if setup is None:
         return
     scorer, card, files = setup
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     from napari_uad.combined import COMBINED, combine, combined_components
     from napari_uad.io import Volume
     from napari_uad.postprocess import median_filter_map
@@ -83,21 +81,13 @@ def main() -> None:
                                                                                           if h["contrast"]})}
     groups.update({f"family {f}": [h for h in heads if h["family"] == f] for f in sorted({h["family"] for h in heads})})
     groups["all"] = heads
-    rows = []
-    for group, members in groups.items():
-        truth = np.concatenate([h["truth"] for h in members])
-        if not truth.any():
-            continue
-        for candidate in members[0]["values"]:
-            scores = np.concatenate([h["values"][candidate] for h in members]).astype(np.float64)
-            name = " + ".join(candidate)
-            if candidate[0] == COMBINED:
-                name = f"combined (the card's{'' if len(candidate) == 1 else ', ' + candidate[1]})"
-            row = {"group": group, "heads": len(members), "candidate": name,
-                   "ap": round(float(average_precision_score(truth, scores)), 4),
-                   "auroc": round(float(roc_auc_score(truth, scores)), 4)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+
+    def name(candidate: tuple[str, ...]) -> str:
+        if candidate[0] == COMBINED:
+            return f"combined (the card's{'' if len(candidate) == 1 else ', ' + candidate[1]})"
+        return " + ".join(candidate)
+
+    rows = pooled_rows(groups, name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": f"{card.name} {card.version}", "n_per_contrast": args.n,
                                     "seed": args.seed, "label_maps": [p.name for p in files], "rows": rows}, indent=1))

@@ -45,6 +45,7 @@ from .mask import dice as mask_dice
 from .model_card import contrast_point
 from .postprocess import median_filter_map
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
+from .tissue import TISSUES
 
 __all__ = ["QUANTILE_LEVELS", "MIN_VOLUME_CANDIDATES_MM3", "MAX_FP_PER_NORMAL_SCAN", "MIN_BRAIN_MASK_DICE",
            "MIN_VOLUMES_PER_CONTRAST",
@@ -64,8 +65,9 @@ OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles trie
 class _Scored(NamedTuple):
     """A validation volume as the object-level rules need it: the maps they read, whole (float16), its anomaly
     mask (None: healthy), where findings may lie (brain less the edge margin) and its brain mask, all in its
-    canonical grid, its voxel size (mm), recognised contrast (``ScoreResult.contrast``) and stratum (synthetic
-    heads: their contrast family, i.e. the sequence they stand for); not its intensities (memory)."""
+    canonical grid, its voxel size (mm), recognised contrast (``ScoreResult.contrast``), stratum (synthetic
+    heads: their contrast family, i.e. the sequence they stand for) and, where asked for, the template's tissue
+    class of each voxel (``ScoreResult.tissue_classes``); not its intensities (memory)."""
 
     spacing: np.ndarray
     voxel_volume_mm3: float
@@ -75,6 +77,7 @@ class _Scored(NamedTuple):
     brain: np.ndarray
     contrast: str | None = None
     stratum: str | None = None
+    classes: np.ndarray | None = None
 
     @classmethod
     def of(cls, volume: Volume, result, maps: tuple[str, ...], truth: np.ndarray | None,
@@ -82,7 +85,7 @@ class _Scored(NamedTuple):
         stratum = volume.metadata.get("stratum")
         return cls(volume.spacing, volume.voxel_volume_mm3, {m: result.maps[m].astype(np.float16) for m in maps},
                    truth, interior(result.mask, volume.spacing, edge_margin_mm), result.mask, result.contrast,
-                   None if stratum is None else str(stratum))
+                   None if stratum is None else str(stratum), result.tissue_classes)
 
 
 def _maps_kept_whole(maps: tuple[str, ...], detection_map: str | None, components: tuple[str, ...]
@@ -179,7 +182,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               components_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
               dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None, min_thickness_mm: float = 0.0,
               min_thickness_by_contrast: Mapping[str, float] | None = None,
-              points_by_sequence: Mapping[str, float] | None = None, log=lambda m: None) -> dict:
+              points_by_sequence: Mapping[str, float] | None = None,
+              tables_by_tissue: Mapping[str, tuple[str, ...]] | None = None, log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``healthy_quota``: healthy volumes to keep per stratum (``Volume.metadata["stratum"]``, e.g. the contrast);
@@ -198,6 +202,9 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     chosen ones. The combined map's healthy table and operating points are computed with them.
     ``dark_by_contrast``: recognised contrast -> the combined map's dark channel for scans of it (``combined``
     module docstring; ``-NAME``: a signed map negated, tabled here as a map of its own).
+    ``tables_by_tissue``: recognised contrast -> components of its combined map measured against healthy tables per
+    tissue class (``combined.tissue_tables``: the healthy voxels of that contrast where the aligned template expects
+    CSF, GM or WM; chosen on other validation data, ``benchmarks/tissue_tables.py``).
     ``min_thickness_mm`` / ``min_thickness_by_contrast``: findings thinner than this (world mm,
     ``findings.component_thickness``; pooled point / recognised contrast -> its point's) are dropped when the
     operating points count findings, and the points record it (chosen on other validation data,
@@ -226,8 +233,9 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     by_contrast = {c: tuple(names) for c, names in (components_by_contrast or {}).items()}
     dark = {c: tuple(names) for c, names in (dark_by_contrast or {}).items()}
     negated = tuple(dict.fromkeys(m for names in dark.values() for m in names if m.startswith(NEGATED)))
-    unknown = sorted({m for names in (combined_components, *by_contrast.values(), *dark.values()) for m in names
-                      if base_map(m) not in maps or m == COMBINED}
+    by_tissue = {c: tuple(names) for c, names in (tables_by_tissue or {}).items()}
+    unknown = sorted({m for names in (combined_components, *by_contrast.values(), *dark.values(), *by_tissue.values())
+                      for m in names if base_map(m) not in maps or m == COMBINED}
                      | {m for m in negated if base_map(m) not in SIGNED_MAPS})
     if unknown:
         raise ValueError(f"combined components: {', '.join(unknown)} not among the calibrated maps (a negated "
@@ -237,6 +245,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         [*combined_components, *(m for names in (*by_contrast.values(), *dark.values()) for m in names)])))
     rng = np.random.default_rng(seed)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
+    classes: dict[str, list] = {"healthy": [], "anomalous": []}  # tissue classes at the pooled / scored voxels
     kept: list[_Scored] = []  # every validation volume, for the object-level rules
     n_healthy = 0
     reference: dict = {"brain_volume_ml": [], "field_of_view_mm": [], "volume_scores": [],
@@ -247,7 +256,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         stratum = str(volume.metadata.get("stratum"))
         if healthy_quota is not None and strata.get(stratum, 0) >= healthy_quota.get(stratum, 0):
             continue  # its stratum is full: not scored
-        result = _score(scorer, volume, maps, true_brain_masks)
+        result = _score(scorer, volume, maps, true_brain_masks, bool(by_tissue))
         true_brain = volume.metadata.get("true_brain")
         if true_brain is not None and (agreement := mask_dice(result.mask, true_brain)) < MIN_BRAIN_MASK_DICE:
             # the pipeline failed on this head (e.g. brain extraction kept the scalp): not a healthy reference
@@ -267,6 +276,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         pick = rng.choice(fg, size=min(voxels_per_volume, fg.size), replace=False)
         for m in maps:
             pools[m].append(result.maps[m].ravel()[pick])
+        classes["healthy"].append(None if result.tissue_classes is None else result.tissue_classes.ravel()[pick])
         n_healthy += 1
         log(f"calibration: healthy volume {n_healthy} scored")
         if healthy_quota is not None and all(strata.get(k, 0) >= n for k, n in healthy_quota.items()):
@@ -277,11 +287,12 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     scores: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     truths: list[np.ndarray] = []
     for volume, truth in anomalous:
-        result = _score(scorer, volume, maps, true_brain_masks)
+        result = _score(scorer, volume, maps, true_brain_masks, bool(by_tissue))
         kept.append(_Scored.of(volume, result, whole, truth > 0, edge_margin_mm))
         fg = result.mask
         for m in maps:
             scores[m].append(result.maps[m][fg])
+        classes["anomalous"].append(None if result.tissue_classes is None else result.tissue_classes[fg])
         truths.append(truth[fg] > 0)
         log(f"calibration: anomalous volume {len(truths)} scored")
     out = {"levels": QUANTILE_LEVELS.tolist(), "maps": {},
@@ -311,7 +322,7 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         out["maps"][m] = entry
     if with_combined and (truths or combined_components):
         _add_combined(out, pools, scores, truths, kept, tuple(combined_components), tables_by_contrast, by_contrast,
-                      dark)
+                      dark, by_tissue, classes)
         maps = (*maps, COMBINED)
     if truths and detection_map is not None and detection_map not in out["maps"]:
         raise ValueError(f"detection map {detection_map!r} is not among the calibrated maps ({', '.join(maps)})")
@@ -354,11 +365,16 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     return out
 
 
-def _score(scorer: Scorer, volume: Volume, maps: tuple[str, ...], true_brain_masks: bool):
+def _score(scorer: Scorer, volume: Volume, maps: tuple[str, ...], true_brain_masks: bool, tissue_classes: bool = False):
     """The calibration's scoring of one volume: raw maps (no post-processing), on its true brain mask where asked
-    for and known."""
+    for and known; with ``tissue_classes``, the template's tissue class of each voxel kept too."""
     mask = volume.metadata.get("true_brain") if true_brain_masks else None
-    result = scorer.score(volume, tuple(dict.fromkeys(map(base_map, maps))), mask, postprocess=False)
+    keep = getattr(scorer, "keep_tissue_classes", False)
+    scorer.keep_tissue_classes = keep or tissue_classes
+    try:
+        result = scorer.score(volume, tuple(dict.fromkeys(map(base_map, maps))), mask, postprocess=False)
+    finally:
+        scorer.keep_tissue_classes = keep
     for m in maps:
         if m != base_map(m):  # a dark-channel component: its signed map negated
             result.maps[m] = component_values(result.maps, m)
@@ -431,7 +447,7 @@ def _sequence_settings(out: dict, points: dict, kept: list, healthy_samples: lis
             continue
         points[sequence] = {**point, "sequence_of": f"validation volumes of contrast family {sequence} read as "
                                                     f"{fluid}, with {fluid}'s combined map"}
-        for part in ("components_by_contrast", "dark_components_by_contrast", "tables_by_contrast"):
+        for part in ("components_by_contrast", "dark_components_by_contrast", "tables_by_contrast", "tables_by_tissue"):
             if fluid in (spec.get(part) or {}):
                 spec[part][sequence] = spec[part][fluid]
 
@@ -470,11 +486,15 @@ def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, na
 
 def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list, components: tuple[str, ...] = (),
                   by_contrast: bool = False, components_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
-                  dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None, candidates: int = 4) -> None:
+                  dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
+                  tables_by_tissue: Mapping[str, tuple[str, ...]] | None = None, classes: dict | None = None,
+                  candidates: int = 4) -> None:
     """Add the combined map's entry and healthy samples (in place), its components chosen on the validation
     anomalies unless given; with ``by_contrast``, its components' healthy tables per recognised contrast; with
     ``components_by_contrast``, other components for the volumes of those contrasts; with ``dark_by_contrast``, a
-    dark channel for them (after the trials, which compare bright channels).
+    dark channel for them (after the trials, which compare bright channels); with ``tables_by_tissue``, those
+    components' healthy tables per tissue class for the volumes of those contrasts (``classes``: "healthy" /
+    "anomalous" -> per volume, the tissue classes at its ``pools`` / ``scores`` voxels).
 
     ``kept`` holds the healthy volumes first (``pools[m][i]`` is ``kept[i]``'s sample), then the anomalous ones
     (``scores[m][j]`` is ``kept[n_healthy + j]``'s brain voxels)."""
@@ -488,20 +508,27 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                      if by_contrast else {}}
     healthy_contrasts = [k.contrast for k in kept[:n_healthy]]
     anomalous_contrasts = [k.contrast for k in kept[n_healthy:]]
+    classes = classes or {}
+    by_tissue = _tables_by_tissue(pools, classes.get("healthy") or [None] * n_healthy, healthy_contrasts,
+                                  tables_by_tissue or {})
+    if by_tissue:
+        out[COMBINED]["tables_by_tissue"] = by_tissue
+    healthy_classes = classes.get("healthy") or [None] * n_healthy
+    anomalous_classes = classes.get("anomalous") or [None] * len(anomalous_contrasts)
 
-    def values(source: dict, contrasts: list, components, channel=lambda c: ()) -> list[np.ndarray]:
+    def values(source: dict, contrasts: list, where: list, components, channel=lambda c: ()) -> list[np.ndarray]:
         """The combined map of every volume of ``source``, each with the components ``components(contrast)``, the
-        dark channel ``channel(contrast)`` and its contrast's tables."""
+        dark channel ``channel(contrast)``, its contrast's tables and its voxels' tissue classes (``where[i]``)."""
         return [combine({m: source[m][i] for m in (*components(c), *channel(c))}, out, components(c), c,
-                        dark=channel(c)) for i, c in enumerate(contrasts)]
+                        dark=channel(c), classes=where[i]) for i, c in enumerate(contrasts)]
 
     trials = []
     if truths:
         truth = np.concatenate(truths)
         for size in (2, 3):
             for combo in combinations(singles, size):
-                trials.append((best_dice_threshold(np.concatenate(values(scores, anomalous_contrasts,
-                                                                         lambda c, combo=combo: combo)), truth), combo))
+                combined = values(scores, anomalous_contrasts, anomalous_classes, lambda c, combo=combo: combo)
+                trials.append((best_dice_threshold(np.concatenate(combined), truth), combo))
     names = components or max(trials, key=lambda t: t[0][1])[1]
     # the components each scan's combined map takes, read as scoring reads them from the card
     out[COMBINED].update(components=list(names), components_by_contrast={c: list(n) for c, n in own.items()},
@@ -513,14 +540,14 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
     def dark_of(contrast: str | None) -> tuple[str, ...]:
         return dark_components(out, contrast)
 
-    pools[COMBINED] = values(pools, healthy_contrasts, of, dark_of)
+    pools[COMBINED] = values(pools, healthy_contrasts, healthy_classes, of, dark_of)
     healthy = np.concatenate(pools[COMBINED])
     entry = {"quantiles": quantile_table(healthy).tolist(),
              "threshold_fpr_1pct": float(np.quantile(healthy, 0.99)),
              "threshold_fpr_0.1pct": float(np.quantile(healthy, 0.999))}
     if truths:
-        thr, dice = best_dice_threshold(np.concatenate(values(scores, anomalous_contrasts, of, dark_of)),
-                                        np.concatenate(truths))
+        combined = values(scores, anomalous_contrasts, anomalous_classes, of, dark_of)
+        thr, dice = best_dice_threshold(np.concatenate(combined), np.concatenate(truths))
         entry.update(threshold=thr, best_dice_validation=dice)
     else:
         entry.update(threshold=entry["threshold_fpr_0.1pct"], best_dice_validation=None)
@@ -538,12 +565,37 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                      **({"tables_by_contrast": tables,
                          "tables_rule": "each component's healthy table from the healthy volumes of each recognised "
                                         f"contrast with >= {MIN_VOLUMES_PER_CONTRAST} of them; other scans: the "
-                                        "pooled tables"} if tables else {})}
+                                        "pooled tables"} if tables else {}),
+                     **({"tables_by_tissue": by_tissue,
+                         "tables_by_tissue_rule": "these components, on scans of these contrasts, against the healthy "
+                                                  "voxels of that contrast where the aligned template expects the "
+                                                  "voxel's tissue (CSF, GM, WM: the largest smoothed prior)"}
+                        if by_tissue else {})}
     for k in kept:  # whole combined maps where the operating point may need them (its components kept whole)
         needs = (*of(k.contrast), *dark_of(k.contrast))
         if all(m in k.maps for m in needs):
             k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in needs}, out, of(k.contrast),
-                                       k.contrast, dark=dark_of(k.contrast)).astype(np.float16)
+                                       k.contrast, dark=dark_of(k.contrast), classes=k.classes).astype(np.float16)
+
+
+def _tables_by_tissue(pools: dict, classes: list, contrasts: list, wanted: Mapping[str, tuple[str, ...]]) -> dict:
+    """contrast -> {component: {"csf"|"gm"|"wm": healthy quantile table (list)}} for the components
+    ``wanted[contrast]``, from the healthy samples (``pools[m][i]``, their tissue classes ``classes[i]``) of the volumes of that contrast
+    (``contrasts[i]``). A contrast with fewer than ``MIN_VOLUMES_PER_CONTRAST`` healthy volumes that carry classes
+    gets none (its scans keep their contrast's tables); a class no sample fell in takes the contrast's whole
+    sample."""
+    out = {}
+    for contrast, members in _by_contrast(contrasts).items():
+        members = [i for i in members if classes[i] is not None]
+        if contrast not in wanted or len(members) < MIN_VOLUMES_PER_CONTRAST:
+            continue
+        out[contrast] = {}
+        for m in wanted[contrast]:
+            values = np.concatenate([pools[m][i] for i in members])
+            where = np.concatenate([classes[i] for i in members])
+            out[contrast][m] = {tissue: quantile_table(values[where == c] if (where == c).any() else values).tolist()
+                                for c, tissue in enumerate(TISSUES)}
+    return out
 
 
 def _tables_by_contrast(pools: dict, healthy: list, names: set) -> dict:

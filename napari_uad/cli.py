@@ -268,6 +268,10 @@ def _add_calibrate_parser(sub) -> None:
                    help="--synthetic: a dark channel of the combined map per recognised contrast, -NAME being the "
                         "signed map NAME negated, e.g. 'dark_fluid=-tissue,E,-asymmetry': a scan of that contrast "
                         "scores the larger of the two channels' mean surprise (napari_uad.combined)")
+    p.add_argument("--tables-by-tissue", default=None, metavar="SPEC",
+                   help="--synthetic: per recognised contrast, combined-map components measured against the healthy "
+                        "voxels of the tissue the aligned template expects at each voxel (CSF, GM, WM), e.g. "
+                        "'bright_fluid=nll': the model's error in normal fluid no longer hides a lesion in white matter")
     p.add_argument("--min-thickness-by-contrast", default=None, metavar="SPEC",
                    help="--synthetic: a minimum finding thickness (mm) per recognised contrast, e.g. "
                         "'dark_fluid=4': thinner findings are dropped when its operating point is searched and "
@@ -660,6 +664,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                               ("--tables-by-contrast", args.tables_by_contrast),
                               ("--combined-by-contrast", args.combined_by_contrast),
                               ("--dark-by-contrast", args.dark_by_contrast),
+                              ("--tables-by-tissue", args.tables_by_tissue),
                               ("--min-thickness-by-contrast", args.min_thickness_by_contrast),
                               ("--points-by-sequence", args.points_by_sequence)):
             if given and not (args.synthetic is not None and args.label_maps):
@@ -683,6 +688,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                             tables_by_contrast=args.tables_by_contrast,
                             combined_by_contrast=_components_by_contrast(args.combined_by_contrast),
                             dark_by_contrast=_components_by_contrast(args.dark_by_contrast, "--dark-by-contrast"),
+                            tables_by_tissue=_components_by_contrast(args.tables_by_tissue, "--tables-by-tissue"),
                             min_thickness_by_contrast=_thickness_by_contrast(args.min_thickness_by_contrast),
                             points_by_sequence=_thickness_by_sequence(args.points_by_sequence),
                             log=_log)

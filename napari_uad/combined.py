@@ -20,6 +20,12 @@ the scan is darker than its tissue, or than its mirror voxel), measured against 
 (``calibration.maps["-NAME"]``); unsigned maps (E) enter both channels as they are. So a region darker than its
 tissue (an infarct's cavity on T1, a black hole) can score as high as a bright one, and it still has to be
 unusual in every map of its channel.
+
+Tables per tissue class (card ``calibration.combined.tables_by_tissue``, where a calibration was asked for
+them): on a scan of that contrast, a listed component is measured against the healthy voxels of the tissue the
+aligned template expects at each voxel (``tissue.prior_classes``: CSF, GM, WM) instead of all healthy voxels --
+what is normal for the model's error in a T2 scan's CSF is not normal in its white matter. Voxels without a class
+(no template alignment) keep the contrast's table.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .tissue import TISSUES
+
 __all__ = ["COMBINED", "MAX_SURPRISE", "NEGATED", "SIGNED_MAPS", "healthy_quantile", "surprise", "component_table",
            "component_values", "base_map", "combine", "combined_components", "dark_components", "all_components",
-           "contrast_tables"]
+           "contrast_tables", "tissue_tables"]
 
 COMBINED = "combined"
 MAX_SURPRISE = 5.0  # -log10 of the finest tail level of the quantile tables (1e-5)
@@ -78,21 +86,44 @@ def component_table(calibration: Mapping, name: str, contrast: str | None = None
     return {"quantiles": quantiles, "levels": calibration["levels"]}
 
 
+def tissue_tables(calibration: Mapping, contrast: str | None) -> dict:
+    """Component -> its healthy tables per tissue class (``{"csf": quantile values, "gm": ..., "wm": ...}`` at
+    ``calibration["levels"]``) for a scan of ``contrast``; {} where the calibration made none for it."""
+    spec = calibration.get(COMBINED) or {}
+    return dict((spec.get("tables_by_tissue") or {}).get(contrast or "") or {})
+
+
+def _component_surprise(values: np.ndarray, calibration: Mapping, name: str, contrast: str | None,
+                        classes: np.ndarray | None) -> np.ndarray:
+    """Component ``name``'s surprise: against its tissue class's table where the card has them for ``contrast`` and
+    ``classes`` (``tissue.prior_classes``, same shape as ``values``) gives the class, else ``component_table``."""
+    s = surprise(values, component_table(calibration, name, contrast))
+    by_class = tissue_tables(calibration, contrast).get(name)
+    if by_class is None or classes is None:
+        return s
+    for c, tissue in enumerate(TISSUES):
+        here = classes == c
+        if here.any():
+            s[here] = surprise(values[here], {"quantiles": by_class[tissue], "levels": calibration["levels"]})
+    return s
+
+
 def _mean_surprise(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Sequence[str],
-                   contrast: str | None) -> np.ndarray:
+                   contrast: str | None, classes: np.ndarray | None) -> np.ndarray:
     total = None
     for name in components:
-        s = surprise(component_values(maps, name), component_table(calibration, name, contrast))
+        s = _component_surprise(np.asarray(component_values(maps, name)), calibration, name, contrast, classes)
         total = s if total is None else total + s
     return total / np.float32(len(components))
 
 
 def combine(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Sequence[str],
-            contrast: str | None = None, dark: Sequence[str] = ()) -> np.ndarray:
-    """Mean surprise of ``components``, each against ``component_table`` for a scan of ``contrast``; with a
-    ``dark`` channel, the voxelwise larger of that mean and the dark components' mean."""
-    bright = _mean_surprise(maps, calibration, components, contrast)
-    return np.maximum(bright, _mean_surprise(maps, calibration, dark, contrast)) if dark else bright
+            contrast: str | None = None, dark: Sequence[str] = (), classes: np.ndarray | None = None) -> np.ndarray:
+    """Mean surprise of ``components``, each against ``component_table`` for a scan of ``contrast`` (or its tissue
+    class's table, ``tissue_tables``, where ``classes`` gives each voxel's); with a ``dark`` channel, the voxelwise
+    larger of that mean and the dark components' mean."""
+    bright = _mean_surprise(maps, calibration, components, contrast, classes)
+    return np.maximum(bright, _mean_surprise(maps, calibration, dark, contrast, classes)) if dark else bright
 
 
 def combined_components(calibration: Mapping, contrast: str | None = None) -> tuple[str, ...]:

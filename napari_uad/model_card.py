@@ -134,7 +134,8 @@ def _has_settings(calibration: dict, key: str) -> bool:
     combined = calibration.get("combined") or {}
     return key in contrast_points(calibration) or any(
         key in (combined.get(part) or {})
-        for part in ("components_by_contrast", "dark_components_by_contrast", "tables_by_contrast"))
+        for part in ("components_by_contrast", "dark_components_by_contrast", "tables_by_contrast",
+                     "tables_by_tissue"))
 
 
 def settings_key(calibration: dict, contrast: str | None, sequence: str | None) -> str | None:

@@ -40,9 +40,9 @@ from .model import CeVAE, gaussian_nll, kl_per_slice
 from .model_card import ModelCard, settings_key
 from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
-from .combined import COMBINED, all_components, combine, combined_components, dark_components
+from .combined import COMBINED, all_components, combine, combined_components, dark_components, tissue_tables
 from .postprocess import median_filter_map, median_footprint
-from .tissue import hypointense_thickness_mm, scan_contrast, tissue_outliers
+from .tissue import hypointense_thickness_mm, prior_classes, scan_contrast, tissue_outliers
 from .asymmetry import asymmetry_map
 
 __all__ = ["default_maps", "DEFAULT_MAPS", "GRADIENT_MAPS", "MAP_NAMES", "MODEL_FREE_MAPS", "Progress", "ScoreResult", "Scorer", "ScoringCancelled",
@@ -135,6 +135,9 @@ class ScoreResult:
     settings: the key of the card's per-scan settings used (``model_card.settings_key``): the declared sequence
         where the card has settings for it, else ``contrast``; operating points, combined-map components and
         tables are looked up with it.
+    tissue_classes: the tissue the aligned template expects at each brain voxel (``tissue.prior_classes``: int8,
+        0 CSF, 1 GM, 2 WM, -1 outside the brain; canonical grid), where the combined map measured a component by
+        tissue class (``combined.tissue_tables``) or the scorer was asked to keep them (calibration); else None.
     """
 
     maps: dict[str, np.ndarray]
@@ -155,6 +158,7 @@ class ScoreResult:
     hypointense_mm: float | None = None
     sequence: str | None = None
     settings: str | None = None
+    tissue_classes: np.ndarray | None = None
 
 
 def _native_slice_profile(prepared: PreparedVolume, slice_kl: np.ndarray, slice_rec: np.ndarray
@@ -196,6 +200,7 @@ class Scorer:
         self.device = resolve_device(device)
         base = options or PipelineOptions()
         self.options = PipelineOptions(**{**base.to_dict(), "device": self.device.type})
+        self.keep_tissue_classes = False  # calibration sets it: it tables components by tissue class
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -321,11 +326,16 @@ class Scorer:
                                                  self.card.scoring.asymmetry_sigma_mm)
         sequence = volume.metadata.get("sequence")
         settings = settings_key(self.card.calibration, contrast, sequence)
+        classes = None
+        if self.keep_tissue_classes or (COMBINED in maps and tissue_tables(self.card.calibration, settings)):
+            priors = prepared.tissue_priors()
+            if priors is not None:
+                classes = prior_classes(priors, brain, volume.spacing, self.card.scoring.tissue())
         if COMBINED in maps:
             if components:
                 cal = self.card.calibration
                 out[COMBINED] = combine(out, cal, combined_components(cal, settings), settings,
-                                        dark=dark_components(cal, settings))
+                                        dark=dark_components(cal, settings), classes=classes)
             else:
                 notes.append("combined map not computed (all zero): the model card's calibration has none")
                 out[COMBINED] = np.zeros(brain.shape, np.float32)
@@ -350,7 +360,7 @@ class Scorer:
                            seconds=seconds, warnings=notes, preprocessing=prepared.steps,
                            template_brain_dice=template_dice, postprocessing=done_post, contrast=contrast,
                            tissue_means=tissue_means, hypointense_mm=hypointense_mm, sequence=sequence,
-                           settings=settings)
+                           settings=settings, tissue_classes=classes)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _postprocess(self, out: dict[str, np.ndarray], brain: np.ndarray, spacing) -> dict:

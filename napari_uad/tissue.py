@@ -48,7 +48,7 @@ from .mask import bounding_box, smoothed_inside
 
 __all__ = ["fit_tissue_mixture", "tissue_outlier_map", "tissue_outliers", "smooth_priors", "scan_contrast",
            "deformed_priors", "implausible_tissue_order", "hypointense_thickness_mm", "TissueSettings", "TISSUES",
-           "CONTRASTS", "CONTRAST_RULES", "boundary_pairs", "PV_OUTSIDE_WEIGHT"]
+           "CONTRASTS", "CONTRAST_RULES", "boundary_pairs", "PV_OUTSIDE_WEIGHT", "prior_classes"]
 
 TISSUES = ("csf", "gm", "wm")
 CONTRASTS = {"dark_fluid": "T1/FLAIR-like (dark fluid)", "bright_fluid": "T2/PD-weighted (bright fluid)"}
@@ -309,6 +309,23 @@ def hypointense_thickness_mm(tissue_map: np.ndarray, brain: np.ndarray, spacing:
     if not below.any():
         return 0.0
     return float(ndimage.distance_transform_edt(below, sampling=np.asarray(spacing, np.float64)).max())
+
+
+def prior_classes(priors: np.ndarray, brain: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                  settings: TissueSettings = TissueSettings()) -> np.ndarray:
+    """The tissue the aligned template expects at each brain voxel: 0 = CSF, 1 = GM, 2 = WM (``TISSUES``), the class
+    of the largest prior after the tissue map's smoothing (``settings.prior_sigma_mm``); -1 outside ``brain``.
+    int8, the grid of ``brain``; ``priors``: [3, *brain.shape] in that grid; ``spacing``: its voxel size (mm).
+
+    Where the template, not the scan, says what a voxel should be: a lesion in white matter stays "white matter"
+    however CSF-like it looks (the tissue map's posterior would call it fluid)."""
+    out = np.full(brain.shape, -1, np.int8)
+    if not brain.any():
+        return out
+    box, smoothed = _box_priors(priors, brain, spacing, settings)
+    inside = brain[box]
+    out[box][inside] = np.argmax(np.stack([c[inside] for c in smoothed]), axis=0).astype(np.int8)
+    return out
 
 
 def tissue_outlier_map(data: np.ndarray, brain: np.ndarray, priors: np.ndarray,

@@ -469,6 +469,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     true_brain_masks: bool = False, tables_by_contrast: bool = False,
                     combined_by_contrast: dict[str, tuple[str, ...]] | None = None,
                     dark_by_contrast: dict[str, tuple[str, ...]] | None = None,
+                    tables_by_tissue: dict[str, tuple[str, ...]] | None = None,
                     min_thickness_by_contrast: dict[str, float] | None = None,
                     points_by_sequence: dict[str, float] | None = None,
                     log: Callable[[str], None] = print) -> ModelCard:
@@ -494,7 +495,9 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     map's components for scans of it (chosen on other validation data); a recalibration on normal scans keeps the
     card's. ``dark_by_contrast`` (synthetic only): recognised contrast -> the combined map's dark channel for scans
     of it (``napari_uad.combined``; ``-NAME`` = a signed map negated); a recalibration on normal scans keeps the
-    card's and tables it on those scans. ``min_thickness_by_contrast`` (synthetic only): recognised contrast -> the
+    card's and tables it on those scans. ``tables_by_tissue`` (synthetic only): recognised contrast -> combined-map
+    components measured against healthy tables per tissue class (``napari_uad.combined``); a recalibration on normal
+    scans keeps the card's and tables them on those scans. ``min_thickness_by_contrast`` (synthetic only): recognised contrast -> the
     minimum finding thickness (mm) its operating point counts findings with (chosen on other validation data); a
     recalibration keeps the card's (per contrast where it searches points per contrast, i.e. with toy anomalies;
     the pooled value always). ``points_by_sequence`` (synthetic label-map heads only): declared sequence -> the
@@ -508,8 +511,8 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     from .scoring import MAP_NAMES, Scorer
     from .synth_labels import CLINICAL_FAMILIES
 
-    if synthetic_volumes <= 0 and (detection_map or combined or dark_by_contrast or min_thickness_by_contrast
-                                   or points_by_sequence):
+    if synthetic_volumes <= 0 and (detection_map or combined or dark_by_contrast or tables_by_tissue
+                                   or min_thickness_by_contrast or points_by_sequence):
         raise ValueError("a detection map or combined components can be given only with synthetic validation volumes "
                          "(normal scans keep the card's)")
     if "combined" in combined:
@@ -562,7 +565,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                      healthy_quota=quota, true_brain_masks=true_brain_masks,
                                      tables_by_contrast=tables_by_contrast,
                                      components_by_contrast=combined_by_contrast,
-                                     dark_by_contrast=dark_by_contrast,
+                                     dark_by_contrast=dark_by_contrast, tables_by_tissue=tables_by_tissue,
                                      min_thickness_by_contrast=min_thickness_by_contrast,
                                      points_by_sequence=points_by_sequence,
                                      combined_components=tuple(combined),
@@ -583,6 +586,8 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                      tables_by_contrast=bool(contrast_tables(previous)),
                                      components_by_contrast=previous_combined.get("components_by_contrast"),
                                      dark_by_contrast=previous_combined.get("dark_components_by_contrast"),
+                                     tables_by_tissue={c: tuple(t) for c, t in
+                                                       (previous_combined.get("tables_by_tissue") or {}).items()},
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      detection_map=previous.get("detection_map"),
                                      min_volume_mm3=float(previous.get("min_volume_mm3", 0.0)),
@@ -615,13 +620,14 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
 
 
 def _contrast_settings_only(settings: dict) -> dict:
-    """A card's per-scan settings (``calibration.combined``'s ``*_by_contrast`` entries, or a mapping keyed by
-    contrast) without those keyed by a declared sequence (``sequence.SEQUENCES``): a recalibration on a site's
+    """A card's per-scan settings (``calibration.combined``'s ``*_by_contrast`` and ``tables_by_tissue`` entries, or
+    a mapping keyed by contrast) without those keyed by a declared sequence (``sequence.SEQUENCES``): a recalibration on a site's
     normal scans searches no point per sequence, so the sequences' settings (made on synthetic validation heads)
     would no longer match their point."""
     from .sequence import SEQUENCES
 
-    return {k: ({c: v for c, v in value.items() if c not in SEQUENCES} if k.endswith("_by_contrast") else value)
+    keyed = lambda k: k.endswith("_by_contrast") or k == "tables_by_tissue"  # noqa: E731
+    return {k: ({c: v for c, v in value.items() if c not in SEQUENCES} if keyed(k) else value)
             for k, value in settings.items() if k not in SEQUENCES}
 
 

@@ -449,3 +449,45 @@ def test_scorer_combined_map_takes_the_cards_dark_channel(brain, tiny_model_dir)
     inside = result.mask
     np.testing.assert_allclose(result.maps["combined"][inside], np.maximum(bright, dark)[inside], atol=1e-5)
     assert (dark[inside] > bright[inside] + 0.5).sum() > 10  # the dark channel carries those voxels
+
+
+def test_scorer_measures_a_component_by_the_tissue_the_template_expects(brain, tiny_model_dir):
+    """A card with healthy tables per tissue class for the scan's contrast (``combined.tables_by_tissue``): the
+    scorer's combined map measures that component at each brain voxel against the table of the tissue the aligned
+    template expects there (``tissue.prior_classes`` of the smoothed priors), the others against their contrast's
+    table -- as computed by hand from the scorer's own maps; the classes are reported; a card without such tables
+    computes none."""
+    from napari_uad.model_card import load_model
+    from napari_uad.scoring import Scorer
+    from napari_uad.tissue import prior_classes
+
+    data, mask, affine = brain
+    model, card = load_model(tiny_model_dir)
+    card.preprocessing = PreprocessingConfig(template="mni152-2009")
+    levels = [0.0, 0.5, 0.9, 0.99, 0.999, 1.0]
+    tables = {"tissue": [-20.0, 0.0, 1.0, 2.0, 3.0, 20.0], "asymmetry": [-5.0, 0.0, 0.2, 0.4, 0.6, 5.0]}
+    by_class = {"csf": [-5.0, 0.5, 1.0, 1.5, 2.0, 5.0], "gm": [-5.0, 0.0, 0.1, 0.2, 0.3, 5.0],
+                "wm": [-5.0, -0.1, 0.0, 0.05, 0.1, 5.0]}
+    card.calibration = {"levels": levels, "maps": {m: {"quantiles": q} for m, q in tables.items()},
+                        "combined": {"components": ["tissue", "asymmetry"]}}
+    volume = Volume.from_array(data, affine)
+    plain = Scorer(model, card, device="cpu").score(volume, ("tissue", "asymmetry", "combined"), mask=mask)
+    assert plain.tissue_classes is None
+    card.calibration["combined"]["tables_by_tissue"] = {c: {"asymmetry": by_class}
+                                                        for c in ("dark_fluid", "bright_fluid")}
+    result = Scorer(model, card, device="cpu").score(volume, ("tissue", "asymmetry", "combined"), mask=mask)
+    prepared = prepare_volume(volume, card.preprocessing, card.input_size, mask=mask)
+    classes = prior_classes(prepared.tissue_priors(), result.mask, volume.spacing, card.scoring.tissue())
+    np.testing.assert_array_equal(result.tissue_classes, classes)
+    inside = result.mask
+    assert set(np.unique(classes[inside])) == {0, 1, 2} and (classes[~inside] == -1).all()
+
+    def surprise(values, table):  # -log10(1 - healthy quantile), capped at 5
+        q = np.interp(values.astype(np.float64), table, levels)
+        return np.minimum(-np.log10(np.maximum(1 - q, 1e-5)), 5.0)
+
+    t, a = result.maps["tissue"], result.maps["asymmetry"]
+    own = np.choose(np.clip(classes, 0, 2), [surprise(a, by_class[k]) for k in ("csf", "gm", "wm")])
+    np.testing.assert_allclose(result.maps["combined"][inside], ((surprise(t, tables["tissue"]) + own) / 2)[inside],
+                               atol=1e-5)
+    assert np.abs(result.maps["combined"] - plain.maps["combined"])[inside].max() > 0.1

@@ -227,7 +227,8 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     # tables replace those they were made beside; one scan per contrast is too few for tables of its own)
     stale = {**card, "calibration": {**before, "combined": {**before["combined"], "tables_by_contrast": {
         "bright_fluid": {m: before["maps"][m]["quantiles"] for m in before["combined"]["components"]}},
-        "dark_components_by_contrast": {"dark_fluid": ["-tissue", "E"]}}}}  # and a dark channel
+        "dark_components_by_contrast": {"dark_fluid": ["-tissue", "E"]},  # and a dark channel
+        "tables_by_tissue": {"bright_fluid": {"E": {k: before["maps"]["E"]["quantiles"] for k in ("csf", "gm", "wm")}}}}}}
     (out / "card.json").write_text(json.dumps(stale), encoding="utf-8")
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans")]) == 0
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
@@ -243,6 +244,7 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     # nor the combined map's components; its healthy table is new (from these scans)
     assert card["calibration"]["combined"]["components"] == before["combined"]["components"]
     assert "tables_by_contrast" not in card["calibration"]["combined"]
+    assert "tables_by_tissue" not in card["calibration"]["combined"]  # nor tables by tissue (too few scans to make)
     assert card["calibration"]["maps"]["combined"]["quantiles"] != before["maps"]["combined"]["quantiles"]
     # the dark channel stays, its negated map tabled on these scans
     assert card["calibration"]["combined"]["dark_components_by_contrast"] == {"dark_fluid": ["-tissue", "E"]}
@@ -263,6 +265,14 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined", "combined,z"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined-by-contrast", "t2=E"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--dark-by-contrast", "dark_fluid=-E"]) != 0
+    assert cli._components_by_contrast("bright_fluid=nll", "--tables-by-tissue") == {"bright_fluid": ("nll",)}
+    for spec in ("t2=nll", "bright_fluid=-tissue"):
+        with pytest.raises(cli.CliError, match="--tables-by-tissue: "):
+            cli._components_by_contrast(spec, "--tables-by-tissue")
+    with pytest.raises(ValueError, match="unknown map"):
+        cli._components_by_contrast("bright_fluid=volume", "--tables-by-tissue")
+    assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans"), "--tables-by-tissue",
+                     "bright_fluid=nll"]) != 0  # needs synthetic heads
     assert cli._thickness_by_contrast("dark_fluid=4;bright_fluid=0") == {"dark_fluid": 4.0, "bright_fluid": 0.0}
     for spec in ("dark_fluid=thick", "dark_fluid=-1", "t2=4", "dark_fluid"):
         with pytest.raises(cli.CliError, match="--min-thickness-by-contrast: .* is not CONTRAST=MM"):
@@ -418,19 +428,23 @@ def test_init_from_fine_tuning_lowers_the_validation_loss(tmp_path, monkeypatch)
 class _MapScorer:
     """Stands in for a Scorer in calibration: maps are given, no model involved."""
 
-    def __init__(self, make):
+    def __init__(self, make, classes=None):
         self.card = ModelCard(name="m", version="1", modality="MR")
         self.make = make
+        self.classes = classes  # volume -> the template's tissue classes (int8), where the test has them
+        self.keep_tissue_classes = False
 
     def score(self, volume, maps, mask=None, postprocess=True):
-        """The given maps on the given brain mask (default: everything), of the contrast the volume says."""
+        """The given maps on the given brain mask (default: everything), of the contrast the volume says; the
+        tissue classes where given and asked for (as the Scorer keeps them)."""
         from napari_uad.scoring import ScoreResult
 
         out = self.make(volume)
+        classes = self.classes(volume) if self.classes is not None and self.keep_tissue_classes else None
         return ScoreResult(maps={m: out[m] for m in maps}, mask=np.ones(volume.shape, bool) if mask is None else mask,
                            slice_scores=np.zeros(volume.shape[2]), slice_kl=np.zeros(volume.shape[2]),
                            slice_rec=np.zeros(volume.shape[2]), volume_score=1.0, device="cpu", batch_size=1,
-                           contrast=volume.metadata.get("contrast"))
+                           contrast=volume.metadata.get("contrast"), tissue_classes=classes)
 
 
 def _coded_volume(shape, seed: int, sick: bool):
@@ -1065,3 +1079,58 @@ def test_balance_contrasts_is_refused_without_label_map_heads(tmp_path, tiny_mod
     assert "--balance-contrasts needs --synthetic with --label-maps" in capsys.readouterr().err
     assert main(["calibrate", "--model", str(tiny_model_dir), "--data", str(tmp_path), "--true-brain-masks"]) == 2
     assert "--true-brain-masks needs --synthetic with --label-maps" in capsys.readouterr().err
+
+
+def test_tables_by_tissue_find_a_lesion_that_looks_like_normal_fluid_to_the_model():
+    """The model's error is as high in normal fluid as in a white-matter lesion (as on T2): measured against all
+    healthy voxels of its contrast the lesion is ordinary, against the healthy white matter the template expects
+    there it is not. A calibration with ``tables_by_tissue`` records a table per tissue class for that component and
+    contrast (the fluid's far above the white matter's), its combined map equals the hand computation (the component
+    against its voxel's class table, the other against its contrast's), and at its own operating point it finds
+    most of the lesion on a fresh volume where the calibration without them, at its own point, finds little of it;
+    scans of another contrast keep their tables."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.combined import combine, surprise
+
+    bright, dark = "bright_fluid", "dark_fluid"
+    shape = (28, 28, 28)
+    tissue = np.full(shape, 2, np.int8)  # white matter ...
+    tissue[:, :, :10], tissue[:, :, 10:18] = 0, 1  # ... below it fluid and grey matter
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 19:26] = True  # in white matter
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        sick = lesion & (volume.data[1, 1, 1] > 0)
+        return {"nll": (rng.normal(size=shape) + 3.0 * (tissue == 0) + 3.0 * sick).astype(np.float32),
+                "residual": rng.normal(size=shape).astype(np.float32)}
+
+    healthy, anomalous = _validation_by_contrast(shape, lesion, [(bright, 8), (dark, 8)], stride=20)
+    options = dict(maps=("nll", "residual", "combined"), combined_components=("nll", "residual"),
+                   detection_map="combined", tables_by_contrast=True)
+    cal = calibrate(_MapScorer(make, lambda v: tissue), healthy, anomalous, tables_by_tissue={bright: ("nll",)},
+                    **options)
+    plain = calibrate(_MapScorer(make, lambda v: tissue), healthy, anomalous, **options)
+    tables = cal["combined"]["tables_by_tissue"]
+    assert set(tables) == {bright} and set(tables[bright]) == {"nll"} and "tables_by_tissue" not in plain["combined"]
+    assert set(tables[bright]["nll"]) == {"csf", "gm", "wm"}
+    levels = np.asarray(cal["levels"])
+    median = {k: np.interp(0.5, levels, tables[bright]["nll"][k]) for k in ("csf", "wm")}
+    assert median["csf"] > median["wm"] + 2.0
+    volume = _coded_of_contrast(shape, 900, True, bright)
+    maps = make(volume)
+    got = combine(maps, cal, ("nll", "residual"), bright, classes=tissue)
+    own = np.choose(tissue, [surprise(maps["nll"], {"quantiles": tables[bright]["nll"][k], "levels": cal["levels"]})
+                             for k in ("csf", "gm", "wm")])
+    other = surprise(maps["residual"], {"quantiles": cal["combined"]["tables_by_contrast"][bright]["residual"],
+                                        "levels": cal["levels"]})
+    np.testing.assert_allclose(got, (own + other) / 2, rtol=1e-5)
+
+    def found(card) -> float:
+        point = card["operating_point"]["by_contrast"].get(bright, card["operating_point"])
+        score = combine(maps, card, ("nll", "residual"), bright, classes=tissue)
+        return float((score[lesion] >= point["threshold"]).mean())
+
+    assert found(cal) > 0.5 and found(plain) < 0.3  # most of the lesion, against about a fifth
+    np.testing.assert_allclose(combine(maps, cal, ("nll", "residual"), dark, classes=tissue),
+                               combine(maps, plain, ("nll", "residual"), dark, classes=tissue))

@@ -436,3 +436,22 @@ def test_a_thin_hypointense_shell_is_thin_and_smoothing_closes_holes_in_a_thick_
     # raw: the farthest point from a lattice of holes 4 voxels apart is a cell's centre, 2 sqrt(3) mm away
     assert hypointense_thickness_mm(holes, brain, spacing) == pytest.approx(2 * np.sqrt(3))
     assert hypointense_thickness_mm(holes, brain, spacing, smoothing_mm=2.0) >= thick - 2.5
+
+
+def test_prior_classes_are_the_tissue_of_the_largest_smoothed_prior():
+    """Each brain voxel gets the class of its largest prior (0 CSF, 1 GM, 2 WM) after the settings' smoothing, in
+    the brain's grid; outside the brain -1. A lesion's intensity does not enter: only the template decides."""
+    from napari_uad.tissue import prior_classes
+
+    data, brain, priors = tiny_brain()
+    brain[0, 0, :] = False
+    classes = prior_classes(priors, brain)
+    expected = np.broadcast_to(np.arange(3, dtype=np.int8), brain.shape).copy()
+    expected[~brain] = -1
+    np.testing.assert_array_equal(classes, expected)
+    assert classes.dtype == np.int8
+    spacing, settings = (1.0, 1.0, 1.0), TissueSettings(prior_sigma_mm=1.5)
+    smoothed = smooth_priors(priors, spacing, 1.5)
+    by_hand = np.where(brain, smoothed.argmax(axis=0), -1)
+    np.testing.assert_array_equal(prior_classes(priors, brain, spacing, settings), by_hand)
+    assert (prior_classes(np.zeros_like(priors), np.zeros_like(brain)) == -1).all()
