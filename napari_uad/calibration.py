@@ -369,12 +369,8 @@ def _score(scorer: Scorer, volume: Volume, maps: tuple[str, ...], true_brain_mas
     """The calibration's scoring of one volume: raw maps (no post-processing), on its true brain mask where asked
     for and known; with ``tissue_classes``, the template's tissue class of each voxel kept too."""
     mask = volume.metadata.get("true_brain") if true_brain_masks else None
-    keep = getattr(scorer, "keep_tissue_classes", False)
-    scorer.keep_tissue_classes = keep or tissue_classes
-    try:
-        result = scorer.score(volume, tuple(dict.fromkeys(map(base_map, maps))), mask, postprocess=False)
-    finally:
-        scorer.keep_tissue_classes = keep
+    result = scorer.score(volume, tuple(dict.fromkeys(map(base_map, maps))), mask, postprocess=False,
+                          tissue_classes=tissue_classes)
     for m in maps:
         if m != base_map(m):  # a dark-channel component: its signed map negated
             result.maps[m] = component_values(result.maps, m)

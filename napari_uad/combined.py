@@ -97,10 +97,13 @@ def _component_surprise(values: np.ndarray, calibration: Mapping, name: str, con
                         classes: np.ndarray | None) -> np.ndarray:
     """Component ``name``'s surprise: against its tissue class's table where the card has them for ``contrast`` and
     ``classes`` (``tissue.prior_classes``, same shape as ``values``) gives the class, else ``component_table``."""
-    s = surprise(values, component_table(calibration, name, contrast))
     by_class = tissue_tables(calibration, contrast).get(name)
     if by_class is None or classes is None:
-        return s
+        return surprise(values, component_table(calibration, name, contrast))
+    s = np.empty(values.shape, np.float32)
+    unclassed = (classes < 0) | (classes >= len(TISSUES))
+    if unclassed.any():
+        s[unclassed] = surprise(values[unclassed], component_table(calibration, name, contrast))
     for c, tissue in enumerate(TISSUES):
         here = classes == c
         if here.any():

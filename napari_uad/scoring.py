@@ -200,7 +200,6 @@ class Scorer:
         self.device = resolve_device(device)
         base = options or PipelineOptions()
         self.options = PipelineOptions(**{**base.to_dict(), "device": self.device.type})
-        self.keep_tissue_classes = False  # calibration sets it: it tables components by tissue class
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -212,11 +211,14 @@ class Scorer:
     # -- public API --------------------------------------------------------------------------------------
     def score(self, volume: Volume, maps: Iterable[str] | None = None, mask: np.ndarray | None = None,
               progress: Callable[[Progress], None] | None = None,
-              cancel: threading.Event | Callable[[], bool] | None = None, postprocess: bool = True) -> ScoreResult:
+              cancel: threading.Event | Callable[[], bool] | None = None, postprocess: bool = True,
+              tissue_classes: bool = False) -> ScoreResult:
         """Score a volume; ``progress`` is called after every batch; a set ``cancel`` raises ScoringCancelled.
-        ``postprocess=False`` leaves the detection map as the model made it (calibration filters it itself)."""
+        ``postprocess=False`` leaves the detection map as the model made it (calibration filters it itself);
+        ``tissue_classes=True`` keeps the template's tissue class of each brain voxel in the result even where the
+        card does not use it (calibration tables components by it)."""
         is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
-        gen = self.iter_score(volume, maps, mask, postprocess=postprocess)
+        gen = self.iter_score(volume, maps, mask, postprocess=postprocess, tissue_classes=tissue_classes)
         try:
             while True:
                 if is_cancelled():
@@ -237,7 +239,7 @@ class Scorer:
         return brain_mask(volume.data, volume.affine, mode, self.options.device).mask
 
     def iter_score(self, volume: Volume, maps: Iterable[str] | None = None, mask: np.ndarray | None = None,
-                   postprocess: bool = True) -> Generator[Progress, None, ScoreResult]:
+                   postprocess: bool = True, tissue_classes: bool = False) -> Generator[Progress, None, ScoreResult]:
         """Generator form of :meth:`score`: yields a :class:`Progress` per batch, returns the ScoreResult.
 
         Stopping the iteration early (``close()``) cancels the run; nothing is kept.
@@ -327,7 +329,7 @@ class Scorer:
         sequence = volume.metadata.get("sequence")
         settings = settings_key(self.card.calibration, contrast, sequence)
         classes = None
-        if self.keep_tissue_classes or (COMBINED in maps and tissue_tables(self.card.calibration, settings)):
+        if tissue_classes or (COMBINED in maps and tissue_tables(self.card.calibration, settings)):
             priors = prepared.tissue_priors()
             if priors is not None:
                 classes = prior_classes(priors, brain, volume.spacing, self.card.scoring.tissue())

@@ -456,7 +456,7 @@ def test_scorer_measures_a_component_by_the_tissue_the_template_expects(brain, t
     scorer's combined map measures that component at each brain voxel against the table of the tissue the aligned
     template expects there (``tissue.prior_classes`` of the smoothed priors), the others against their contrast's
     table -- as computed by hand from the scorer's own maps; the classes are reported; a card without such tables
-    computes none."""
+    computes none unless asked to (as calibration does)."""
     from napari_uad.model_card import load_model
     from napari_uad.scoring import Scorer
     from napari_uad.tissue import prior_classes
@@ -473,12 +473,15 @@ def test_scorer_measures_a_component_by_the_tissue_the_template_expects(brain, t
     volume = Volume.from_array(data, affine)
     plain = Scorer(model, card, device="cpu").score(volume, ("tissue", "asymmetry", "combined"), mask=mask)
     assert plain.tissue_classes is None
+    # as calibration asks: the classes kept although the card does not use them
+    asked = Scorer(model, card, device="cpu").score(volume, ("tissue",), mask=mask, tissue_classes=True)
     card.calibration["combined"]["tables_by_tissue"] = {c: {"asymmetry": by_class}
                                                         for c in ("dark_fluid", "bright_fluid")}
     result = Scorer(model, card, device="cpu").score(volume, ("tissue", "asymmetry", "combined"), mask=mask)
     prepared = prepare_volume(volume, card.preprocessing, card.input_size, mask=mask)
     classes = prior_classes(prepared.tissue_priors(), result.mask, volume.spacing, card.scoring.tissue())
     np.testing.assert_array_equal(result.tissue_classes, classes)
+    np.testing.assert_array_equal(asked.tissue_classes, classes)
     inside = result.mask
     assert set(np.unique(classes[inside])) == {0, 1, 2} and (classes[~inside] == -1).all()
 

@@ -432,15 +432,14 @@ class _MapScorer:
         self.card = ModelCard(name="m", version="1", modality="MR")
         self.make = make
         self.classes = classes  # volume -> the template's tissue classes (int8), where the test has them
-        self.keep_tissue_classes = False
 
-    def score(self, volume, maps, mask=None, postprocess=True):
+    def score(self, volume, maps, mask=None, postprocess=True, tissue_classes=False):
         """The given maps on the given brain mask (default: everything), of the contrast the volume says; the
         tissue classes where given and asked for (as the Scorer keeps them)."""
         from napari_uad.scoring import ScoreResult
 
         out = self.make(volume)
-        classes = self.classes(volume) if self.classes is not None and self.keep_tissue_classes else None
+        classes = self.classes(volume) if self.classes is not None and tissue_classes else None
         return ScoreResult(maps={m: out[m] for m in maps}, mask=np.ones(volume.shape, bool) if mask is None else mask,
                            slice_scores=np.zeros(volume.shape[2]), slice_kl=np.zeros(volume.shape[2]),
                            slice_rec=np.zeros(volume.shape[2]), volume_score=1.0, device="cpu", batch_size=1,
@@ -928,9 +927,9 @@ def test_true_brain_masks_keep_heads_whose_brain_extraction_would_fail():
         return {"nll": np.random.default_rng(int(v.data[0, 0, 0])).normal(size=shape).astype(np.float32)}
 
     class Recording(_MapScorer):
-        def score(self, volume, maps, mask=None, postprocess=True):
+        def score(self, volume, maps, mask=None, postprocess=True, tissue_classes=False):
             masks.append(mask)
-            return super().score(volume, maps, mask, postprocess)
+            return super().score(volume, maps, mask, postprocess, tissue_classes)
 
     with pytest.raises(ValueError, match="brain mask matches its true brain"):
         calibrate(Recording(make), volumes(), maps=("nll",))
@@ -1125,6 +1124,13 @@ def test_tables_by_tissue_find_a_lesion_that_looks_like_normal_fluid_to_the_mode
     other = surprise(maps["residual"], {"quantiles": cal["combined"]["tables_by_contrast"][bright]["residual"],
                                         "levels": cal["levels"]})
     np.testing.assert_allclose(got, (own + other) / 2, rtol=1e-5)
+    unclassed = tissue.copy()
+    unclassed[:3] = -1  # voxels without a class (no template there): measured against their contrast's table
+    got = combine(maps, cal, ("nll", "residual"), bright, classes=unclassed)
+    pooled = surprise(maps["nll"], {"quantiles": cal["combined"]["tables_by_contrast"][bright]["nll"],
+                                    "levels": cal["levels"]})
+    np.testing.assert_allclose(got[:3], ((pooled + other) / 2)[:3], rtol=1e-5)
+    np.testing.assert_allclose(got[3:], ((own + other) / 2)[3:], rtol=1e-5)
 
     def found(card) -> float:
         point = card["operating_point"]["by_contrast"].get(bright, card["operating_point"])
