@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from napari_uad.io import Volume
 from napari_uad.model_card import ScoringConfig, load_model
-from napari_uad.postprocess import median_filter_map, median_footprint
+from napari_uad.postprocess import ball_footprint, median_filter_map, median_footprint, open_map
 from napari_uad.scoring import Scorer
 
 from .conftest import head_phantom
@@ -81,3 +81,36 @@ def test_scorer_filters_the_cards_detection_map_only_and_says_so(tiny_model_dir)
 def test_card_rejects_a_negative_median_width():
     with pytest.raises(ValueError, match="detection_median_mm"):
         ScoringConfig(detection_median_mm=-1.0)
+
+
+def test_ball_footprint_is_round_in_world_mm():
+    """A 3 mm ball: the 19 voxels within 1.5 mm on a 1 mm grid (no corners); on 1 x 1 x 5 mm slices a flat disc
+    (5 mm away is outside the ball); 0 mm: one voxel."""
+    assert ball_footprint((1.0, 1.0, 1.0), 3.0).sum() == 19 and not ball_footprint((1.0, 1.0, 1.0), 3.0)[0, 0, 0]
+    disc = ball_footprint((1.0, 1.0, 5.0), 3.0)
+    assert disc.shape == (3, 3, 1) and disc.sum() == 9
+    assert ball_footprint((1.0, 1.0, 1.0), 0.0).shape == (1, 1, 1)
+
+
+def test_opening_drops_a_thin_region_keeps_a_thick_one_by_hand():
+    """On a hand-made map: a 6 mm cube at 3 keeps 3 at its centre; a 2 mm thick slab at 2 and a single voxel at 5
+    vanish with a 3 mm ball; a 4 mm slab keeps its value; no voxel rises; outside the brain stays 0; the brain's box
+    gives what the whole grid gives; 0 mm changes nothing inside the brain."""
+    values = np.zeros((24, 24, 24), np.float32)
+    brain = np.zeros(values.shape, bool)
+    brain[1:23, 1:23, 1:23] = True
+    values[3:9, 3:9, 3:9] = 3.0
+    values[12:14, 3:20, 3:20] = 2.0  # 2 voxels thick
+    values[16:20, 3:20, 3:20] = 1.0  # 4 voxels thick
+    values[5, 15, 15] = 5.0
+    opened = open_map(values, brain, (1.0, 1.0, 1.0), 3.0)
+    assert opened[5, 5, 5] == 3.0 and opened[12:14].max() == 0.0 and opened[5, 15, 15] == 0.0
+    assert opened[17, 10, 10] == 1.0 and (opened <= values).all() and (opened[~brain] == 0).all()
+    whole = ndimage.grey_opening(np.where(brain, values, 0), footprint=ball_footprint((1, 1, 1), 3.0),
+                                 mode="constant", cval=0.0)
+    np.testing.assert_array_equal(opened, np.where(brain, whole, 0))
+    np.testing.assert_array_equal(open_map(values, brain, (1.0, 1.0, 1.0), 0.0), np.where(brain, values, 0))
+    # on 5 mm slices the ball does not reach across slices: a region one slice thick keeps its values
+    flat = np.zeros((12, 12, 5), np.float32)
+    flat[3:9, 3:9, 2] = 2.0
+    assert open_map(flat, np.ones(flat.shape, bool), (1.0, 1.0, 5.0), 3.0)[5, 5, 2] == 2.0
