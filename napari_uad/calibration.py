@@ -43,7 +43,7 @@ from .findings import interior, label_components
 from .io import Volume
 from .mask import dice as mask_dice
 from .model_card import contrast_point
-from .postprocess import median_filter_map
+from .postprocess import median_filter_map, open_map
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 from .tissue import TISSUES
 
@@ -183,7 +183,8 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
               dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None, min_thickness_mm: float = 0.0,
               min_thickness_by_contrast: Mapping[str, float] | None = None,
               points_by_sequence: Mapping[str, float] | None = None,
-              tables_by_tissue: Mapping[str, tuple[str, ...]] | None = None, log=lambda m: None) -> dict:
+              tables_by_tissue: Mapping[str, tuple[str, ...]] | None = None, dark_opening_mm: float = 0.0,
+              log=lambda m: None) -> dict:
     """Calibration dict for the model card (see module docstring); masks are in the volumes' canonical grid.
 
     ``healthy_quota``: healthy volumes to keep per stratum (``Volume.metadata["stratum"]``, e.g. the contrast);
@@ -205,6 +206,10 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     ``tables_by_tissue``: recognised contrast -> components of its combined map measured against healthy tables per
     tissue class (``combined.tissue_tables``: the healthy voxels of that contrast where the aligned template expects
     CSF, GM or WM; chosen on other validation data, ``benchmarks/tissue_tables.py``).
+    ``dark_opening_mm``: the dark channel is opened by a ball this wide (world mm; ``combined`` module docstring)
+    before the combined map's maximum, as scoring will open it; the combined map's healthy table, thresholds and
+    operating points are then of the opened map, made from the validation volumes' whole maps (needs a dark
+    channel and the combined map).
     ``min_thickness_mm`` / ``min_thickness_by_contrast``: findings thinner than this (world mm,
     ``findings.component_thickness``; pooled point / recognised contrast -> its point's) are dropped when the
     operating points count findings, and the points record it (chosen on other validation data,
@@ -237,12 +242,17 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
     unknown = sorted({m for names in (combined_components, *by_contrast.values(), *dark.values(), *by_tissue.values())
                       for m in names if base_map(m) not in maps or m == COMBINED}
                      | {m for m in negated if base_map(m) not in SIGNED_MAPS})
+    if dark_opening_mm < 0 or (dark_opening_mm > 0 and not (dark and with_combined)):
+        raise ValueError("a dark-channel opening needs a width >= 0 mm, a dark channel and the combined map")
     if unknown:
         raise ValueError(f"combined components: {', '.join(unknown)} not among the calibrated maps (a negated "
                          "one: of a signed map)")
     maps = (*maps, *negated)  # scored as their signed maps, tabled as maps of their own
-    whole = _maps_kept_whole(maps, detection_map, tuple(dict.fromkeys(
-        [*combined_components, *(m for names in (*by_contrast.values(), *dark.values()) for m in names)])))
+    every_component = tuple(dict.fromkeys(
+        [*combined_components, *(m for names in (*by_contrast.values(), *dark.values()) for m in names)]))
+    whole = _maps_kept_whole(maps, detection_map, every_component)
+    if dark_opening_mm > 0:  # the opened combined map is made from its components' whole volumes
+        whole = tuple(dict.fromkeys([*whole, *(m for m in every_component if m in maps)]))
     rng = np.random.default_rng(seed)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     classes: dict[str, list] = {"healthy": [], "anomalous": []}  # tissue classes at the pooled / scored voxels
@@ -322,8 +332,10 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         out["maps"][m] = entry
     if with_combined and (truths or combined_components):
         _add_combined(out, pools, scores, truths, kept, tuple(combined_components), tables_by_contrast, by_contrast,
-                      dark, by_tissue, classes)
+                      dark, by_tissue, classes, dark_opening_mm=dark_opening_mm)
         maps = (*maps, COMBINED)
+        if dark_opening_mm > 0:  # the table and thresholds of the opened map, from the whole maps
+            _retable_from_whole(out, pools, kept, n_healthy, COMBINED, voxels_per_volume, rng)
     if truths and detection_map is not None and detection_map not in out["maps"]:
         raise ValueError(f"detection map {detection_map!r} is not among the calibrated maps ({', '.join(maps)})")
     scored = tuple(m for m in maps if m not in negated)  # a map a scan can show
@@ -463,6 +475,15 @@ def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, na
     for k in kept:
         filtered = median_filter_map(k.maps[name].astype(np.float32), k.brain, k.spacing, size_mm)
         k.maps[name] = filtered.astype(np.float16)
+    _retable_from_whole(out, pools, kept, n_healthy, name, voxels_per_volume, rng)
+    out["maps"][name]["median_filter_mm"] = size_mm
+
+
+def _retable_from_whole(out: dict, pools: dict, kept: list, n_healthy: int, name: str, voxels_per_volume: int,
+                        rng: np.random.Generator) -> None:
+    """Recompute map ``name``'s entry -- healthy quantile table, FPR thresholds, best-Dice threshold -- and its
+    healthy samples (``pools``) from the validation volumes' whole maps (``kept[i].maps[name]``), for a map that
+    only whole volumes can make (filtered, opened)."""
     healthy = []
     for k in kept[:n_healthy]:
         values = k.maps[name][k.brain].astype(np.float32)
@@ -471,7 +492,7 @@ def _filter_detection_map(out: dict, pools: dict, kept: list, n_healthy: int, na
     values = np.concatenate(healthy)
     entry = out["maps"][name]
     entry.update(quantiles=quantile_table(values).tolist(), threshold_fpr_1pct=float(np.quantile(values, 0.99)),
-                 **{"threshold_fpr_0.1pct": float(np.quantile(values, 0.999))}, median_filter_mm=size_mm)
+                 **{"threshold_fpr_0.1pct": float(np.quantile(values, 0.999))})
     anomalous = kept[n_healthy:]
     if anomalous:
         thr, dice = _best_dice_of(anomalous, name)
@@ -484,13 +505,15 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                   by_contrast: bool = False, components_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
                   dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
                   tables_by_tissue: Mapping[str, tuple[str, ...]] | None = None, classes: dict | None = None,
-                  candidates: int = 4) -> None:
+                  candidates: int = 4, dark_opening_mm: float = 0.0) -> None:
     """Add the combined map's entry and healthy samples (in place), its components chosen on the validation
     anomalies unless given; with ``by_contrast``, its components' healthy tables per recognised contrast; with
     ``components_by_contrast``, other components for the volumes of those contrasts; with ``dark_by_contrast``, a
     dark channel for them (after the trials, which compare bright channels); with ``tables_by_tissue``, those
     components' healthy tables per tissue class for the volumes of those contrasts (``classes``: "healthy" /
-    "anomalous" -> per volume, the tissue classes at its ``pools`` / ``scores`` voxels).
+    "anomalous" -> per volume, the tissue classes at its ``pools`` / ``scores`` voxels). ``dark_opening_mm``: the
+    whole combined maps (``kept[i].maps``) get their dark channel opened by a ball that wide, and the card records it;
+    the entry made here from samples is then remade from them by the caller.
 
     ``kept`` holds the healthy volumes first (``pools[m][i]`` is ``kept[i]``'s sample), then the anomalous ones
     (``scores[m][j]`` is ``kept[n_healthy + j]``'s brain voxels)."""
@@ -567,11 +590,16 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                                                   "voxels of that contrast where the aligned template expects the "
                                                   "voxel's tissue (CSF, GM, WM: the largest smoothed prior)"}
                         if by_tissue else {})}
+    if dark_opening_mm > 0:
+        out[COMBINED]["dark_opening_mm"] = float(dark_opening_mm)
     for k in kept:  # whole combined maps where the operating point may need them (its components kept whole)
         needs = (*of(k.contrast), *dark_of(k.contrast))
         if all(m in k.maps for m in needs):
+            opener = ((lambda m, k=k: open_map(m, k.brain, k.spacing, dark_opening_mm)) if dark_opening_mm > 0
+                      else None)
             k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in needs}, out, of(k.contrast),
-                                       k.contrast, dark=dark_of(k.contrast), classes=k.classes).astype(np.float16)
+                                       k.contrast, dark=dark_of(k.contrast), classes=k.classes,
+                                       open_dark=opener).astype(np.float16)
 
 
 def _tables_by_tissue(pools: dict, classes: list, contrasts: list, wanted: Mapping[str, tuple[str, ...]]) -> dict:

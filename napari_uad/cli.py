@@ -268,6 +268,10 @@ def _add_calibrate_parser(sub) -> None:
                    help="--synthetic: a dark channel of the combined map per recognised contrast, -NAME being the "
                         "signed map NAME negated, e.g. 'dark_fluid=-tissue,E,-asymmetry': a scan of that contrast "
                         "scores the larger of the two channels' mean surprise (napari_uad.combined)")
+    p.add_argument("--dark-opening-mm", type=float, default=0.0, metavar="MM",
+                   help="--synthetic with --dark-by-contrast: open the dark channel by a ball this wide (world mm) "
+                        "before the combined map's maximum, so thin dark shells (ventricle rims, sulcal CSF) lose "
+                        "their values; the card's tables and points are then of the opened map (default 0: none)")
     p.add_argument("--tables-by-tissue", default=None, metavar="SPEC",
                    help="--synthetic: per recognised contrast, combined-map components measured against the healthy "
                         "voxels of the tissue the aligned template expects at each voxel (CSF, GM, WM), e.g. "
@@ -666,7 +670,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                               ("--dark-by-contrast", args.dark_by_contrast),
                               ("--tables-by-tissue", args.tables_by_tissue),
                               ("--min-thickness-by-contrast", args.min_thickness_by_contrast),
-                              ("--points-by-sequence", args.points_by_sequence)):
+                              ("--points-by-sequence", args.points_by_sequence),
+                              ("--dark-opening-mm", args.dark_opening_mm)):
             if given and not (args.synthetic is not None and args.label_maps):
                 raise CliError(f"{option} needs --synthetic with --label-maps (synthetic heads of known contrast "
                                "and brain)")
@@ -691,7 +696,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                             tables_by_tissue=_components_by_contrast(args.tables_by_tissue, "--tables-by-tissue"),
                             min_thickness_by_contrast=_thickness_by_contrast(args.min_thickness_by_contrast),
                             points_by_sequence=_thickness_by_sequence(args.points_by_sequence),
-                            log=_log)
+                            dark_opening_mm=args.dark_opening_mm, log=_log)
         else:
             if args.detection_map or args.combined:
                 raise CliError("--detection-map and --combined need --synthetic (normal scans keep the card's)")

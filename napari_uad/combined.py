@@ -19,7 +19,10 @@ channel) and the dark channel's. A dark-channel component ``-NAME`` is the signe
 the scan is darker than its tissue, or than its mirror voxel), measured against its own healthy table
 (``calibration.maps["-NAME"]``); unsigned maps (E) enter both channels as they are. So a region darker than its
 tissue (an infarct's cavity on T1, a black hole) can score as high as a bright one, and it still has to be
-unusual in every map of its channel.
+unusual in every map of its channel. Where the card says so (``calibration.combined.dark_opening_mm``), the dark
+channel is opened by a ball that wide before the maximum (``postprocess.open_map``, applied by the caller, who knows
+the grid): thin dark shells -- ventricle rims, sulcal CSF -- lose their values, a dark region thicker than the ball
+keeps its own, and bright findings are untouched.
 
 Tables per tissue class (card ``calibration.combined.tables_by_tissue``, where a calibration was asked for
 them): on a scan of that contrast, a listed component is measured against the healthy voxels of the tissue the
@@ -30,7 +33,7 @@ what is normal for the model's error in a T2 scan's CSF is not normal in its whi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,7 +41,7 @@ from .tissue import TISSUES
 
 __all__ = ["COMBINED", "MAX_SURPRISE", "NEGATED", "SIGNED_MAPS", "healthy_quantile", "surprise", "component_table",
            "component_values", "base_map", "combine", "combined_components", "dark_components", "all_components",
-           "contrast_tables", "tissue_tables"]
+           "contrast_tables", "tissue_tables", "dark_opening_mm"]
 
 COMBINED = "combined"
 MAX_SURPRISE = 5.0  # -log10 of the finest tail level of the quantile tables (1e-5)
@@ -121,12 +124,23 @@ def _mean_surprise(maps: Mapping[str, np.ndarray], calibration: Mapping, compone
 
 
 def combine(maps: Mapping[str, np.ndarray], calibration: Mapping, components: Sequence[str],
-            contrast: str | None = None, dark: Sequence[str] = (), classes: np.ndarray | None = None) -> np.ndarray:
+            contrast: str | None = None, dark: Sequence[str] = (), classes: np.ndarray | None = None,
+            open_dark: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Mean surprise of ``components``, each against ``component_table`` for a scan of ``contrast`` (or its tissue
     class's table, ``tissue_tables``, where ``classes`` gives each voxel's); with a ``dark`` channel, the voxelwise
-    larger of that mean and the dark components' mean."""
+    larger of that mean and the dark components' mean (passed through ``open_dark`` first where given: the card's
+    ``dark_opening_mm`` in the maps' grid)."""
     bright = _mean_surprise(maps, calibration, components, contrast, classes)
-    return np.maximum(bright, _mean_surprise(maps, calibration, dark, contrast, classes)) if dark else bright
+    if not dark:
+        return bright
+    channel = _mean_surprise(maps, calibration, dark, contrast, classes)
+    return np.maximum(bright, channel if open_dark is None else open_dark(channel))
+
+
+def dark_opening_mm(calibration: Mapping) -> float:
+    """The width (world mm) of the ball the dark channel is opened by (card ``calibration.combined.
+    dark_opening_mm``); 0.0 = not opened."""
+    return float((calibration.get(COMBINED) or {}).get("dark_opening_mm") or 0.0)
 
 
 def combined_components(calibration: Mapping, contrast: str | None = None) -> tuple[str, ...]:

@@ -471,7 +471,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                     dark_by_contrast: dict[str, tuple[str, ...]] | None = None,
                     tables_by_tissue: dict[str, tuple[str, ...]] | None = None,
                     min_thickness_by_contrast: dict[str, float] | None = None,
-                    points_by_sequence: dict[str, float] | None = None,
+                    points_by_sequence: dict[str, float] | None = None, dark_opening_mm: float = 0.0,
                     log: Callable[[str], None] = print) -> ModelCard:
     """Calibrate the model in ``model_dir`` and rewrite its card (weights untouched).
 
@@ -503,16 +503,18 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
     the pooled value always). ``points_by_sequence`` (synthetic label-map heads only): declared sequence -> the
     minimum finding thickness (mm) of an operating point of its own (``calibration.calibrate``); a recalibration
     on normal scans makes none, and drops the card's settings for declared sequences (a declared scan then gets
-    its recognised contrast's)."""
+    its recognised contrast's). ``dark_opening_mm`` (synthetic only): the dark channel opened by a ball that wide
+    (world mm; ``napari_uad.combined``); a recalibration on normal scans keeps the card's."""
     from .calibration import calibrate
     from .combined import COMBINED, combined_components, contrast_tables
+    from .combined import dark_opening_mm as card_dark_opening_mm
     from .model_card import load_model
     from .model_card import min_thickness_by_contrast as thickness_by_contrast
     from .scoring import MAP_NAMES, Scorer
     from .synth_labels import CLINICAL_FAMILIES
 
     if synthetic_volumes <= 0 and (detection_map or combined or dark_by_contrast or tables_by_tissue
-                                   or min_thickness_by_contrast or points_by_sequence):
+                                   or min_thickness_by_contrast or points_by_sequence or dark_opening_mm):
         raise ValueError("a detection map or combined components can be given only with synthetic validation volumes "
                          "(normal scans keep the card's)")
     if "combined" in combined:
@@ -567,7 +569,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                      components_by_contrast=combined_by_contrast,
                                      dark_by_contrast=dark_by_contrast, tables_by_tissue=tables_by_tissue,
                                      min_thickness_by_contrast=min_thickness_by_contrast,
-                                     points_by_sequence=points_by_sequence,
+                                     points_by_sequence=points_by_sequence, dark_opening_mm=dark_opening_mm,
                                      combined_components=tuple(combined),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      **({"maps": maps} if maps else {}))
@@ -588,6 +590,7 @@ def calibrate_model(model_dir: str | Path, synthetic_volumes: int = 0, held_out:
                                      dark_by_contrast=previous_combined.get("dark_components_by_contrast"),
                                      tables_by_tissue={c: tuple(t) for c, t in
                                                        (previous_combined.get("tables_by_tissue") or {}).items()},
+                                     dark_opening_mm=card_dark_opening_mm(previous),
                                      edge_margin_mm=float(previous.get("edge_margin_mm", 0.0)),
                                      detection_map=previous.get("detection_map"),
                                      min_volume_mm3=float(previous.get("min_volume_mm3", 0.0)),

@@ -421,8 +421,10 @@ def test_scorer_combined_map_takes_the_cards_dark_channel(brain, tiny_model_dir)
     """A card with a dark channel for the scan's recognised contrast: the scorer's combined map is the voxelwise
     larger of the bright channel's mean surprise (tissue, asymmetry) and the dark channel's (the two maps negated,
     each against its own table), as computed by hand from the scorer's own tissue and asymmetry maps; where the
-    scan is darker than its tissue the dark channel is what scores."""
+    scan is darker than its tissue the dark channel is what scores; with the card's ``dark_opening_mm`` the dark
+    channel is opened by that ball first (``postprocess.open_map``) and the thin dark voxels lose their values."""
     from napari_uad.model_card import load_model
+    from napari_uad.postprocess import open_map
     from napari_uad.scoring import Scorer
 
     data, mask, affine = brain
@@ -449,6 +451,13 @@ def test_scorer_combined_map_takes_the_cards_dark_channel(brain, tiny_model_dir)
     inside = result.mask
     np.testing.assert_allclose(result.maps["combined"][inside], np.maximum(bright, dark)[inside], atol=1e-5)
     assert (dark[inside] > bright[inside] + 0.5).sum() > 10  # the dark channel carries those voxels
+    # with the card's dark opening: the dark channel opened by a 6 mm ball in the scan's 2 mm grid (19 voxels),
+    # then the maximum
+    card.calibration["combined"]["dark_opening_mm"] = 6.0
+    opened = Scorer(model, card, device="cpu").score(volume, ("combined",), mask=mask)
+    by_hand = np.maximum(bright, open_map(dark, inside, volume.spacing, 6.0))
+    np.testing.assert_allclose(opened.maps["combined"][inside], by_hand[inside], atol=1e-5)
+    assert ((result.maps["combined"] - opened.maps["combined"])[inside] > 0.3).sum() > 10  # thin dark voxels lowered
 
 
 def test_scorer_measures_a_component_by_the_tissue_the_template_expects(brain, tiny_model_dir):

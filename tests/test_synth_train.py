@@ -227,7 +227,7 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     # tables replace those they were made beside; one scan per contrast is too few for tables of its own)
     stale = {**card, "calibration": {**before, "combined": {**before["combined"], "tables_by_contrast": {
         "bright_fluid": {m: before["maps"][m]["quantiles"] for m in before["combined"]["components"]}},
-        "dark_components_by_contrast": {"dark_fluid": ["-tissue", "E"]},  # and a dark channel
+        "dark_components_by_contrast": {"dark_fluid": ["-tissue", "E"]}, "dark_opening_mm": 3.0,  # a dark channel
         "tables_by_tissue": {"bright_fluid": {"E": {k: before["maps"]["E"]["quantiles"] for k in ("csf", "gm", "wm")}}}}}}
     (out / "card.json").write_text(json.dumps(stale), encoding="utf-8")
     assert cli.main(["calibrate", "--model", str(out), "--data", str(scan_dir / "scans")]) == 0
@@ -246,8 +246,9 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert "tables_by_contrast" not in card["calibration"]["combined"]
     assert "tables_by_tissue" not in card["calibration"]["combined"]  # nor tables by tissue (too few scans to make)
     assert card["calibration"]["maps"]["combined"]["quantiles"] != before["maps"]["combined"]["quantiles"]
-    # the dark channel stays, its negated map tabled on these scans
+    # the dark channel and its opening stay, its negated map tabled on these scans
     assert card["calibration"]["combined"]["dark_components_by_contrast"] == {"dark_fluid": ["-tissue", "E"]}
+    assert card["calibration"]["combined"]["dark_opening_mm"] == 3.0
     assert "quantiles" in card["calibration"]["maps"]["-tissue"]
     # a detection map and combined components chosen elsewhere (benchmarks/real_anatomy.py) are honoured; the
     # combinations are still tried and recorded, and the operating point is searched for the given map
@@ -265,6 +266,7 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined", "combined,z"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined-by-contrast", "t2=E"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--dark-by-contrast", "dark_fluid=-E"]) != 0
+    assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--dark-opening-mm", "3"]) != 0  # no heads
     assert cli._components_by_contrast("bright_fluid=nll", "--tables-by-tissue") == {"bright_fluid": ("nll",)}
     for spec in ("t2=nll", "bright_fluid=-tissue"):
         with pytest.raises(cli.CliError, match="--tables-by-tissue: "):
@@ -900,6 +902,56 @@ def test_dark_channel_finds_a_lesion_darker_than_its_tissue_on_its_contrast_only
     with pytest.raises(ValueError, match="not among the calibrated maps"):
         calibrate(_MapScorer(make), healthy, anomalous, maps=("E", "tissue", "combined"),
                   combined_components=("tissue", "E"), dark_by_contrast={dark: ("-E", "tissue")})
+
+
+def test_dark_channel_opening_drops_a_thin_dark_structure_and_keeps_a_dark_lesion():
+    """With ``dark_opening_mm`` the dark channel is opened by a ball that wide before the combined map's maximum:
+    a normal dark structure 2 voxels thin (a ventricle rim) no longer sets the healthy table -- the opened map's
+    99.9th healthy percentile is lower than the plain one's -- nor reaches the opened card's threshold, while a dark
+    lesion 7 voxels wide is still found; the card records the width; an opening without a dark channel is
+    refused."""
+    from napari_uad.calibration import calibrate
+    from napari_uad.combined import combine, combined_components, dark_components, dark_opening_mm
+    from napari_uad.postprocess import open_map
+
+    dark = "dark_fluid"
+    shape = (28, 28, 28)
+    lesion = np.zeros(shape, bool)
+    lesion[10:17, 10:17, 10:17] = True
+    rim = np.zeros(shape, bool)
+    rim[20:22, 8:14, 8:14] = True  # in every head: normal anatomy, rare among healthy voxels
+
+    def make(volume):
+        rng = np.random.default_rng(int(volume.data[0, 0, 0]))
+        sick = lesion & (volume.data[1, 1, 1] > 0)
+        return {"tissue": (rng.normal(size=shape) - 4.0 * sick - 6.0 * rim).astype(np.float32),
+                "E": (np.abs(rng.normal(size=shape)) + 2.0 * sick).astype(np.float32)}
+
+    healthy, anomalous = _validation_by_contrast(shape, lesion, [(dark, 8)], stride=20)
+    options = dict(maps=("E", "tissue", "combined"), combined_components=("tissue", "E"),
+                   dark_by_contrast={dark: ("-tissue",)}, detection_map="combined")
+    plain = calibrate(_MapScorer(make), healthy, anomalous, **options)
+    cal = calibrate(_MapScorer(make), healthy, anomalous, dark_opening_mm=3.0, **options)
+    assert dark_opening_mm(cal) == 3.0 and dark_opening_mm(plain) == 0.0
+    assert cal["maps"]["combined"]["threshold_fpr_0.1pct"] < plain["maps"]["combined"]["threshold_fpr_0.1pct"] - 0.5
+    point = cal["operating_point"]["by_contrast"].get(dark, cal["operating_point"])
+    plain_point = plain["operating_point"]["by_contrast"].get(dark, plain["operating_point"])
+    brain = np.ones(shape, bool)
+
+    def opened(volume):
+        return combine(make(volume), cal, combined_components(cal, dark), dark, dark=dark_components(cal, dark),
+                       open_dark=lambda m: open_map(m, brain, (1.0, 1.0, 1.0), 3.0))
+
+    sick = opened(_coded_of_contrast(shape, 900, True, dark))
+    normal = opened(_coded_of_contrast(shape, 901, False, dark))
+    assert ((sick >= point["threshold"]) & lesion).sum() > 0.5 * lesion.sum()
+    assert not ((normal >= point["threshold"]) & rim).any()
+    unopened = combine(make(_coded_of_contrast(shape, 901, False, dark)), plain, ("tissue", "E"), dark,
+                       dark=dark_components(plain, dark))
+    assert ((unopened >= plain_point["threshold"]) & rim).any()  # what the opening is for
+    with pytest.raises(ValueError, match="dark-channel opening"):
+        calibrate(_MapScorer(make), healthy, anomalous, maps=("E", "tissue", "combined"),
+                  combined_components=("tissue", "E"), detection_map="combined", dark_opening_mm=3.0)
 
 
 def test_true_brain_masks_keep_heads_whose_brain_extraction_would_fail():
