@@ -72,6 +72,28 @@ def heads_in_turn(files: list[Path], count: int, seed: int, families: tuple[str,
                                   lesion=lesion(i), normal_variants=normal_variants)
 
 
+def normal_and_lesion_heads(files: list[Path], n: int, seed: int, families: tuple[str, ...]):
+    """(heads, kind_of): ``n`` normal heads per family in ``families`` (seeds ``seed``+) then ``n`` lesion heads per
+    family (seeds ``seed`` + 50 000+, lesion kinds in turn), each as (is lesion head, i, label map path, head),
+    made lazily (``heads_in_turn``); ``kind_of(i)``: the lesion kind of lesion head i."""
+    from itertools import chain
+
+    from napari_uad.synth_lesions import LESION_KINDS
+
+    kind_of = lambda i: LESION_KINDS[(i // len(families)) % len(LESION_KINDS)]  # noqa: E731
+    count = n * len(families)
+    heads = chain(((False, *h) for h in heads_in_turn(files, count, seed, families)),
+                  ((True, *h) for h in heads_in_turn(files, count, seed + 50_000, families, lesion=kind_of)))
+    return heads, kind_of
+
+
+def skull_stripped(head):
+    """A synthetic head as a skull-stripped MR scan: its true brain on a zero background (``io.Volume``)."""
+    from napari_uad.io import Volume
+
+    return Volume.from_array(np.where(head.brain, head.data, 0).astype(head.data.dtype), head.affine, modality="MR")
+
+
 class FittedTissue(NamedTuple):
     """A scan's tissue fit on its true brain mask: the signed tissue map and the brain mask (the scan's canonical
     grid), its voxel size (mm) and the fit's CSF, GM, WM means (standardised units)."""

@@ -24,7 +24,7 @@ import json
 import numpy as np
 from scipy import ndimage
 
-from _validation import heads_in_turn, validation_args  # noqa: E402
+from _validation import normal_and_lesion_heads, skull_stripped, validation_args  # noqa: E402
 
 
 def summarise(heads: list[dict], pooled: dict, openings: list[float]) -> list[dict]:
@@ -83,23 +83,17 @@ def main() -> None:
         return
     scorer, card, files = setup
     from napari_uad.findings import find_findings, interior
-    from napari_uad.io import Volume
     from napari_uad.metrics import finding_overlaps
     from napari_uad.postprocess import open_map
-    from napari_uad.synth_lesions import LESION_KINDS
 
     families = tuple(args.families.split(","))
     openings = [float(v) for v in args.openings.split(",")]
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
-    kind_of = lambda i: LESION_KINDS[(i // len(families)) % len(LESION_KINDS)]  # noqa: E731
-    heads = [(False, *h) for h in heads_in_turn(files, args.n * len(families), args.seed, families)]
-    heads += [(True, *h) for h in heads_in_turn(files, args.n * len(families), args.seed + 50_000, families,
-                                                 lesion=kind_of)]
+    heads, kind_of = normal_and_lesion_heads(files, args.n, args.seed, families)
     rows: list[dict] = []
     pooled = {f: {str(d): [] for d in openings} for f in (*families, "all")}
     for lesion, i, path, head in heads:
-        data = np.where(head.brain, head.data, 0).astype(head.data.dtype)
-        volume = Volume.from_array(data, head.affine, modality="MR")
+        volume = skull_stripped(head)
         result = scorer.score(volume, mask=head.brain)
         threshold, min_volume = card.operating_point(result.settings)
         thickness = card.default_min_thickness(result.settings)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from _validation import heads_in_turn, validation_args  # noqa: E402
+from _validation import normal_and_lesion_heads, skull_stripped, validation_args  # noqa: E402
 
 THICKNESS_MINIMA_MM = (0.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 
@@ -70,22 +70,16 @@ def main() -> None:
         return
     scorer, card, files = setup
     from napari_uad.findings import component_thickness, describe_components, interior, label_components
-    from napari_uad.io import Volume
     from napari_uad.metrics import component_matches, finding_overlaps
-    from napari_uad.synth_lesions import LESION_KINDS
     from sklearn.metrics import average_precision_score
 
     families = tuple(args.families.split(","))
     offsets = [float(v) for v in args.offsets.split(",")]
     margin = float(card.calibration.get("edge_margin_mm", 0.0))
-    kind_of = lambda i: LESION_KINDS[(i // len(families)) % len(LESION_KINDS)]  # noqa: E731
-    heads = [(False, *h) for h in heads_in_turn(files, args.n * len(families), args.seed, families)]
-    heads += [(True, *h) for h in heads_in_turn(files, args.n * len(families), args.seed + 50_000, families,
-                                                 lesion=kind_of)]
+    heads, kind_of = normal_and_lesion_heads(files, args.n, args.seed, families)
     rows, summary_heads = [], []
     for lesion, i, path, head in heads:
-        data = np.where(head.brain, head.data, 0).astype(head.data.dtype)
-        volume = Volume.from_array(data, head.affine, modality="MR")
+        volume = skull_stripped(head)
         if args.declare_sequence:
             volume.metadata.update(sequence=head.params["contrast_family"],
                                    sequence_source="benchmark: the head's contrast family")
