@@ -43,7 +43,7 @@ from .findings import interior, label_components
 from .io import Volume
 from .mask import dice as mask_dice
 from .model_card import contrast_point
-from .postprocess import median_filter_map, open_map
+from .postprocess import ball_opener, median_filter_map
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
 from .tissue import TISSUES
 
@@ -595,11 +595,9 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
     for k in kept:  # whole combined maps where the operating point may need them (its components kept whole)
         needs = (*of(k.contrast), *dark_of(k.contrast))
         if all(m in k.maps for m in needs):
-            opener = ((lambda m, k=k: open_map(m, k.brain, k.spacing, dark_opening_mm)) if dark_opening_mm > 0
-                      else None)
             k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in needs}, out, of(k.contrast),
                                        k.contrast, dark=dark_of(k.contrast), classes=k.classes,
-                                       open_dark=opener).astype(np.float16)
+                                       open_dark=ball_opener(k.brain, k.spacing, dark_opening_mm)).astype(np.float16)
 
 
 def _tables_by_tissue(pools: dict, classes: list, contrasts: list, wanted: Mapping[str, tuple[str, ...]]) -> dict:

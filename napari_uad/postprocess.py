@@ -15,14 +15,14 @@ component_thickness``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .mask import bounding_box
 
-__all__ = ["median_footprint", "median_filter_map", "ball_footprint", "open_map"]
+__all__ = ["median_footprint", "median_filter_map", "ball_footprint", "open_map", "ball_opener"]
 
 
 def median_footprint(spacing: Sequence[float], size_mm: float) -> tuple[int, ...]:
@@ -82,3 +82,12 @@ def open_map(values: np.ndarray, brain: np.ndarray, spacing: Sequence[float], di
     opened = ndimage.grey_opening(inside, footprint=ball, mode="constant", cval=0.0)
     out[box] = np.where(brain[box], opened, np.float32(0.0))
     return out
+
+
+def ball_opener(brain: np.ndarray, spacing: Sequence[float], diameter_mm: float
+                ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``values -> open_map(values, brain, spacing, diameter_mm)`` (what ``combined.combine`` takes as
+    ``open_dark``), or None for ``diameter_mm`` <= 0 (nothing to open)."""
+    if not diameter_mm > 0:
+        return None
+    return lambda values: open_map(values, brain, spacing, diameter_mm)

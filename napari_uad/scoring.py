@@ -42,7 +42,7 @@ from .preprocessing import PipelineOptions, PreparedVolume, iter_prepare_volume
 from .slices import SliceGeometry, gaussian_blur2d
 from .combined import (COMBINED, all_components, combine, combined_components, dark_components, dark_opening_mm,
                        tissue_tables)
-from .postprocess import median_filter_map, median_footprint, open_map
+from .postprocess import ball_opener, median_filter_map, median_footprint
 from .tissue import hypointense_thickness_mm, prior_classes, scan_contrast, tissue_outliers
 from .asymmetry import asymmetry_map
 
@@ -337,11 +337,9 @@ class Scorer:
         if COMBINED in maps:
             if components:
                 cal = self.card.calibration
-                width = dark_opening_mm(cal)
                 out[COMBINED] = combine(out, cal, combined_components(cal, settings), settings,
                                         dark=dark_components(cal, settings), classes=classes,
-                                        open_dark=(lambda m: open_map(m, brain, volume.spacing, width))
-                                        if width > 0 else None)
+                                        open_dark=ball_opener(brain, volume.spacing, dark_opening_mm(cal)))
             else:
                 notes.append("combined map not computed (all zero): the model card's calibration has none")
                 out[COMBINED] = np.zeros(brain.shape, np.float32)
