@@ -332,8 +332,10 @@ def calibrate(scorer: Scorer, healthy: Iterable[Volume], anomalous: Iterable[tup
         out["maps"][m] = entry
     if with_combined and (truths or combined_components):
         _add_combined(out, pools, scores, truths, kept, tuple(combined_components), tables_by_contrast, by_contrast,
-                      dark, by_tissue, classes, opening=(dark_opening_mm, voxels_per_volume, rng))
+                      dark, by_tissue, classes, dark_opening_mm=dark_opening_mm)
         maps = (*maps, COMBINED)
+        if dark_opening_mm > 0:  # the opened map's entry: only whole volumes can be opened
+            _retable_from_whole(out, pools, kept, n_healthy, COMBINED, voxels_per_volume, rng)
     if truths and detection_map is not None and detection_map not in out["maps"]:
         raise ValueError(f"detection map {detection_map!r} is not among the calibrated maps ({', '.join(maps)})")
     scored = tuple(m for m in maps if m not in negated)  # a map a scan can show
@@ -488,7 +490,7 @@ def _retable_from_whole(out: dict, pools: dict, kept: list, n_healthy: int, name
         healthy.append(rng.choice(values, size=min(voxels_per_volume, values.size), replace=False))
     pools[name] = healthy
     values = np.concatenate(healthy)
-    entry = out["maps"][name]
+    entry = out["maps"].setdefault(name, {})
     entry.update(quantiles=quantile_table(values).tolist(), threshold_fpr_1pct=float(np.quantile(values, 0.99)),
                  **{"threshold_fpr_0.1pct": float(np.quantile(values, 0.999))})
     anomalous = kept[n_healthy:]
@@ -503,16 +505,16 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                   by_contrast: bool = False, components_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
                   dark_by_contrast: Mapping[str, tuple[str, ...]] | None = None,
                   tables_by_tissue: Mapping[str, tuple[str, ...]] | None = None, classes: dict | None = None,
-                  candidates: int = 4, opening: tuple[float, int, np.random.Generator] | None = None) -> None:
+                  candidates: int = 4, dark_opening_mm: float = 0.0) -> None:
     """Add the combined map's entry and healthy samples (in place), its components chosen on the validation
     anomalies unless given; with ``by_contrast``, its components' healthy tables per recognised contrast; with
     ``components_by_contrast``, other components for the volumes of those contrasts; with ``dark_by_contrast``, a
     dark channel for them (after the trials, which compare bright channels); with ``tables_by_tissue``, those
     components' healthy tables per tissue class for the volumes of those contrasts (``classes``: "healthy" /
-    "anomalous" -> per volume, the tissue classes at its ``pools`` / ``scores`` voxels). ``opening`` = (width in
-    world mm, healthy voxels sampled per volume, generator): the whole combined maps (``kept[i].maps``) get their
-    dark channel opened by a ball that wide, the card records it, and the entry and healthy samples are made from
-    those whole opened maps (only whole volumes can be opened), not from the pooled samples.
+    "anomalous" -> per volume, the tissue classes at its ``pools`` / ``scores`` voxels). ``dark_opening_mm``: the
+    whole combined maps (``kept[i].maps``) get their dark channel opened by a ball that wide and the card records it;
+    the map's entry and healthy samples are then not made here from the pooled samples but by the caller from those
+    whole opened maps (``_retable_from_whole``).
 
     ``kept`` holds the healthy volumes first (``pools[m][i]`` is ``kept[i]``'s sample), then the anomalous ones
     (``scores[m][j]`` is ``kept[n_healthy + j]``'s brain voxels)."""
@@ -558,10 +560,7 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
     def dark_of(contrast: str | None) -> tuple[str, ...]:
         return dark_components(out, contrast)
 
-    opening_mm = opening[0] if opening else 0.0
-    if opening_mm > 0:
-        out["maps"][COMBINED] = {}  # made below from the whole opened maps
-    else:
+    if not dark_opening_mm > 0:  # else the caller makes the entry from the whole opened maps
         pools[COMBINED] = values(pools, healthy_contrasts, healthy_classes, of, dark_of)
         healthy = np.concatenate(pools[COMBINED])
         entry = {"quantiles": quantile_table(healthy).tolist(),
@@ -593,16 +592,14 @@ def _add_combined(out: dict, pools: dict, scores: dict, truths: list, kept: list
                                                   "voxels of that contrast where the aligned template expects the "
                                                   "voxel's tissue (CSF, GM, WM: the largest smoothed prior)"}
                         if by_tissue else {})}
-    if opening_mm > 0:
-        out[COMBINED]["dark_opening_mm"] = float(opening_mm)
+    if dark_opening_mm > 0:
+        out[COMBINED]["dark_opening_mm"] = float(dark_opening_mm)
     for k in kept:  # whole combined maps where the operating point may need them (its components kept whole)
         needs = (*of(k.contrast), *dark_of(k.contrast))
         if all(m in k.maps for m in needs):
             k.maps[COMBINED] = combine({m: k.maps[m].astype(np.float32) for m in needs}, out, of(k.contrast),
                                        k.contrast, dark=dark_of(k.contrast), classes=k.classes,
-                                       open_dark=ball_opener(k.brain, k.spacing, opening_mm)).astype(np.float16)
-    if opening_mm > 0:  # the opened map's table and thresholds, from the whole maps (every one kept whole)
-        _retable_from_whole(out, pools, kept, n_healthy, COMBINED, opening[1], opening[2])
+                                       open_dark=ball_opener(k.brain, k.spacing, dark_opening_mm)).astype(np.float16)
 
 
 def _tables_by_tissue(pools: dict, classes: list, contrasts: list, wanted: Mapping[str, tuple[str, ...]]) -> dict:
