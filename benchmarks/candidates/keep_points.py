@@ -13,20 +13,21 @@ previous card's points unchanged. The weights are copied; their sha256 is checke
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 from pathlib import Path
 
 from napari_uad.calibration import validation_rates
-from napari_uad.model_card import CARD_FILE, ModelCard, load_model
+from napari_uad.model_card import CARD_FILE, load_model
 
 
 def keep_points(points_from: dict, calibration: dict, contrasts: list[str], version: str | None = None) -> dict:
     """``calibration`` (a card's; not modified) with the operating points of ``points_from`` (another card's
     calibration, of version ``version``), the contrasts in ``contrasts`` keeping ``calibration``'s search tables
     (module docstring). Returns a new calibration dict."""
-    out = json.loads(json.dumps(calibration))
-    kept = json.loads(json.dumps(points_from["operating_point"]))
+    out = copy.deepcopy(calibration)
+    kept = copy.deepcopy(points_from["operating_point"])
     for contrast in contrasts:
         own = calibration["operating_point"]["by_contrast"][contrast]
         point = kept["by_contrast"][contrast]
@@ -57,8 +58,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     source = json.loads(args.points_from.read_text())
-    load_model(args.model)  # the weights verify against the card (sha256)
-    card = ModelCard.read(args.model / CARD_FILE)
+    _, card = load_model(args.model)  # the weights verify against the card (sha256)
     card.calibration = keep_points(source["calibration"], card.calibration, args.contrast, source.get("version"))
     card.calibration["command"] += (f" ; then python benchmarks/candidates/keep_points.py --points-from "
                                     f"{args.points_from} --model {args.model}"
