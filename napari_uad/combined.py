@@ -46,7 +46,8 @@ __all__ = ["COMBINED", "MAX_SURPRISE", "NEGATED", "SIGNED_MAPS", "healthy_quanti
 COMBINED = "combined"
 MAX_SURPRISE = 5.0  # -log10 of the finest tail level of the quantile tables (1e-5)
 NEGATED = "-"  # prefix of a dark-channel component: the signed map negated
-SIGNED_MAPS = ("signed_residual", "tissue", "asymmetry")  # the maps whose sign means brighter / darker
+SIGNED_MAPS = ("signed_residual", "z", "tissue", "asymmetry")  # the maps whose sign means brighter / darker
+# (z: the signed normalised error (x - mu) / sigma, brighter or darker than the model's reconstruction)
 
 
 def base_map(name: str) -> str:

@@ -267,6 +267,9 @@ def test_train_cli_resume_and_score(tmp_path, monkeypatch):
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--combined-by-contrast", "t2=E"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--dark-by-contrast", "dark_fluid=-E"]) != 0
     assert cli.main(["calibrate", "--model", str(out), "--synthetic", "2", "--dark-opening-mm", "3"]) != 0  # no heads
+    # the signed normalised error z can be negated (darker than the reconstruction); unsigned E cannot
+    assert cli._components_by_contrast("dark_fluid=-tissue,-z", "--dark-by-contrast") == {
+        "dark_fluid": ("-tissue", "-z")}
     assert cli._components_by_contrast("bright_fluid=nll", "--tables-by-tissue") == {"bright_fluid": ("nll",)}
     for spec in ("t2=nll", "bright_fluid=-tissue"):
         with pytest.raises(cli.CliError, match="--tables-by-tissue: "):
