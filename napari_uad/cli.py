@@ -266,7 +266,8 @@ def _add_calibrate_parser(sub) -> None:
                         "'bright_fluid=asymmetry;dark_fluid=tissue,E' (other scans: --combined or the chosen ones)")
     p.add_argument("--dark-by-contrast", default=None, metavar="SPEC",
                    help="--synthetic: a dark channel of the combined map per recognised contrast, -NAME being the "
-                        "signed map NAME negated, e.g. 'dark_fluid=-tissue,E,-asymmetry': a scan of that contrast "
+                        "signed map NAME (signed_residual, z, tissue, asymmetry) negated, e.g. "
+                        "'dark_fluid=-tissue,E,-asymmetry': a scan of that contrast "
                         "scores the larger of the two channels' mean surprise (napari_uad.combined)")
     p.add_argument("--dark-opening-mm", type=float, default=0.0, metavar="MM",
                    help="--synthetic with --dark-by-contrast: open the dark channel by a ball this wide (world mm) "
