@@ -189,6 +189,15 @@ def test_help_texts_are_complete(capsys):
         assert not bare, (command, bare)
 
 
+def test_calibrate_help_names_the_maps_a_dark_channel_can_negate():
+    """The help of --dark-by-contrast lists exactly the signed maps calibration accepts as -NAME."""
+    from napari_uad.combined import SIGNED_MAPS
+
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["calibrate"]
+    action = next(a for a in sub._actions if a.dest == "dark_by_contrast")
+    assert f"({', '.join(SIGNED_MAPS)})" in " ".join(action.help.split())
+
+
 def test_ct_scan_refused_by_mr_model_unless_forced(tmp_path, tiny_model_dir, capsys):
     """A CT volume (HU) given to the MR model: one line naming the file, exit 1, no files; --force scores it
     with a warning on stderr and in S.json."""
