@@ -1,7 +1,7 @@
 """Validation experiment: which maps, and which combinations of them, rank lesions first in each recognised contrast?
 
 Usage: python benchmarks/maps_by_contrast.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 4]
-       [--seed 300000] [--candidates LIST] [--median-mm LIST] [--out runs/maps_by_contrast.json]
+       [--seed 300000] [--candidates LIST] [--dark-candidates LIST] [--median-mm LIST] [--out runs/maps_by_contrast.json]
 
 ``--n`` synthetic heads per clinical contrast (T1, T2, FLAIR, PD taken in turn as calibration takes them), each with
 one disease-like lesion (tumour, MS, infarct, haemorrhage; ``synth_lesions``), made from the held-out *validation*
@@ -12,7 +12,10 @@ group, pixel AP / AUROC (sklearn; brain voxels of the group's heads pooled) of e
 without gradients, and of the mean healthy-quantile surprise (``combined.combine`` with the card's tables) of every
 pair and triple of the maps that have a healthy table. The card's combined map is the scorer's own (its components,
 tables and dark channel for the scan's settings key, the card's post-processing); ``--median-mm``: also that map
-3D-median-filtered at each width (world mm, ``postprocess.median_filter_map``). Prints one JSON line per group and
+3D-median-filtered at each width (world mm, ``postprocess.median_filter_map``); ``--dark-candidates``: other bright and
+dark channels for the scans whose recognised contrast has a dark channel in the card (``BRIGHT|DARK``, each a
++-joined list, ``-NAME`` a signed map negated, every one with a healthy table in the card; other scans keep the
+card's combined map). Prints one JSON line per group and
 candidate; writes all rows to --out (``--candidates``: only these, e.g. ``asymmetry,tissue+asymmetry``, besides
 the card's combined map; ``--candidates none``: only the card's). A measurement to choose from on validation
 data; nothing here changes a card.
@@ -36,6 +39,9 @@ def _options(parser) -> None:
     parser.add_argument("--candidates", default=None, metavar="LIST",
                         help="comma-separated maps or +-joined combinations (default: every single map, pair and "
                              "triple; none: only the card's combined map)")
+    parser.add_argument("--dark-candidates", default="", metavar="LIST",
+                        help="comma-separated BRIGHT|DARK channel pairs, e.g. 'tissue+E+asymmetry|-tissue+-z', for "
+                             "the scans whose contrast has a dark channel in the card")
     parser.add_argument("--median-mm", default="", metavar="LIST",
                         help="widths (mm) of a 3D median filter applied to the card's combined map, each an extra "
                              "candidate")
@@ -46,7 +52,7 @@ def main() -> None:
     if setup is None:
         return
     scorer, card, files = setup
-    from napari_uad.combined import COMBINED, combine, combined_components
+    from napari_uad.combined import COMBINED, combine, combined_components, dark_components
     from napari_uad.io import Volume
     from napari_uad.postprocess import median_filter_map
 
@@ -60,6 +66,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--candidates: {', '.join(sorted(unknown))}: not among {', '.join(SINGLES)} (combinations "
                          f"of {', '.join(components)})")
+    channels = [tuple(tuple(side.split("+")) for side in pair.split("|")) for pair in args.dark_candidates.split(",")
+                if pair.strip()]
+    missing = {m for pair in channels for side in pair for m in side if m not in tables}
+    if any(len(pair) != 2 for pair in channels) or missing:
+        raise SystemExit(f"--dark-candidates: BRIGHT|DARK pairs of maps with a healthy table in the card "
+                         f"(not: {', '.join(sorted(missing))})")
     card_combined = combined_components(card.calibration)
     heads: list[dict] = []
     for i, path, head in heads_in_turn(files, 4 * args.n, args.seed, lesion=lambda i: "any"):
@@ -73,6 +85,10 @@ def main() -> None:
             for width in medians:
                 values[(COMBINED, f"median {width:g} mm")] = median_filter_map(
                     result.maps[COMBINED], result.mask, volume.spacing, width)[brain]
+        for bright, dark in channels:
+            values[("channels", bright, dark)] = (
+                combine(maps, card.calibration, bright, result.contrast, dark=dark)
+                if dark_components(card.calibration, result.contrast) else values[(COMBINED,)])
         truth = head.lesion[brain] > 0
         heads.append({"family": family, "contrast": result.contrast, "truth": truth, "values": values})
         print(json.dumps({"seed": args.seed + i, "label_map": path.name, "family": family,
@@ -82,7 +98,9 @@ def main() -> None:
     groups.update({f"family {f}": [h for h in heads if h["family"] == f] for f in sorted({h["family"] for h in heads})})
     groups["all"] = heads
 
-    def name(candidate: tuple[str, ...]) -> str:
+    def name(candidate: tuple) -> str:
+        if candidate[0] == "channels":
+            return f"bright {' + '.join(candidate[1])} | dark {' + '.join(candidate[2])}"
         if candidate[0] == COMBINED:
             return f"combined (the card's{'' if len(candidate) == 1 else ', ' + candidate[1]})"
         return " + ".join(candidate)
