@@ -52,7 +52,7 @@ def main() -> None:
     if setup is None:
         return
     scorer, card, files = setup
-    from napari_uad.combined import COMBINED, combine, combined_components, dark_components
+    from napari_uad.combined import COMBINED, base_map, combine, combined_components, dark_components
     from napari_uad.io import Volume
     from napari_uad.postprocess import median_filter_map
 
@@ -68,11 +68,15 @@ def main() -> None:
                          f"of {', '.join(components)})")
     channels = [tuple(tuple(side.split("+")) for side in pair.split("|")) for pair in args.dark_candidates.split(",")
                 if pair.strip()]
-    missing = {m for pair in channels for side in pair for m in side if m not in tables}
-    if any(len(pair) != 2 for pair in channels) or missing:
-        raise SystemExit(f"--dark-candidates: BRIGHT|DARK pairs of maps with a healthy table in the card "
-                         f"(not: {', '.join(sorted(missing))})")
+    missing = {m for pair in channels for side in pair for m in side if m not in tables or base_map(m) not in SINGLES}
+    if any(len(pair) != 2 for pair in channels):
+        raise SystemExit("--dark-candidates: each candidate is BRIGHT|DARK, two +-joined lists of maps")
+    if missing:
+        raise SystemExit(f"--dark-candidates: {', '.join(sorted(missing))}: not a scored map with a healthy table "
+                         "in the card")
     card_combined = combined_components(card.calibration)
+    if channels and not card_combined:
+        raise SystemExit("--dark-candidates: the card has no combined map to compare them with")
     heads: list[dict] = []
     for i, path, head in heads_in_turn(files, 4 * args.n, args.seed, lesion=lambda i: "any"):
         volume = Volume.from_array(head.data, head.affine, modality="MR")
