@@ -15,7 +15,9 @@ tables and dark channel for the scan's settings key, the card's post-processing)
 3D-median-filtered at each width (world mm, ``postprocess.median_filter_map``); ``--dark-candidates``: other bright and
 dark channels for the scans whose recognised contrast has a dark channel in the card (``BRIGHT|DARK``, each a
 +-joined list, ``-NAME`` a signed map negated, every one with a healthy table in the card; other scans keep the
-card's combined map). Prints one JSON line per group and
+card's combined map; like the combinations above, against the contrast's tables only: a card's tissue-class tables
+and dark-channel opening are not applied, so compare such a card's own map with care). Prints one JSON line per
+group and
 candidate; writes all rows to --out (``--candidates``: only these, e.g. ``asymmetry,tissue+asymmetry``, besides
 the card's combined map; ``--candidates none``: only the card's). A measurement to choose from on validation
 data; nothing here changes a card.
