@@ -41,7 +41,7 @@ from .combined import (COMBINED, NEGATED, SIGNED_MAPS, base_map, combine, combin
                        contrast_tables, dark_components, healthy_quantile)
 from .findings import interior, label_components
 from .io import Volume
-from .mask import dice as mask_dice
+from .mask import bounding_box, dice as mask_dice
 from .model_card import contrast_point
 from .postprocess import ball_opener, median_filter_map
 from .scoring import GRADIENT_MAPS, MAP_NAMES, Scorer
@@ -64,8 +64,8 @@ OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles trie
 
 class _Scored(NamedTuple):
     """A validation volume as the object-level rules need it: the maps they read, whole (float16), its anomaly
-    mask (None: healthy), where findings may lie (brain less the edge margin) and its brain mask, all in its
-    canonical grid, its voxel size (mm), recognised contrast (``ScoreResult.contrast``), stratum (synthetic
+    mask (None: healthy), where findings may lie (brain less the edge margin) and its brain mask, all on the box of
+    its canonical grid that holds the brain and the anomaly (``stored_box``), its voxel size (mm), recognised contrast (``ScoreResult.contrast``), stratum (synthetic
     heads: their contrast family, i.e. the sequence they stand for) and, where asked for, the template's tissue
     class of each voxel (``ScoreResult.tissue_classes``); not its intensities (memory)."""
 
@@ -82,10 +82,27 @@ class _Scored(NamedTuple):
     @classmethod
     def of(cls, volume: Volume, result, maps: tuple[str, ...], truth: np.ndarray | None,
            edge_margin_mm: float) -> "_Scored":
+        """Kept on the bounding box of the brain and the anomaly mask only (``stored_box``): every rule reads
+        the brain's voxels, and the filters and thickness treat voxels outside the brain as 0 / not a finding, so
+        their results are those of the whole grid at a fraction of the memory (a head's grid is mostly air)."""
         stratum = volume.metadata.get("stratum")
-        return cls(volume.spacing, volume.voxel_volume_mm3, {m: result.maps[m].astype(np.float16) for m in maps},
-                   truth, interior(result.mask, volume.spacing, edge_margin_mm), result.mask, result.contrast,
-                   None if stratum is None else str(stratum), result.tissue_classes)
+        box = stored_box(result.mask, truth)
+
+        def crop(a):
+            return None if a is None else np.ascontiguousarray(a[box])
+
+        return cls(volume.spacing, volume.voxel_volume_mm3, {m: result.maps[m][box].astype(np.float16) for m in maps},
+                   crop(truth), crop(interior(result.mask, volume.spacing, edge_margin_mm)), crop(result.mask),
+                   result.contrast, None if stratum is None else str(stratum), crop(result.tissue_classes))
+
+
+def stored_box(brain: np.ndarray, truth: np.ndarray | None = None) -> tuple[slice, ...]:
+    """Slices (voxel grid) of the smallest box holding the brain mask and the anomaly mask ``truth`` (None:
+    healthy); the whole grid when both are empty."""
+    where = brain if truth is None else (brain | (truth > 0))
+    if not where.any():
+        return tuple(slice(0, n) for n in where.shape)
+    return bounding_box(where, [0] * where.ndim)
 
 
 def _maps_kept_whole(maps: tuple[str, ...], detection_map: str | None, components: tuple[str, ...]

@@ -957,6 +957,62 @@ def test_dark_channel_opening_drops_a_thin_dark_structure_and_keeps_a_dark_lesio
                   combined_components=("tissue", "E"), detection_map="combined", dark_opening_mm=3.0)
 
 
+def test_calibration_keeps_the_brains_box_only_and_writes_the_card_the_whole_grid_gives(monkeypatch):
+    """A head's grid is mostly air around the brain: calibration keeps each validation volume's maps and masks on
+    the box of its brain and lesion only, so a site can calibrate on many scans; the card it writes is the one it
+    writes keeping the whole grids -- with a lesion on the brain's edge, other values in the air, a minimum finding
+    thickness, a dark channel opened by a 3 mm ball and a median-filtered detection map."""
+    from napari_uad import calibration
+    from napari_uad.model_card import ScoringConfig
+    from napari_uad.scoring import ScoreResult
+
+    dark = "dark_fluid"
+    shape = (34, 26, 42)
+    brain = np.zeros(shape, bool)
+    brain[9:25, 6:20, 13:30] = True
+    lesion = np.zeros(shape, bool)
+    lesion[9:16, 10:16, 19:25] = True  # on the brain's edge
+
+    def make(volume):
+        seed, sick = int(volume.metadata["seed"]), bool(volume.metadata["sick"])
+        rng = np.random.default_rng(seed)
+        signal = lesion & sick
+        air = 9.0 * rng.normal(size=shape)
+        return {"tissue": np.where(brain, rng.normal(size=shape) - 4.0 * signal, air).astype(np.float32),
+                "E": np.where(brain, np.abs(rng.normal(size=shape)) + 2.0 * signal, -air).astype(np.float32)}
+
+    def head(seed, sick):
+        volume = _coded_of_contrast(shape, seed, sick, dark)
+        volume.metadata.update(seed=seed, sick=sick, true_brain=brain)
+        return volume
+
+    healthy = [head(s, False) for s in range(8)]
+    anomalous = [(head(100 + s, True), lesion.astype(np.uint8)) for s in range(8)]
+    options = dict(maps=("E", "tissue", "combined"), combined_components=("tissue", "E"),
+                   dark_by_contrast={dark: ("-tissue", "E")}, detection_map="combined", true_brain_masks=True,
+                   min_thickness_mm=3.0, min_thickness_by_contrast={dark: 3.0}, dark_opening_mm=3.0)
+    scorer = _MapScorer(make)
+    scorer.card.scoring = ScoringConfig(detection_median_mm=3.0)
+    cropped = calibration.calibrate(scorer, healthy, anomalous, **options)
+    with monkeypatch.context() as m:
+        m.setattr(calibration, "stored_box", lambda brain, truth=None: tuple(slice(0, n) for n in brain.shape))
+        whole = calibration.calibrate(scorer, healthy, anomalous, **options)
+    assert json.dumps(cropped, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    point = cropped["operating_point"]["by_contrast"][dark]
+    assert point["validation"]["object_recall"] > 0 and point["min_thickness_mm"] == 3.0  # the rules did run
+
+    # what is kept of a head: its brain's box, and its lesion's where that reaches outside the brain
+    volume, truth = anomalous[0]
+    result = ScoreResult(maps=make(volume), mask=brain, slice_scores=np.zeros(shape[2]), slice_kl=np.zeros(shape[2]),
+                         slice_rec=np.zeros(shape[2]), volume_score=1.0, device="cpu", batch_size=1, contrast=dark)
+    kept = calibration._Scored.of(volume, result, ("tissue", "E"), truth > 0, 0.0)
+    assert kept.maps["tissue"].shape == kept.brain.shape == kept.truth.shape == (16, 14, 17)
+    assert kept.brain.all() and kept.maps["E"].dtype == np.float16
+    outside = np.zeros(shape, bool)
+    outside[0, 0, 0] = True
+    assert calibration.stored_box(brain, outside) == (slice(0, 25), slice(0, 20), slice(0, 30))
+
+
 def test_true_brain_masks_keep_heads_whose_brain_extraction_would_fail():
     """Scored on their true brain masks, synthetic heads are no longer left out by the brain-mask check (which
     left out nearly every synthetic T2 head), and the scorer is given each volume's own mask."""
