@@ -65,9 +65,10 @@ OPERATING_LEVELS = 1.0 - np.logspace(-2, -5, 13)  # healthy-voxel quantiles trie
 class _Scored(NamedTuple):
     """A validation volume as the object-level rules need it: the maps they read, whole (float16), its anomaly
     mask (None: healthy), where findings may lie (brain less the edge margin) and its brain mask, all on the box of
-    its canonical grid that holds the brain and the anomaly (``stored_box``), its voxel size (mm), recognised contrast (``ScoreResult.contrast``), stratum (synthetic
-    heads: their contrast family, i.e. the sequence they stand for) and, where asked for, the template's tissue
-    class of each voxel (``ScoreResult.tissue_classes``); not its intensities (memory)."""
+    its canonical grid that holds the brain and the anomaly (``stored_box``), its voxel size (mm), recognised
+    contrast (``ScoreResult.contrast``), stratum (synthetic heads: their contrast family, i.e. the sequence they
+    stand for) and, where asked for, the template's tissue class of each voxel (``ScoreResult.tissue_classes``);
+    not its intensities (memory)."""
 
     spacing: np.ndarray
     voxel_volume_mm3: float
@@ -84,7 +85,7 @@ class _Scored(NamedTuple):
            edge_margin_mm: float) -> "_Scored":
         """Kept on the bounding box of the brain and the anomaly mask only (``stored_box``): every rule reads
         the brain's voxels, and the filters and thickness treat voxels outside the brain as 0 / not a finding, so
-        their results are those of the whole grid at a fraction of the memory (a head's grid is mostly air)."""
+        their results are those of the whole grid without keeping the grid outside the box (memory)."""
         stratum = volume.metadata.get("stratum")
         box = stored_box(result.mask, truth)
 
