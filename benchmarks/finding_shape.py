@@ -3,7 +3,9 @@
 Usage: python benchmarks/finding_shape.py [--model NAME|PATH] [--maps-dir DIR] [--val-maps 4] [--n 8]
        [--seed 700000] [--families t1,flair] [--offsets=-0.4,-0.2,0,0.2] [--declare-sequence]
        [--out runs/finding_shape.json]
-       python benchmarks/finding_shape.py --analyse runs/finding_shape.json   (the rule tables again, every offset)
+       python benchmarks/finding_shape.py --analyse runs/finding_shape.json [--model NAME|PATH]
+           (the rule tables again, every offset, and the card's own rule; --model: the card whose minimum
+           thickness per settings heads written before it was recorded take)
 
 ``--n`` normal heads and ``--n`` lesion heads per family in --families from the held-out *validation* label maps
 (the last --val-maps maps; never the tumour test cases), lesion kinds tumour, MS, infarct, haemorrhage in turn,
@@ -36,11 +38,19 @@ from _validation import normal_and_lesion_heads, skull_stripped, validation_args
 THICKNESS_MINIMA_MM = (0.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 
 
-def analyse(path: Path) -> None:
-    """Print the rule table of a JSON written by this script, every offset (normal heads of each family apart)."""
+def analyse(path: Path, model: str | None = None) -> None:
+    """Print the rule tables of a JSON written by this script, every offset (normal heads of each family apart),
+    then the card's own rule per family. Heads written before the minimum thickness was recorded take it from the
+    card of ``model`` (by their settings); without it they get no card-rule line."""
     saved = json.loads(path.read_text())
+    if model is not None:
+        from napari_uad.model_card import load_model
+        _, card = load_model(model)
+        for h in saved["heads"]:
+            h.setdefault("card_min_thickness_mm", card.default_min_thickness(h["settings"]))
     offsets = sorted({r["offset"] for r in saved["components"]})
-    for family in sorted({h["family"] for h in saved["heads"]}) + ["all"]:
+    families = sorted({h["family"] for h in saved["heads"]}) + ["all"]
+    for family in families:
         heads = [h for h in saved["heads"] if family in ("all", h["family"])]
         aps = [h["pixel_ap"] for h in heads if h.get("pixel_ap") is not None]
         if aps:
@@ -49,11 +59,16 @@ def analyse(path: Path) -> None:
         for offset in offsets:
             for line in rule_table(heads, saved["components"], offset):
                 print(json.dumps({"model": saved["model"], "family": family, **line}))
+    if all("card_min_thickness_mm" in h for h in saved["heads"]):
+        for family in families:
+            heads = [h for h in saved["heads"] if family in ("all", h["family"])]
+            print(json.dumps({"model": saved["model"], "family": family, "rule": "card",
+                              **card_rule(heads, saved["components"])}))
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--analyse":
-        analyse(Path(sys.argv[2]))
+    if len(sys.argv) in (3, 5) and sys.argv[1] == "--analyse" and sys.argv[3:4] in ([], ["--model"]):
+        analyse(Path(sys.argv[2]), sys.argv[4] if len(sys.argv) == 5 else None)
         return
 
     def options(parser) -> None:
@@ -97,6 +112,7 @@ def main() -> None:
                               "family": head.params["contrast_family"], "contrast": result.contrast,
                               "settings": result.settings,
                               "card_threshold": threshold, "card_min_volume_mm3": min_volume,
+                              "card_min_thickness_mm": card.default_min_thickness(result.settings),
                               "pixel_ap": pixel_ap})
         for offset in offsets:
             labels, _ = label_components(score, threshold + offset, volume.voxel_volume_mm3)
@@ -116,26 +132,39 @@ def main() -> None:
     analyse(args.out)
 
 
+def _counts(heads: list[dict], rows: list[dict], offset: float, min_volume_of, min_thickness_of) -> dict:
+    """At threshold card + ``offset``, keeping a head's components of at least ``min_volume_of(head)`` mm^3 and
+    ``min_thickness_of(head)`` mm: false findings per normal head (all, hypointense) and lesions found (overlapped)
+    out of all lesions, over the heads given."""
+    normal = [h for h in heads if not h["lesion"]]
+
+    def kept(h):
+        return [r for r in rows if r["seed"] == h["seed"] and r["offset"] == offset
+                and r["volume_mm3"] >= min_volume_of(h) and r["thickness_mm"] >= min_thickness_of(h)]
+    fp = [r for h in normal for r in kept(h)]
+    found = sum(len({r["overlaps"] for r in kept(h) if r["overlaps"]}) for h in heads if h["lesion"])
+    return {"fp_per_normal_head": round(len(fp) / max(len(normal), 1), 2),
+            "hypointense_fp_per_normal_head": round(
+                sum(r["signal"] == "hypointense" for r in fp) / max(len(normal), 1), 2),
+            "lesions_found": found, "lesions": sum(h["n_lesions"] for h in heads if h["lesion"])}
+
+
 def rule_table(heads: list[dict], rows: list[dict], offset: float, min_volumes=(None, 10.0, 25.0, 50.0, 100.0)
                ) -> list[dict]:
-    """At threshold card + ``offset``: per minimum volume (None: the card's) and minimum thickness, false findings
-    per normal head (all, hypointense) and lesions found (overlapped) out of all lesions, over the heads given."""
-    out = []
-    normal = [h for h in heads if not h["lesion"]]
-    for min_volume in min_volumes:
-        for min_thickness in THICKNESS_MINIMA_MM:
-            def kept(h):
-                mv = h["card_min_volume_mm3"] if min_volume is None else min_volume
-                return [r for r in rows if r["seed"] == h["seed"] and r["offset"] == offset
-                        and r["volume_mm3"] >= mv and r["thickness_mm"] >= min_thickness]
-            fp = [r for h in normal for r in kept(h)]
-            found = sum(len({r["overlaps"] for r in kept(h) if r["overlaps"]}) for h in heads if h["lesion"])
-            out.append({"offset": offset, "min_volume_mm3": min_volume or "card", "min_thickness_mm": min_thickness,
-                        "fp_per_normal_head": round(len(fp) / max(len(normal), 1), 2),
-                        "hypointense_fp_per_normal_head": round(
-                            sum(r["signal"] == "hypointense" for r in fp) / max(len(normal), 1), 2),
-                        "lesions_found": found, "lesions": sum(h["n_lesions"] for h in heads if h["lesion"])})
-    return out
+    """At threshold card + ``offset``: per minimum volume (None: the card's) and minimum thickness (the same for
+    every head), false findings per normal head (all, hypointense) and lesions found (overlapped) out of all
+    lesions, over the heads given."""
+    return [{"offset": offset, "min_volume_mm3": min_volume or "card", "min_thickness_mm": min_thickness,
+             **_counts(heads, rows, offset,
+                       lambda h, v=min_volume: h["card_min_volume_mm3"] if v is None else v,
+                       lambda h, t=min_thickness: t)}
+            for min_volume in min_volumes for min_thickness in THICKNESS_MINIMA_MM]
+
+
+def card_rule(heads: list[dict], rows: list[dict]) -> dict:
+    """The card's own rule: each head at its settings' threshold, minimum volume and minimum thickness (offset 0)."""
+    return {"offset": 0.0, "min_volume_mm3": "card", "min_thickness_mm": "card",
+            **_counts(heads, rows, 0.0, lambda h: h["card_min_volume_mm3"], lambda h: h["card_min_thickness_mm"])}
 
 
 if __name__ == "__main__":
