@@ -44,8 +44,8 @@ def analyse(path: Path, model: str | None = None) -> None:
     card of ``model`` (by their settings); without it they get no card-rule line."""
     saved = json.loads(path.read_text())
     if model is not None:
-        from napari_uad.model_card import load_model
-        _, card = load_model(model)
+        from napari_uad.model_card import CARD_FILE, ModelCard, resolve_model
+        card = ModelCard.read(resolve_model(model) / CARD_FILE)  # the card only: no weights to hash and load
         for h in saved["heads"]:
             h.setdefault("card_min_thickness_mm", card.default_min_thickness(h["settings"]))
     offsets = sorted({r["offset"] for r in saved["components"]})
